@@ -1,1 +1,31 @@
-"""vlbridge.connectors"""
+"""The connector registry: name -> class. A new connector is one new file plus one entry here.
+
+``build_connector(cfg, vis_dim, llm_dim, grid)`` validates the options against the connector's typed
+``Options`` dataclass, so a misspelt option is an error rather than silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .base import Connector, ConnectorOutput, VisualFeatures
+from .linear import LinearConnector
+from .mlp import MLPConnector
+
+CONNECTORS: dict[str, type[Connector]] = {
+    "linear": LinearConnector,
+    "mlp": MLPConnector,
+}
+
+
+def build_connector(name: str, options: dict, vis_dim: int, llm_dim: int, grid) -> Connector:
+    if name not in CONNECTORS:
+        raise ValueError(f"unknown connector {name!r}; registered: {', '.join(sorted(CONNECTORS))}")
+    cls = CONNECTORS[name]
+    known = {f.name for f in dataclasses.fields(cls.Options)}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"connector {name!r} has no option(s) {sorted(unknown)}; options: {sorted(known)}")
+    return cls(cls.Options(**options), vis_dim, llm_dim, grid)
+
+
+__all__ = ["CONNECTORS", "Connector", "ConnectorOutput", "VisualFeatures", "build_connector"]

@@ -1,0 +1,82 @@
+"""Autoregressive generation for VLBridgeModel: KV cache or full recompute, greedy or sampling, batched.
+
+Prompts are left-padded so every row's next token sits in the last column; positions count real tokens
+only, so a left-padded row generates exactly what it would alone. ``use_cache=False`` recomputes the whole
+sequence each step (the reference the KV-cache path is tested against). ``logits_processors`` are
+callables ``(logits [B, V], generated [B, t]) -> logits`` (e.g. suppressing a vocabulary range).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    use_cache: bool = True
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p          # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tensor | None,
+             gen: GenerationConfig = GenerationConfig(), generator: torch.Generator | None = None,
+             logits_processors: Sequence[Callable] = (), stop_token_ids: Sequence[int] | None = None) -> list[list[int]]:
+    """Returns the generated ids per row, without the stop token."""
+    s, _ = model.embed(list(input_ids), None, pixel_values, padding_side="left")
+    embeds, mask, pos = s.inputs_embeds, s.attention_mask, s.position_ids      # [B, T, D], [B, T], [B, T]
+    B = embeds.shape[0]
+    stops = torch.tensor(sorted(stop_token_ids if stop_token_ids is not None else model.builder.stop_token_ids()))
+    embed_tokens = model.llm.get_input_embeddings()
+    cache = DynamicCache() if gen.use_cache else None
+    step_embeds, step_pos = embeds, pos
+    generated = torch.zeros(B, 0, dtype=torch.long)
+    finished = torch.zeros(B, dtype=torch.bool)
+    for _ in range(gen.max_new_tokens):
+        out = model.llm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
+                        past_key_values=cache, use_cache=gen.use_cache)
+        logits = out.logits[:, -1].float()                                       # [B, V]
+        for proc in logits_processors:
+            logits = proc(logits, generated)
+        if gen.do_sample:
+            probs = filter_logits(logits / max(gen.temperature, 1e-6), gen.top_k, gen.top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        token = token.masked_fill(finished, stops[0])                            # finished rows idle
+        generated = torch.cat([generated, token[:, None]], 1)
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()):
+            break
+        new_embed = embed_tokens(token)[:, None]                                 # [B, 1, D]
+        new_pos = pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)
+        pos = torch.cat([pos, new_pos], 1)
+        if gen.use_cache:
+            step_embeds, step_pos = new_embed, new_pos
+        else:
+            embeds = torch.cat([embeds, new_embed], 1)
+            step_embeds, step_pos = embeds, pos
+    result = []
+    for row in generated.tolist():
+        cut = next((i for i, t in enumerate(row) if t in set(stops.tolist())), len(row))
+        result.append(row[:cut])
+    return result

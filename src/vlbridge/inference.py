@@ -1,0 +1,49 @@
+"""Ask a trained model about images: PIL images + conversation turns -> answer strings (batched)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .data.records import Turn
+from .generate import GenerationConfig, generate
+
+
+@dataclass
+class Query:
+    turns: list[Turn]                 # ends with the user turn to answer
+    images: list[Image.Image]         # RGB, one per <image> placeholder, in order
+
+
+class Predictor:
+    def __init__(self, model, gen: GenerationConfig | None = None, seed: int = 0):
+        self.model = model.eval()
+        self.gen = gen or GenerationConfig()
+        self.transform = model.vision.image_transform()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def encode(self, query: Query) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids, _ = self.model.builder.build(query.turns, for_generation=True)
+        pixels = torch.stack([self.transform(im) for im in query.images]) if query.images else None
+        return torch.tensor(ids), pixels
+
+    def answer(self, queries: Sequence[Query]) -> list[str]:
+        encoded = [self.encode(q) for q in queries]
+        pixels = [p for _, p in encoded if p is not None]
+        out = generate(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
+                       self.gen, generator=self.generator)
+        return [self.decode(ids) for ids in out]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated ids; keeps added tokens such as region ids, drops only bos/eos/pad."""
+        tok = self.model.tokenizer
+        drop = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+        return tok.decode([t for t in ids if t not in drop]).strip()
+
+    def ask(self, question: str, images: Sequence[Image.Image] = ()) -> str:
+        """One question about zero or more images; adds '<image>\\n' per image when the text has none."""
+        if images and "<image>" not in question:
+            question = "<image>\n" * len(images) + question
+        return self.answer([Query([Turn("user", question)], list(images))])[0]

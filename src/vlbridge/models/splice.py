@@ -1,0 +1,66 @@
+"""Splice visual tokens into text embeddings, in place of each image placeholder.
+
+Each sample is a 1-D list of token ids where every image is ONE ``image_token_id``; each image's visual
+tokens ``[M_i, D]`` replace that id at that position (so images stay where the user put them, several
+images per sample and text-only samples work, and M_i may differ per image). Visual and padding positions
+get label -100. Padding is on the right for training and on the left for batched generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.template import IGNORE_INDEX
+
+
+@dataclass
+class Spliced:
+    inputs_embeds: torch.Tensor     # [B, T, D]
+    attention_mask: torch.Tensor    # [B, T] 1 = real token
+    position_ids: torch.Tensor      # [B, T] 0.. over real tokens
+    labels: torch.Tensor | None     # [B, T] or None
+    visual_mask: torch.Tensor       # [B, T] True where a visual token sits
+
+
+def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tensor] | None,
+           visual: list[torch.Tensor], image_token_id: int, padding_side: str = "right") -> Spliced:
+    """input_ids[b]: [L_b]; visual: one [M_i, D] per image, in sample order then position order."""
+    lengths = [len(x) for x in input_ids]
+    text = embed_tokens(torch.cat(input_ids)).split(lengths)          # each [L_b, D]
+    rows, label_rows, vis_rows = [], [], []
+    next_image = 0
+    for b, ids in enumerate(input_ids):
+        where = (ids == image_token_id).nonzero().flatten().tolist()
+        parts, lab, vis = [], [], []
+        start = 0
+        for pos in where + [len(ids)]:
+            parts.append(text[b][start:pos])
+            lab.append(labels[b][start:pos] if labels is not None else ids[start:pos])
+            vis.append(torch.zeros(pos - start, dtype=torch.bool))
+            if pos == len(ids):
+                break
+            if next_image >= len(visual):
+                raise ValueError(f"sample {b} has more image placeholders than images")
+            v = visual[next_image]
+            next_image += 1
+            parts.append(v.to(text[b].dtype))
+            lab.append(torch.full((len(v),), IGNORE_INDEX, dtype=torch.long))
+            vis.append(torch.ones(len(v), dtype=torch.bool))
+            start = pos + 1
+        rows.append(torch.cat(parts))
+        label_rows.append(torch.cat(lab))
+        vis_rows.append(torch.cat(vis))
+    if next_image != len(visual):
+        raise ValueError(f"{len(visual)} images for {next_image} image placeholders")
+
+    B, T, D = len(rows), max(len(r) for r in rows), rows[0].shape[-1]
+    embeds = rows[0].new_zeros(B, T, D)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    out_labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    vis_mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, (r, l, v) in enumerate(zip(rows, label_rows, vis_rows)):
+        sl = slice(T - len(r), T) if padding_side == "left" else slice(0, len(r))
+        embeds[b, sl], mask[b, sl], out_labels[b, sl], vis_mask[b, sl] = r, 1, l, v
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return Spliced(embeds, mask, positions, out_labels if labels is not None else None, vis_mask)

@@ -1,0 +1,83 @@
+"""The vision encoder: any Hugging Face vision model, by name/path or built from a config.
+
+``VisionTower`` runs the encoder with hidden states, picks ``feature_layers`` (concatenated on the channel
+axis), drops or keeps the CLS/prefix tokens, and returns ``VisualFeatures`` with the patch grid. Works for
+CLIP and SigLIP vision towers, DINOv2, and any model whose ``AutoModel`` returns ``hidden_states``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+
+from ..config import VisionConfig
+from ..connectors.base import VisualFeatures
+from ..data.image_transform import ImageTransform
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def build_vision_model(cfg: VisionConfig) -> nn.Module:
+    if cfg.name_or_path:
+        full = AutoConfig.from_pretrained(cfg.name_or_path)
+        sub = getattr(full, "vision_config", None)
+        if sub is not None:   # a full CLIP/SigLIP checkpoint: load just its vision tower class
+            return MODEL_MAPPING[type(sub)].from_pretrained(cfg.name_or_path)
+        return AutoModel.from_pretrained(cfg.name_or_path)
+    if "model_type" not in cfg.arch:
+        raise ValueError("vision.arch needs a model_type (e.g. 'clip_vision_model') when name_or_path is None")
+    arch = dict(cfg.arch)
+    hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    return AutoModel.from_config(hf_config)
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig, model: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model if model is not None else build_vision_model(cfg)
+        hf = self.model.config
+        self.patch_size = hf.patch_size
+        self.image_size = cfg.image_size or (hf.image_size if isinstance(hf.image_size, int) else hf.image_size[0])
+        self.width = hf.hidden_size
+        self.out_dim = self.width * len(cfg.feature_layers)
+        self.grid = (self.image_size // self.patch_size, self.image_size // self.patch_size)
+        self.image_mean, self.image_std = self._normalisation()
+
+    def _normalisation(self) -> tuple[list[float], list[float]]:
+        """cfg values, else the checkpoint's preprocessor_config.json, else CLIP's."""
+        mean, std = self.cfg.image_mean, self.cfg.image_std
+        if (mean is None or std is None) and self.cfg.name_or_path:
+            pre = Path(self.cfg.name_or_path) / "preprocessor_config.json"
+            if pre.is_file():
+                meta = json.loads(pre.read_text())
+                mean, std = mean or meta.get("image_mean"), std or meta.get("image_std")
+        return list(mean or CLIP_MEAN), list(std or CLIP_STD)
+
+    def image_transform(self) -> ImageTransform:
+        return ImageTransform(self.image_size, self.image_mean, self.image_std)
+
+    @property
+    def hf_config(self):
+        return self.model.config
+
+    def resolved_arch(self) -> dict:
+        """The full HF config as a dict, so a saved model rebuilds without the original checkpoint."""
+        return self.model.config.to_dict()
+
+    def forward(self, pixel_values: torch.Tensor) -> VisualFeatures:
+        # pixel_values [B, 3, H, W] -> hidden states, each [B, P + rows*cols, D]
+        out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+        rows, cols = pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size
+        hidden = [out.hidden_states[i] for i in self.cfg.feature_layers]
+        n_prefix = hidden[0].shape[1] - rows * cols
+        patches = [h[:, n_prefix:] for h in hidden]                    # each [B, rows*cols, D]
+        cls = torch.cat([h[:, :n_prefix] for h in hidden], -1) if n_prefix else None
+        features = torch.cat(patches, -1)                              # [B, N, D * len(layers)]
+        if self.cfg.keep_cls and cls is not None:
+            features = torch.cat([cls, features], 1)                   # [B, P + N, D_vis]
+        return VisualFeatures(features=features, grid=(rows, cols), layers=patches, cls=cls)

@@ -1,0 +1,179 @@
+"""VLBridgeModel: vision encoder -> connector -> LLM, with save_pretrained / from_pretrained.
+
+A saved model is a directory with ``config.json`` (the resolved ModelConfig: full HF configs of the
+vision encoder and the LLM, the connector name and options, LoRA settings), ``model.safetensors`` and the
+tokenizer files. Loading rebuilds every module from config.json and loads the weights; nothing is
+pickled and nothing is downloaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .. import __version__
+from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from_dict
+from ..connectors import ConnectorOutput, build_connector
+from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder, get_template
+from .llm import build_llm
+from .splice import Spliced, splice
+from .tokenizer import load_tokenizer
+from .vision import VisionTower
+
+MODULES = ("vision", "connector", "llm")
+
+
+@dataclass
+class VLMOutput:
+    loss: torch.Tensor              # mean LM loss over supervised tokens + auxiliary losses
+    lm_loss_sum: torch.Tensor       # summed token cross-entropy (for exact averaging over accumulation)
+    n_tokens: int                   # supervised tokens
+    n_positions: int                # real (non-pad) positions processed by the LLM
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+
+class VLBridgeModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokenizer, vision: VisionTower | None = None, llm: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.template = get_template(cfg.llm.chat_template)
+        if IMAGE_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        self.vision = vision if vision is not None else VisionTower(cfg.vision)
+        self.llm = llm if llm is not None else build_llm(cfg.llm, vocab_size=len(tokenizer))
+        if self.llm.get_input_embeddings().num_embeddings < len(tokenizer):
+            self._resize_embeddings()
+        self.connector = build_connector(cfg.connector.name, cfg.connector.options, self.vision.out_dim,
+                                         self.llm_dim, self.vision.grid)
+        self.builder = SequenceBuilder(tokenizer, self.template)
+        self.image_token_id = self.builder.image_token_id
+        self.lora: dict | None = None
+
+    # ---- construction -------------------------------------------------------------------------------
+    @property
+    def llm_dim(self) -> int:
+        return self.llm.get_input_embeddings().embedding_dim
+
+    def module_named(self, name: str) -> nn.Module:
+        return {"vision": self.vision, "connector": self.connector, "llm": self.llm}[name]
+
+    def add_tokens(self, tokens: list[str], special: bool = True) -> list[int]:
+        """Add tokens (region ids, [IMG]/[/IMG], visual codes) to the tokenizer; new embeddings = mean."""
+        if special:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                              replace_extra_special_tokens=False)
+        else:
+            self.tokenizer.add_tokens(list(tokens))
+        self._resize_embeddings()
+        return self.tokenizer.convert_tokens_to_ids(list(tokens))
+
+    @torch.no_grad()
+    def _resize_embeddings(self) -> None:
+        old = self.llm.get_input_embeddings().num_embeddings
+        new = len(self.tokenizer)
+        if new <= old:
+            return
+        self.llm.resize_token_embeddings(new, mean_resizing=False)
+        for emb in {id(e): e for e in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()) if e is not None}.values():
+            emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
+
+    def apply_lora(self, r: int, alpha: int, targets: list[str]) -> None:
+        from peft import LoraConfig, get_peft_model
+        self.llm = get_peft_model(self.llm, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                                                       lora_dropout=0.0, bias="none"))
+        self.lora = {"r": r, "alpha": alpha, "targets": list(targets)}
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> ConnectorOutput:
+        feats = self.vision(pixel_values)                  # features [n_img, N, D_vis]
+        return self.connector(feats)                       # tokens   [n_img, M, D_llm]
+
+    def embed(self, input_ids, labels, pixel_values, padding_side: str = "right") -> tuple[Spliced, dict]:
+        visual, aux = [], {}
+        if pixel_values is not None and len(pixel_values):
+            out = self.encode_images(pixel_values)
+            visual, aux = out.per_image(), out.aux_losses
+        spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side)
+        return spliced, aux
+
+    def forward(self, batch, return_logits: bool = False) -> VLMOutput:
+        s, aux = self.embed(batch.input_ids, batch.labels, batch.pixel_values)
+        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                          position_ids=s.position_ids, use_cache=False).logits    # [B, T, V]
+        targets = s.labels[:, 1:]                                                 # next-token targets
+        loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
+        n_tokens = int((targets != IGNORE_INDEX).sum())
+        loss = loss_sum / max(n_tokens, 1) + sum(aux.values(), torch.zeros(()))
+        return VLMOutput(loss, loss_sum, n_tokens, int(s.attention_mask.sum()), aux,
+                         logits if return_logits else None)
+
+    def visual_tokens_per_image(self) -> int:
+        """Visual tokens one image takes (the maximum, for dynamic connectors): used for length checks."""
+        return self.connector.num_tokens()
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def resolved_config(self) -> ModelConfig:
+        llm_cfg = self.llm.get_base_model().config if self.lora else self.llm.config
+        return ModelConfig(
+            vision=dataclasses.replace(self.cfg.vision, name_or_path=None, arch=self.vision.resolved_arch(),
+                                       image_size=self.vision.image_size, image_mean=self.vision.image_mean,
+                                       image_std=self.vision.image_std),
+            connector=ConnectorConfig(self.cfg.connector.name, self.connector.options_dict()),
+            llm=dataclasses.replace(self.cfg.llm, name_or_path=None, tokenizer=None, arch=llm_cfg.to_dict()),
+        )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json, model.safetensors and the tokenizer into `path` (atomically: temp dir + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        meta = {"model_type": "vlbridge", "vlbridge_version": __version__, "lora": self.lora,
+                **dataclasses.asdict(self.resolved_config())}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_model(self, str(tmp / "model.safetensors"))
+        self.tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "VLBridgeModel":
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path} is not a vlbridge model directory (no config.json)")
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("model_type") != "vlbridge":
+            raise ValueError(f"{cfg_file}: model_type is {meta.get('model_type')!r}, expected 'vlbridge'")
+        cfg = ModelConfig(vision=from_dict(VisionConfig, meta["vision"]),
+                          connector=from_dict(ConnectorConfig, meta["connector"]),
+                          llm=from_dict(LLMConfig, meta["llm"]))
+        model = cls(cfg, load_tokenizer(str(path)))
+        if meta.get("lora"):
+            model.apply_lora(meta["lora"]["r"], meta["lora"]["alpha"], meta["lora"]["targets"])
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
+                             f"unexpected={unexpected[:5]}")
+        return model.eval()
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written temp dir into place; the previous `final` survives until the swap succeeds."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        import shutil
+        shutil.rmtree(old, ignore_errors=True)
