@@ -95,6 +95,9 @@ class TrainConfig:
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
     seed: int = opt(0, "seed for initialisation, data order and dropout")
     resume: bool = opt(False, "continue from the latest checkpoint in --out")
+    stop_after: int | None = opt(None, "stop (with a checkpoint) after this many steps in this invocation; "
+                                       "--resume continues the same schedule (for jobs split across sessions)")
+    num_workers: int = opt(0, "DataLoader worker processes for image decoding")
 
 
 @dataclass

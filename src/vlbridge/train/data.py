@@ -1,0 +1,80 @@
+"""Training data: load and validate records, and iterate micro-batches in a resumable, seeded order.
+
+The order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so the data position
+(epoch, micro-batches consumed) is all a checkpoint needs to continue exactly where it stopped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig, TrainConfig
+from ..data.dataset import Batch, InstructionDataset, collate
+from ..data.records import SkipReport, load_records
+
+
+def data_files(cfg: DataConfig) -> tuple[Path, Path | None]:
+    if cfg.path is None:
+        raise ValueError("no training data: pass --data DIR (e.g. the output of `vlbridge data shapes`)")
+    root = Path(cfg.path)
+    if root.is_file():
+        return root, None
+    if not root.is_dir():
+        raise FileNotFoundError(f"data path {root} does not exist")
+    train = root / cfg.train_file
+    val = root / cfg.val_file if cfg.val_file else None
+    return train, (val if val is not None and val.is_file() else None)
+
+
+def load_split(path: Path, cfg: DataConfig, report: SkipReport):
+    return load_records(path, cfg.image_folder, on_error="skip" if cfg.on_bad_record == "skip" else "raise",
+                        report=report, image_modes=cfg.image_modes, max_pixels=cfg.max_pixels)
+
+
+def make_dataset(records, model, cfg: DataConfig, report: SkipReport, for_generation: bool = False) -> InstructionDataset:
+    return InstructionDataset(records, model.builder, model.vision.image_transform(), model.cfg.llm.max_length,
+                              model.visual_tokens_per_image(), report,
+                              on_error="skip" if cfg.on_bad_record == "skip" else "raise",
+                              image_modes=cfg.image_modes, max_pixels=cfg.max_pixels, for_generation=for_generation)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class BatchStream:
+    """Endless micro-batches; ``position`` = (epoch, batches consumed in it) after each one."""
+
+    def __init__(self, dataset: InstructionDataset, cfg: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0):
+        if len(dataset) == 0:
+            raise ValueError("the training set is empty (every record was skipped?)")
+        self.dataset, self.cfg = dataset, cfg
+        self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+        self.batch_size = min(cfg.batch_size, len(dataset))
+        self._iter = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.batch_in_epoch
+
+    def _epoch_loader(self):
+        order = epoch_order(len(self.dataset), self.cfg.seed, self.epoch)
+        n_batches = len(order) // self.batch_size                           # drop the ragged tail
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.batch_in_epoch, n_batches)]
+        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
+                                                num_workers=self.cfg.num_workers))
+
+    def __next__(self) -> Batch:
+        while True:
+            if self._iter is None:
+                self._iter = self._epoch_loader()
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self.epoch, self.batch_in_epoch, self._iter = self.epoch + 1, 0, None
+                continue
+            self.batch_in_epoch += 1
+            if len(batch):
+                return batch

@@ -1,0 +1,189 @@
+"""The training loop: one readable loop over a VLBridgeModel, for every stage and connector.
+
+AdamW with per-module learning rates, linear warm-up + cosine decay, gradient clipping, gradient
+accumulation (the LM loss is averaged over all supervised tokens of the optimizer step), a progress bar
+with loss and tokens/s, periodic validation, atomic checkpoints and exact resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import RunConfig, save_json
+from ..data.dataset import collate
+from ..data.records import SkipReport
+from ..data.template import IGNORE_INDEX
+from ..models.build import build_model
+from ..models.vlm import VLBridgeModel
+from .checkpoint import TrainerState, latest_checkpoint, load_training_state, save_checkpoint
+from .data import BatchStream, data_files, load_split, make_dataset
+from .schedule import warmup_cosine
+from .stages import apply_stage, format_counts, make_optimizer
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def supervised_tokens(batch) -> int:
+    return sum(int((labels != IGNORE_INDEX).sum()) for labels in batch.labels)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.ckpt_root = self.out / "checkpoints"
+        self.report = SkipReport()
+
+    # ---- set-up -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        resume_from = latest_checkpoint(self.ckpt_root) if tc.resume else None
+        if tc.resume and resume_from is None:
+            log(f"--resume: no checkpoint in {self.ckpt_root}; starting from scratch")
+        if not tc.resume and latest_checkpoint(self.ckpt_root) is not None:
+            raise SystemExit(f"{self.ckpt_root} already holds checkpoints: pass --resume to continue, or use another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, self.out / "config.json")
+        seed_everything(tc.seed)
+
+        train_file, val_file = data_files(cfg.data)
+        train_records = load_split(train_file, cfg.data, self.report)
+        val_records = load_split(val_file, cfg.data, self.report) if val_file else []
+        if resume_from is not None:
+            model = VLBridgeModel.from_pretrained(resume_from / "model")
+        elif tc.init_from:
+            model = VLBridgeModel.from_pretrained(tc.init_from)
+        else:
+            texts = (t.text.replace("<image>", "") for r in train_records + val_records for t in r.turns)
+            model = build_model(cfg.model, texts)
+        if tc.lora_r and tc.stage == "instruct" and model.lora is None:
+            model.apply_lora(tc.lora_r, tc.lora_alpha, tc.lora_targets)
+        self.model = model.train()
+        log(format_counts(apply_stage(model, tc), tc.stage))
+
+        self.train_set = make_dataset(train_records, model, cfg.data, self.report)
+        self.val_set = make_dataset(val_records, model, cfg.data, self.report) if val_records else None
+        log(f"data: {len(self.train_set)} training records from {train_file}"
+            + (f", {len(self.val_set)} validation records from {val_file}" if self.val_set else ""))
+
+        self.optimizer = make_optimizer(model, tc)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(warmup_cosine, total=tc.steps, warmup=tc.warmup_steps, min_ratio=tc.min_lr_ratio))
+        self.state = TrainerState()
+        if resume_from is not None:
+            self.state = load_training_state(resume_from, self.optimizer, self.scheduler)
+            log(f"resumed from {resume_from} at step {self.state.step}")
+        self.stream = BatchStream(self.train_set, tc, self.state.epoch, self.state.batch_in_epoch)
+
+    # ---- one optimizer step ------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        tc = self.cfg.train
+        micro = [next(self.stream) for _ in range(tc.grad_accum)]
+        n_tok = max(sum(supervised_tokens(b) for b in micro), 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        lm_sum, positions, aux_total = 0.0, 0, 0.0
+        for batch in micro:
+            out = self.model(batch)
+            aux = sum(out.aux_losses.values(), torch.zeros(())) / tc.grad_accum
+            (out.lm_loss_sum / n_tok + aux).backward()
+            lm_sum += float(out.lm_loss_sum.detach())
+            aux_total += float(aux.detach())
+            positions += out.n_positions
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.state.step += 1
+        self.state.epoch, self.state.batch_in_epoch = self.stream.position
+        self.state.tokens_seen += positions
+        return {"loss": lm_sum / n_tok, "aux": aux_total, "grad_norm": float(grad_norm), "positions": positions}
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if self.val_set is None:
+            return None
+        self.model.eval()
+        bs = self.cfg.train.batch_size
+        total, n = 0.0, 0
+        for i in range(min(self.cfg.train.eval_batches, math.ceil(len(self.val_set) / bs))):
+            batch = collate([self.val_set[j] for j in range(i * bs, min((i + 1) * bs, len(self.val_set)))])
+            if len(batch):
+                out = self.model(batch)
+                total, n = total + float(out.lm_loss_sum), n + out.n_tokens
+        self.model.train()
+        return total / max(n, 1)
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.ckpt_root, self.model, self.optimizer, self.scheduler, self.state,
+                               self.cfg.train.keep_checkpoints)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        self.setup()
+        tc = self.cfg.train
+        log_file = (self.out / "log.jsonl").open("a")
+        stop_at = min(tc.steps, self.state.step + tc.stop_after) if tc.stop_after else tc.steps
+        bar = tqdm(total=tc.steps, initial=self.state.step, desc=f"train[{tc.stage}]", mininterval=1.0,
+                   dynamic_ncols=True, file=sys.stderr)
+        t0, pos0, smooth = time.perf_counter(), 0, None
+        try:
+            while self.state.step < stop_at:
+                m = self.train_step()
+                smooth = m["loss"] if smooth is None else 0.9 * smooth + 0.1 * m["loss"]
+                pos0 += m["positions"]
+                bar.update(1)
+                step = self.state.step
+                if step % tc.log_every == 0 or step == stop_at:
+                    tok_s = pos0 / (time.perf_counter() - t0)
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{smooth:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.1e}")
+                    log_file.write(json.dumps({"step": step, "loss": m["loss"], "aux": m["aux"], "lr": lr,
+                                               "grad_norm": m["grad_norm"], "tokens_per_s": tok_s}) + "\n")
+                    log_file.flush()
+                if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+                    val = self.validate()
+                    if val is not None:
+                        self.state.history.append({"step": step, "val_loss": val})
+                        log_file.write(json.dumps({"step": step, "val_loss": val}) + "\n")
+                        bar.write(f"step {step}: val loss {val:.4f}", file=sys.stderr)
+                if (tc.save_every and step % tc.save_every == 0) or step == stop_at:
+                    self.checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.checkpoint()
+            log(f"interrupted: checkpoint {path} written; continue with --resume")
+            raise
+        finally:
+            bar.close()
+            log_file.close()
+        if self.report.entries or self.report.notes:
+            self.report.write_jsonl(self.out / "skipped_records.jsonl")
+        log("data: " + self.report.summary(len(self.train_set.items) + len(self.report.entries)))
+        if self.state.step < tc.steps:
+            log(f"stopped at step {self.state.step} of {tc.steps} (--stop_after); continue with --resume")
+            return self.ckpt_root / f"step_{self.state.step:06d}"
+        final = self.out / "final"
+        self.model.save_pretrained(final)
+        log(f"saved {final}")
+        return final
+
+
+def train(cfg: RunConfig) -> Path:
+    return Trainer(cfg).train()
