@@ -34,13 +34,7 @@ class Predictor:
         pixels = [p for _, p in encoded if p is not None]
         out = generate(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
                        self.gen, generator=self.generator)
-        return [self.decode(ids) for ids in out]
-
-    def decode(self, ids: list[int]) -> str:
-        """Text of generated ids; keeps added tokens such as region ids, drops only bos/eos/pad."""
-        tok = self.model.tokenizer
-        drop = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
-        return tok.decode([t for t in ids if t not in drop]).strip()
+        return [self.model.decode(ids) for ids in out]
 
     def ask(self, question: str, images: Sequence[Image.Image] = ()) -> str:
         """One question about zero or more images; adds '<image>\\n' per image when the text has none."""

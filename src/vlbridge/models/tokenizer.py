@@ -9,6 +9,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from ..data.template import IMAGE_TOKEN, ChatTemplate
 
@@ -31,7 +32,12 @@ def train_tokenizer(texts: Iterable[str], template: ChatTemplate, vocab_size: in
 
 
 def load_tokenizer(path: str):
-    tok = AutoTokenizer.from_pretrained(path)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()     # AutoTokenizer peeks at config.json, whose model_type is vlbridge's own
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    finally:
+        hf_logging.set_verbosity(level)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

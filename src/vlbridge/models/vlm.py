@@ -118,6 +118,11 @@ class VLBridgeModel(nn.Module):
         return VLMOutput(loss, loss_sum, n_tokens, int(s.attention_mask.sum()), aux,
                          logits if return_logits else None)
 
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated ids; keeps added tokens (region ids, [IMG]...), drops only bos/eos/pad."""
+        drop = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        return self.tokenizer.decode([t for t in ids if t not in drop]).strip()
+
     def visual_tokens_per_image(self) -> int:
         """Visual tokens one image takes (the maximum, for dynamic connectors): used for length checks."""
         return self.connector.num_tokens()

@@ -1,0 +1,48 @@
+"""The `vlbridge` command: one entry point, a subcommand per job.
+
+    vlbridge data shapes --out DIR --n N --seed S      generate ShapesWorld
+    vlbridge train --preset tiny-cpu --data DIR --out RUN_DIR [--steps N] [--stage align|instruct] [--resume]
+    vlbridge eval  --model DIR --data test.json        per-task accuracy, predictions, reports
+    vlbridge chat  --model DIR --image PATH [--prompt TEXT]
+    vlbridge viz answers --model DIR --data test.json --out PNG
+
+User errors (bad data, missing files, bad options) print one clear line and exit 2; set VLBRIDGE_DEBUG=1
+for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..data.records import DataError
+from . import chat_cmd, data_cmd, eval_cmd, train_cmd, viz_cmd
+
+COMMANDS = (data_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlbridge", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (DataError, ValueError, FileNotFoundError, OSError) as e:
+        if os.environ.get("VLBRIDGE_DEBUG"):
+            raise
+        print(f"vlbridge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""`vlbridge viz`: figures. `viz answers` draws test images with the model's answers and boxes."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..data.records import SkipReport, load_image, load_records
+from ..generate import GenerationConfig
+from ..inference import Predictor, Query
+from ..models.vlm import VLBridgeModel
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("viz", help="figures (answers on test images)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    a = kinds.add_parser("answers", help="PNG of test images with the model's answers to their questions",
+                         description="Pick images from a LLaVA-style JSON, ask the model every question recorded "
+                                     "for each, and draw image + questions + answers (+ predicted boxes).")
+    a.add_argument("--model", required=True, help="saved model dir")
+    a.add_argument("--data", required=True, help="LLaVA-style JSON (e.g. test.json)")
+    a.add_argument("--out", required=True, help="output PNG path")
+    a.add_argument("--images", type=int, default=3, help="how many images (default: 3)")
+    a.add_argument("--start", type=int, default=0, help="index of the first image to show (default: 0)")
+    a.add_argument("--questions", type=int, default=6, help="questions per image at most (default: 6)")
+    a.set_defaults(run=run_answers)
+
+
+def run_answers(args: argparse.Namespace) -> int:
+    from ..viz.answers import answers_figure, group_by_image
+    model = VLBridgeModel.from_pretrained(args.model)
+    records = load_records(args.data, on_error="skip", report=SkipReport())
+    groups = list(group_by_image(records).items())[args.start:args.start + args.images]
+    if not groups:
+        raise ValueError(f"{args.data}: no single-image records to show")
+    predictor = Predictor(model, GenerationConfig(max_new_tokens=40))
+    images, qa = [], []
+    for path, recs in groups:
+        image = load_image(path, where=str(path))[0]
+        recs = recs[: args.questions]
+        answers = predictor.answer([Query(r.turns[:-1], [image]) for r in recs])
+        images.append(image)
+        qa.append([(r.turns[-2].text, ans, r.turns[-1].text) for r, ans in zip(recs, answers)])
+    out = answers_figure(images, qa, args.out, title=f"{Path(args.model)} on {Path(args.data).name}")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Figures: model answers on images (and, later, attention masks and windows)."""
