@@ -21,8 +21,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# ShapesWorld -> train the tiny model from scratch (resumes if interrupted) -> evaluate -> a figure.
 demo: $(STAMP)
-	$(BIN)/python -m vlbridge.demo --data $(DATA) --out $(DEMO)
+	$(BIN)/vlbridge data shapes --out $(DATA) --n 3000 --seed 0
+	$(BIN)/vlbridge train --preset tiny-cpu --data $(DATA) --out $(DEMO) --resume
+	$(BIN)/vlbridge eval --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/eval
+	$(BIN)/vlbridge viz answers --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/answers.png
+	@echo "demo done: accuracy table in $(DEMO)/eval/metrics.md, figure in $(DEMO)/answers.png"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

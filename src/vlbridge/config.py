@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 
-def opt(default: Any, help: str, **kw) -> Any:
-    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+def opt(default: Any, help: str, cli: bool = True) -> Any:
+    """A dataclass field with a help string (mutable defaults are copied per instance); cli=False hides it
+    from the command line (set by the program, not the user)."""
+    meta = {"help": help, "cli": cli}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -106,7 +108,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = opt("runs/run", "run directory (checkpoints, logs, resolved config, final model)")
-    preset: str | None = opt(None, "the preset this config started from")
+    preset: str | None = opt(None, "the preset this config started from", cli=False)
 
 
 def to_dict(cfg) -> dict:

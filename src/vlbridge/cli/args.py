@@ -48,6 +48,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "",
     hints = typing.get_type_hints(cls)
     defaults = cls()
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
         dest = prefix + f.name
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):

@@ -1,6 +1,7 @@
 """The language model: any ``AutoModelForCausalLM``, by name/path or built from a config dict."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -9,7 +10,7 @@ from ..config import LLMConfig
 
 def build_llm(cfg: LLMConfig, vocab_size: int | None = None) -> nn.Module:
     if cfg.name_or_path:
-        return AutoModelForCausalLM.from_pretrained(cfg.name_or_path, torch_dtype="float32")
+        return AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32)
     if "model_type" not in cfg.arch:
         raise ValueError("llm.arch needs a model_type (e.g. 'llama') when name_or_path is None")
     arch = dict(cfg.arch)
