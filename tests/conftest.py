@@ -30,6 +30,15 @@ def tiny_run_config(data_dir, out_dir, steps: int = 6) -> RunConfig:
     return cfg
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and thread spinning is very slow on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")

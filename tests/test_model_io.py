@@ -27,15 +27,6 @@ OPTIONS = {"linear": {"bias": False}, "mlp": {"depth": 3, "hidden": 24}}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and intra-op spinning is very slow on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(tiny_model, name: str, options: dict | None = None) -> VLBridgeModel:
     """A fresh tiny model with connector `name` (the tokenizer is copied from the shared fixture)."""
     torch.manual_seed(1)

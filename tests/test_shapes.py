@@ -252,7 +252,7 @@ def test_answers_agree_with_metadata(data) -> None:
             shape = None if m[1] == "object" else m[1]
             assert answer == str(len(find(scene, shape=shape)))
         elif task == "exist":
-            color, shape = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", question).groups()
+            color, shape = re.fullmatch(r"Is there an? (\w+) (\w+) in the image\?", question).groups()
             assert answer == ("yes" if find(scene, color, shape) else "no")
         elif task == "spatial":
             m = re.fullmatch(r"Is the (\w+) (\w+) (left of|above) the (\w+) (\w+)\?", question)
@@ -325,7 +325,7 @@ def test_exist_negatives_include_hard_and_absent(data) -> None:
         for rec in load(out, f"{split}.json"):
             if rec["task"] != "exist" or qa(rec)[1] != "no":
                 continue
-            color, shape = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", qa(rec)[0]).groups()
+            color, shape = re.fullmatch(r"Is there an? (\w+) (\w+) in the image\?", qa(rec)[0]).groups()
             scene = scenes[rec["image"]]
             has_color, has_shape = bool(find(scene, color=color)), bool(find(scene, shape=shape))
             kinds["hard" if has_color or has_shape else "absent"] += 1

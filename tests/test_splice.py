@@ -25,15 +25,6 @@ IMG = 1          # image placeholder id in the hand-made samples
 D = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and intra-op spinning is very slow on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def text_embedding(vocab: int = 32) -> nn.Embedding:
     emb = nn.Embedding(vocab, D)
     with torch.no_grad():                    # row i is (i, i, i, i): every text row is recognisable

@@ -142,3 +142,19 @@ def test_run_dir_has_resolved_config_and_log(shapes_dir, tmp_path):
     assert any("val_loss" in r for r in log) and any("tokens_per_s" in r for r in log)
     model_cfg = json.loads((final / "config.json").read_text())
     assert model_cfg["model_type"] == "vlbridge" and model_cfg["llm"]["arch"]["model_type"] == "llama"
+
+
+def test_lora_instruct_stage_trains_adapters_and_round_trips(shapes_dir, tmp_path):
+    cfg = tiny_run_config(shapes_dir, tmp_path / "run", steps=2)
+    cfg.train.lora_r, cfg.train.train_vision = 4, False
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("connector.") or "lora_" in n for n in trainable)
+    assert any("lora_" in n for n in trainable)
+    final = trainer.train()
+    from vlbridge.models.vlm import VLBridgeModel
+    again = VLBridgeModel.from_pretrained(final)
+    assert again.lora == {"r": 4, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    a, b = trainer.model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -44,7 +44,9 @@ def generate(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tenso
     s, _ = model.embed(list(input_ids), None, pixel_values, padding_side="left")
     embeds, mask, pos = s.inputs_embeds, s.attention_mask, s.position_ids      # [B, T, D], [B, T], [B, T]
     B = embeds.shape[0]
-    stops = torch.tensor(sorted(stop_token_ids if stop_token_ids is not None else model.builder.stop_token_ids()))
+    stop_ids = sorted(stop_token_ids if stop_token_ids is not None else model.builder.stop_token_ids())
+    stops = torch.tensor(stop_ids, dtype=torch.long)
+    idle = stop_ids[0] if stop_ids else (model.tokenizer.pad_token_id or 0)     # what finished rows emit
     embed_tokens = model.llm.get_input_embeddings()
     cache = DynamicCache() if gen.use_cache else None
     step_embeds, step_pos = embeds, pos
@@ -61,7 +63,7 @@ def generate(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tenso
             token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             token = logits.argmax(-1)
-        token = token.masked_fill(finished, stops[0])                            # finished rows idle
+        token = token.masked_fill(finished, idle)
         generated = torch.cat([generated, token[:, None]], 1)
         finished |= torch.isin(token, stops)
         if bool(finished.all()):
@@ -77,6 +79,6 @@ def generate(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tenso
             step_embeds, step_pos = embeds, pos
     result = []
     for row in generated.tolist():
-        cut = next((i for i, t in enumerate(row) if t in set(stops.tolist())), len(row))
+        cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
         result.append(row[:cut])
     return result

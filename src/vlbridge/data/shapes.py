@@ -59,6 +59,11 @@ GLYPH_LIGHT: tuple[int, int, int] = (255, 255, 255)
 MIN_GAP_PX = 2               # minimum empty pixels between two object boxes
 PLACEMENT_TRIES = 100        # random positions tried per object before dropping it
 MIN_SPATIAL_DELTA = 0.1      # centres must differ by more than this (normalised)
+
+
+def article(word: str) -> str:
+    """'an' before a vowel sound ("an orange circle"), else 'a'."""
+    return "an" if word[:1] in "aeiou" else "a"
 GLYPH_FIT_FACTOR = 9         # a glyph is drawn only if object side >= factor * scale
 
 # Relative frequency of tasks in multi-turn train conversations: colour and shape
@@ -336,7 +341,7 @@ def _count(scene: Scene, rng: random.Random) -> list[QA]:
 
 
 def _exist_question(color: str, shape: str) -> str:
-    return f"Is there a {color} {shape} in the image?"
+    return f"Is there {article(color)} {color} {shape} in the image?"
 
 
 def _exist(scene: Scene, rng: random.Random) -> list[QA]:

@@ -41,12 +41,13 @@ class VisionTower(nn.Module):
         self.cfg = cfg
         self.model = model if model is not None else build_vision_model(cfg)
         hf = self.model.config
-        self.patch_size = hf.patch_size
-        self.image_size = cfg.image_size or (hf.image_size if isinstance(hf.image_size, int) else hf.image_size[0])
-        self.width = hf.hidden_size
-        self.out_dim = self.width * len(cfg.feature_layers)
-        self.grid = (self.image_size // self.patch_size, self.image_size // self.patch_size)
+        self.patch_size = getattr(hf, "patch_size", None)        # token models; conv models give maps
+        size = getattr(hf, "image_size", 224)
+        self.image_size = cfg.image_size or (size if isinstance(size, int) else size[0])
         self.image_mean, self.image_std = self._normalisation()
+        with torch.no_grad(), torch.random.fork_rng():           # one dry run tells width and grid for any model
+            probe = self(torch.zeros(1, 3, self.image_size, self.image_size))
+        self.out_dim, self.grid = probe.features.shape[-1], probe.grid
 
     def _normalisation(self) -> tuple[list[float], list[float]]:
         """cfg values, else the checkpoint's preprocessor_config.json, else CLIP's."""
@@ -69,11 +70,21 @@ class VisionTower(nn.Module):
         """The full HF config as a dict, so a saved model rebuilds without the original checkpoint."""
         return self.model.config.to_dict()
 
+    def _as_tokens(self, h: torch.Tensor, image_hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A hidden state as tokens [B, P + rows*cols, D] and its grid (conv maps [B, D, rows, cols] flattened)."""
+        if h.dim() == 4:
+            return h.flatten(2).transpose(1, 2), (h.shape[-2], h.shape[-1])
+        return h, (image_hw[0] // self.patch_size, image_hw[1] // self.patch_size)
+
     def forward(self, pixel_values: torch.Tensor) -> VisualFeatures:
-        # pixel_values [B, 3, H, W] -> hidden states, each [B, P + rows*cols, D]
+        # pixel_values [B, 3, H, W] -> selected hidden states, each [B, P + rows*cols, D]
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
-        rows, cols = pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size
-        hidden = [out.hidden_states[i] for i in self.cfg.feature_layers]
+        picked = [self._as_tokens(out.hidden_states[i], pixel_values.shape[-2:]) for i in self.cfg.feature_layers]
+        grids = {g for _, g in picked}
+        if len(grids) > 1:
+            raise ValueError(f"vision.feature_layers {self.cfg.feature_layers} have different grids {sorted(grids)}; "
+                             "only layers of one resolution can be concatenated")
+        hidden, (rows, cols) = [h for h, _ in picked], grids.pop()
         n_prefix = hidden[0].shape[1] - rows * cols
         patches = [h[:, n_prefix:] for h in hidden]                    # each [B, rows*cols, D]
         cls = torch.cat([h[:, :n_prefix] for h in hidden], -1) if n_prefix else None

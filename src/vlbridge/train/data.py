@@ -49,7 +49,7 @@ class BatchStream:
 
     def __init__(self, dataset: InstructionDataset, cfg: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0):
         if len(dataset) == 0:
-            raise ValueError("the training set is empty (every record was skipped?)")
+            raise ValueError("the training set is empty (see the skipped-records summary above)")
         self.dataset, self.cfg = dataset, cfg
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.batch_size = min(cfg.batch_size, len(dataset))

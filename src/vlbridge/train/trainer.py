@@ -66,12 +66,13 @@ class Trainer:
         train_file, val_file = data_files(cfg.data)
         train_records = load_split(train_file, cfg.data, self.report)
         val_records = load_split(val_file, cfg.data, self.report) if val_file else []
+        self.n_records = len(train_records) + len(val_records) + len(self.report.entries)
         if resume_from is not None:
             model = VLBridgeModel.from_pretrained(resume_from / "model")
         elif tc.init_from:
             model = VLBridgeModel.from_pretrained(tc.init_from)
         else:
-            texts = (t.text.replace("<image>", "") for r in train_records + val_records for t in r.turns)
+            texts = (t.text.replace("<image>", "") for r in train_records for t in r.turns)
             model = build_model(cfg.model, texts)
         if tc.lora_r and tc.stage == "instruct" and model.lora is None:
             model.apply_lora(tc.lora_r, tc.lora_alpha, tc.lora_targets)
@@ -82,6 +83,8 @@ class Trainer:
         self.val_set = make_dataset(val_records, model, cfg.data, self.report) if val_records else None
         log(f"data: {len(self.train_set)} training records from {train_file}"
             + (f", {len(self.val_set)} validation records from {val_file}" if self.val_set else ""))
+        if self.report.entries:
+            log("data: " + self.report.summary(self.n_records))
 
         self.optimizer = make_optimizer(model, tc)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -175,7 +178,7 @@ class Trainer:
             log_file.close()
         if self.report.entries or self.report.notes:
             self.report.write_jsonl(self.out / "skipped_records.jsonl")
-        log("data: " + self.report.summary(len(self.train_set.items) + len(self.report.entries)))
+        log("data: " + self.report.summary(self.n_records))
         if self.state.step < tc.steps:
             log(f"stopped at step {self.state.step} of {tc.steps} (--stop_after); continue with --resume")
             return self.ckpt_root / f"step_{self.state.step:06d}"
