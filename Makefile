@@ -21,10 +21,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# ShapesWorld -> train the tiny model from scratch (resumes if interrupted) -> evaluate -> a figure.
+# ShapesWorld -> pretrain the tiny vision encoder (no CLIP to download) -> train the MLLM (resumes if
+# interrupted) -> evaluate on the test split -> a figure of answers.
 demo: $(STAMP)
 	$(BIN)/vlbridge data shapes --out $(DATA) --n 3000 --seed 0
-	$(BIN)/vlbridge train --preset tiny-cpu --data $(DATA) --out $(DEMO) --resume
+	$(BIN)/vlbridge pretrain-vision --preset tiny-cpu --annotations $(DATA)/scenes.json --out $(DEMO)/vision
+	$(BIN)/vlbridge train --preset tiny-cpu --model.vision.name_or_path $(DEMO)/vision --data $(DATA) --out $(DEMO) --resume
 	$(BIN)/vlbridge eval --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/eval
 	$(BIN)/vlbridge viz answers --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/answers.png
 	@echo "demo done: accuracy table in $(DEMO)/eval/metrics.md, figure in $(DEMO)/answers.png"

@@ -17,8 +17,8 @@ def tiny_model_config(connector: str = "mlp", options: dict | None = None) -> Mo
     vision = VisionConfig(arch=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                                     num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8))
     llm = LLMConfig(arch=dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                              tie_word_embeddings=True), max_length=256, tokenizer_vocab=400)
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                              tie_word_embeddings=True), max_length=512, tokenizer_vocab=400)
     return ModelConfig(vision, ConnectorConfig(connector, options or {}), llm)
 
 

@@ -32,7 +32,7 @@ def bad_copy(shapes_dir, tmp_path):
          "conversations": [{"from": "human", "value": "<image><image> hi"}, {"from": "gpt", "value": "x"}]},
         {"id": "empty", "image": good["image"], "conversations": []},
         {"id": "too-long", "image": good["image"],
-         "conversations": [{"from": "human", "value": "<image>\n" + "red " * 400}, {"from": "gpt", "value": "x"}]},
+         "conversations": [{"from": "human", "value": "<image>\n" + "red " * 700}, {"from": "gpt", "value": "x"}]},
         {"id": "rgba", "image": "images/rgba.png", "conversations": good["conversations"]},
     ]
     (data / "train.json").write_text(json.dumps(records + bad))
@@ -69,7 +69,7 @@ def test_too_long_names_record_and_limit(shapes_dir, tmp_path, tiny_model):
     with pytest.raises(DataError) as e:
         make_dataset([r for r in records if r.id == "too-long"], tiny_model, cfg, report)
     msg = str(e.value)
-    assert "too-long" in msg and "exceeds the model's limit of 256" in msg and e.value.kind == "too_long"
+    assert "too-long" in msg and "exceeds the model's limit of 512" in msg and e.value.kind == "too_long"
 
 
 def test_cli_reports_bad_data_without_traceback(tmp_path, capsys):

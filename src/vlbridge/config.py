@@ -87,6 +87,8 @@ class TrainConfig:
     warmup_steps: int = opt(50, "linear warm-up steps")
     min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    loss_weighting: str = opt("token", "LM loss weights: 'token' (LLaVA), 'sqrt' (InternVL 2.5 square averaging: "
+                                       "1/sqrt(answer length)) or 'answer' (1/answer length)")
     lora_r: int = opt(0, "LoRA rank for the LLM in the instruct stage (0 = full fine-tuning)")
     lora_alpha: int = opt(16, "LoRA alpha")
     lora_targets: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj"], "LLM module names LoRA adapts")

@@ -1,6 +1,7 @@
 """The `vlbridge` command: one entry point, a subcommand per job.
 
     vlbridge data shapes --out DIR --n N --seed S      generate ShapesWorld
+    vlbridge pretrain-vision --annotations DIR/scenes.json --out VISION_DIR   (no downloadable encoder here)
     vlbridge train --preset tiny-cpu --data DIR --out RUN_DIR [--steps N] [--stage align|instruct] [--resume]
     vlbridge eval  --model DIR --data test.json        per-task accuracy, predictions, reports
     vlbridge chat  --model DIR --image PATH [--prompt TEXT]
@@ -16,9 +17,9 @@ import os
 import sys
 
 from ..data.records import DataError
-from . import chat_cmd, data_cmd, eval_cmd, train_cmd, viz_cmd
+from . import chat_cmd, data_cmd, eval_cmd, pretrain_vision_cmd, train_cmd, viz_cmd
 
-COMMANDS = (data_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd)
+COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

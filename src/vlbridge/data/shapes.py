@@ -69,8 +69,8 @@ GLYPH_FIT_FACTOR = 9         # a glyph is drawn only if object side >= factor * 
 # Relative frequency of tasks in multi-turn train conversations: colour and shape
 # are the most frequent so that a tiny model learns them first.
 TRAIN_TASK_WEIGHTS: dict[str, float] = {
-    "caption": 1.0, "color": 3.0, "shape": 3.0, "count": 1.5, "exist": 2.0,
-    "spatial": 1.5, "glyph": 1.5, "rec": 1.5, "reg": 1.5,
+    "caption": 1.0, "color": 4.0, "shape": 4.0, "count": 1.0, "exist": 1.5,
+    "spatial": 1.0, "glyph": 1.0, "rec": 1.0, "reg": 1.0,
 }
 
 # Hand-written 3x5 bitmap font; "#" is ink.
@@ -113,7 +113,7 @@ class ShapesWorldConfig:
     glyph_prob: float = opt(0.35, "probability that a large object carries a tiny glyph (digit or letter)")
     glyph_scale: int = opt(1, "pixel scale of the 3x5 bitmap glyphs (1 = 3x5 px: fine detail)")
     splits: list[float] = opt([0.8, 0.1, 0.1], "train,val,test fractions of n")
-    train_turns: int = opt(4, "QA turns per training record (one image, several tasks)")
+    train_turns: int = opt(8, "QA turns per training record (one image, several questions)")
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. when rebuilt from shapesworld.json).
@@ -450,12 +450,6 @@ def _pick(task: str, candidates: list[QA], rng: random.Random, balancer: YesNoBa
     return rng.choice(candidates)
 
 
-def _weighted_order(tasks: list[str], rng: random.Random) -> list[str]:
-    """Random order of ``tasks`` where higher TRAIN_TASK_WEIGHTS tend to come first."""
-    keys = {t: rng.random() ** (1.0 / TRAIN_TASK_WEIGHTS[t]) for t in tasks}
-    return sorted(tasks, key=lambda t: -keys[t])
-
-
 def _conversation(turns: list[tuple[str, QA]]) -> list[dict[str, str]]:
     messages: list[dict[str, str]] = []
     for k, (task, (question, answer)) in enumerate(turns):
@@ -483,11 +477,23 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
                   balancer: YesNoBalancer, n_turns: int) -> dict[str, Any]:
-    """One multi-turn record with questions from ``n_turns`` different tasks."""
-    candidates = {t: questions_for(scene, t, rng) for t in TASKS}
-    applicable = [t for t in TASKS if candidates[t]]
-    chosen = _weighted_order(applicable, rng)[:n_turns]
-    turns = [(t, _pick(t, candidates[t], rng, balancer)) for t in chosen]
+    """One multi-turn record of up to ``n_turns`` distinct questions about one image.
+
+    Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (a scene may get several colour questions, one
+    per object), so one encoded image supervises many answers.
+    """
+    pool = {t: questions_for(scene, t, rng) for t in TASKS}
+    chosen: list[str] = []
+    turns: list[tuple[str, QA]] = []
+    while len(turns) < n_turns:
+        open_tasks = [t for t in TASKS if pool[t]]
+        if not open_tasks:
+            break
+        task = rng.choices(open_tasks, weights=[TRAIN_TASK_WEIGHTS[t] for t in open_tasks])[0]
+        qa = _pick(task, pool[task], rng, balancer)
+        pool[task] = [c for c in pool[task] if c[0] != qa[0]]      # never the same question twice
+        chosen.append(task)
+        turns.append((task, qa))
     return {"id": f"{stem}_mixed", "image": image, "task": "mixed", "tasks": chosen,
             "conversations": _conversation(turns)}
 

@@ -24,6 +24,7 @@ from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from
 from ..connectors import ConnectorOutput, build_connector
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder, get_template
 from .llm import build_llm
+from .loss_weights import answer_weights
 from .splice import Spliced, splice
 from .tokenizer import load_tokenizer
 from .vision import VisionTower
@@ -34,7 +35,8 @@ MODULES = ("vision", "connector", "llm")
 @dataclass
 class VLMOutput:
     loss: torch.Tensor              # mean LM loss over supervised tokens + auxiliary losses
-    lm_loss_sum: torch.Tensor       # summed token cross-entropy (for exact averaging over accumulation)
+    lm_loss_sum: torch.Tensor       # weighted sum of token cross-entropies (exact averaging over accumulation)
+    weight_sum: float               # sum of the token weights (= n_tokens with token weighting)
     n_tokens: int                   # supervised tokens
     n_positions: int                # real (non-pad) positions processed by the LLM
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -106,17 +108,18 @@ class VLBridgeModel(nn.Module):
         spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side)
         return spliced, aux
 
-    def forward(self, batch, return_logits: bool = False) -> VLMOutput:
+    def forward(self, batch, return_logits: bool = False, loss_weighting: str = "token") -> VLMOutput:
         s, aux = self.embed(batch.input_ids, batch.labels, batch.pixel_values)
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
                           position_ids=s.position_ids, use_cache=False).logits    # [B, T, V]
-        targets = s.labels[:, 1:]                                                 # next-token targets
-        loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                   reduction="sum")
-        n_tokens = int((targets != IGNORE_INDEX).sum())
-        loss = loss_sum / max(n_tokens, 1) + sum(aux.values(), torch.zeros(()))
-        return VLMOutput(loss, loss_sum, n_tokens, int(s.attention_mask.sum()), aux,
-                         logits if return_logits else None)
+        targets = s.labels[:, 1:]                                                 # next-token targets [B, T-1]
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="none").view_as(targets)
+        weights = answer_weights(targets, loss_weighting)
+        loss_sum, weight_sum = (ce * weights).sum(), float(weights.sum())
+        loss = loss_sum / max(weight_sum, 1e-8) + sum(aux.values(), torch.zeros(()))
+        return VLMOutput(loss, loss_sum, weight_sum, int((targets != IGNORE_INDEX).sum()),
+                         int(s.attention_mask.sum()), aux, logits if return_logits else None)
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids; keeps added tokens (region ids, [IMG]...), drops only bos/eos/pad."""

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from ..config import RunConfig, save_json
 from ..data.dataset import collate
 from ..data.records import SkipReport
-from ..data.template import IGNORE_INDEX
 from ..models.build import build_model
+from ..models.loss_weights import answer_weights
 from ..models.vlm import VLBridgeModel
 from .checkpoint import TrainerState, latest_checkpoint, load_training_state, save_checkpoint
 from .data import BatchStream, data_files, load_split, make_dataset
@@ -40,8 +40,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def supervised_tokens(batch) -> int:
-    return sum(int((labels != IGNORE_INDEX).sum()) for labels in batch.labels)
+def loss_weight_total(batch, mode: str) -> float:
+    """What the step's loss is normalised by: the summed token weights of its supervised tokens."""
+    return sum(float(answer_weights(labels, mode).sum()) for labels in batch.labels)
 
 
 class Trainer:
@@ -99,13 +100,13 @@ class Trainer:
     def train_step(self) -> dict:
         tc = self.cfg.train
         micro = [next(self.stream) for _ in range(tc.grad_accum)]
-        n_tok = max(sum(supervised_tokens(b) for b in micro), 1)
+        norm = max(sum(loss_weight_total(b, tc.loss_weighting) for b in micro), 1e-8)
         self.optimizer.zero_grad(set_to_none=True)
         lm_sum, positions, aux_total = 0.0, 0, 0.0
         for batch in micro:
-            out = self.model(batch)
+            out = self.model(batch, loss_weighting=tc.loss_weighting)
             aux = sum(out.aux_losses.values(), torch.zeros(())) / tc.grad_accum
-            (out.lm_loss_sum / n_tok + aux).backward()
+            (out.lm_loss_sum / norm + aux).backward()
             lm_sum += float(out.lm_loss_sum.detach())
             aux_total += float(aux.detach())
             positions += out.n_positions
@@ -116,7 +117,7 @@ class Trainer:
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = self.stream.position
         self.state.tokens_seen += positions
-        return {"loss": lm_sum / n_tok, "aux": aux_total, "grad_norm": float(grad_norm), "positions": positions}
+        return {"loss": lm_sum / norm, "aux": aux_total, "grad_norm": float(grad_norm), "positions": positions}
 
     @torch.no_grad()
     def validate(self) -> float | None:

@@ -1,0 +1,143 @@
+"""Dense box-attribute pretraining of a vision encoder built from scratch (the `vision` stage).
+
+Real MLLMs start from a pretrained encoder (CLIP, SigLIP). Nothing can be downloaded here, and a
+from-scratch encoder learns object shapes far too slowly through the LLM's loss alone: on ShapesWorld, after
+1,100 instruct steps a 2-layer LLM still answered shape questions at chance, while the same encoder learns
+per-patch shapes in a few hundred steps of direct supervision. This stage stands in for that pretraining:
+every patch predicts the attributes (e.g. shape, colour) of the object whose box contains the patch centre,
+or "background". It writes a Hugging Face vision-model directory that ``--model.vision.name_or_path``
+loads like any downloaded checkpoint.
+
+Annotations: a JSON list of ``{"image": "rel/path.png", "split": "train", "objects": [{"box": [x1, y1,
+x2, y2], "<attribute>": "<value>", ...}]}`` with normalised corner boxes — ShapesWorld's ``scenes.json``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..config import VisionConfig, opt
+from ..data.records import load_image
+from ..models.vision import VisionTower
+
+BACKGROUND = "<background>"
+
+
+@dataclass
+class VisionPretrainConfig:
+    annotations: str = opt("", "scenes JSON with boxes and attributes (e.g. DATA/scenes.json)")
+    out: str = opt("", "output dir: a Hugging Face vision model + preprocessor_config.json")
+    attributes: list[str] = opt(["shape", "color"], "object attributes each patch learns to predict")
+    split: str = opt("train", "annotation split to train on ('val' is used for the held-out accuracy)")
+    steps: int = opt(300, "optimizer steps")
+    batch_size: int = opt(32, "images per step")
+    lr: float = opt(2e-3, "AdamW learning rate")
+    seed: int = opt(0, "seed")
+    vision: VisionConfig = field(default_factory=VisionConfig)
+
+
+def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, vocab: dict[str, int]) -> torch.Tensor:
+    """[rows*cols] class ids: the attribute of the smallest box containing each patch centre (0 = background)."""
+    rows, cols = grid
+    cy = (torch.arange(rows) + 0.5) / rows
+    cx = (torch.arange(cols) + 0.5) / cols
+    labels = torch.zeros(rows, cols, dtype=torch.long)
+    for obj in sorted(objects, key=lambda o: -(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])):
+        x1, y1, x2, y2 = obj["box"]
+        inside = ((cy >= y1) & (cy <= y2))[:, None] & ((cx >= x1) & (cx <= x2))[None, :]
+        labels[inside] = vocab[str(obj[attribute])]                    # smaller boxes drawn last win
+    return labels.flatten()
+
+
+class DenseAttributeHead(nn.Module):
+    def __init__(self, dim: int, vocabs: dict[str, dict[str, int]]):
+        super().__init__()
+        self.heads = nn.ModuleDict({a: nn.Linear(dim, len(v)) for a, v in vocabs.items()})
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {a: head(features) for a, head in self.heads.items()}   # each [B, N, classes]
+
+
+def load_annotations(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read annotations: {e}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of scenes")
+    return data
+
+
+def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    ann_path = Path(cfg.annotations)
+    scenes = load_annotations(ann_path)
+    for i, s in enumerate(scenes):
+        for obj in s.get("objects", []):
+            missing = [a for a in cfg.attributes if a not in obj]
+            if missing or "box" not in obj:
+                raise ValueError(f"{ann_path}: scene #{i} ({s.get('image')}): object lacks {missing or ['box']}")
+    vocabs = {a: {BACKGROUND: 0, **{v: i + 1 for i, v in enumerate(sorted({str(o[a]) for s in scenes
+                                                                            for o in s["objects"]}))}}
+              for a in cfg.attributes}
+    tower = VisionTower(cfg.vision)
+    transform = tower.image_transform()
+    folder = ann_path.parent
+
+    def tensors(split: str):
+        chosen = [s for s in scenes if s.get("split", "train") == split]
+        if not chosen:
+            return None
+        pixels = torch.stack([transform(load_image(folder / s["image"], where=str(ann_path))[0]) for s in chosen])
+        labels = {a: torch.stack([patch_labels(s["objects"], tower.grid, a, vocabs[a]) for s in chosen])
+                  for a in cfg.attributes}
+        return pixels, labels
+
+    train = tensors(cfg.split)
+    if train is None:
+        raise ValueError(f"{ann_path}: no scenes with split {cfg.split!r}")
+    held_out = tensors("val")
+    head = DenseAttributeHead(tower.out_dim, vocabs)
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    tower.train()
+    bar = tqdm(range(cfg.steps), desc="pretrain[vision]", file=sys.stderr, mininterval=1.0)
+    for _ in bar:
+        idx = torch.randint(0, len(train[0]), (cfg.batch_size,))
+        logits = head(tower(train[0][idx]).features)                       # each [B, N, classes]
+        loss = sum(F.cross_entropy(logits[a].flatten(0, 1), train[1][a][idx].flatten()) for a in cfg.attributes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    metrics = evaluate(tower, head, held_out, cfg.attributes) if held_out else {}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tower.model.config.image_size = tower.image_size                      # conv configs have none
+    tower.model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": tower.image_mean, "image_std": tower.image_std, "size": tower.image_size}, indent=1))
+    (out / "vision_pretrain.json").write_text(json.dumps(
+        {"config": asdict(cfg), "vocabularies": vocabs, "held_out_patch_accuracy": metrics}, indent=1))
+    return out
+
+
+@torch.no_grad()
+def evaluate(tower, head, data, attributes) -> dict[str, float]:
+    """Accuracy on held-out object patches (background excluded), per attribute."""
+    tower.eval()
+    pixels, labels = data
+    logits = head(torch.cat([tower(pixels[i:i + 64]).features for i in range(0, len(pixels), 64)]))
+    tower.train()
+    return {a: float((logits[a].argmax(-1) == labels[a])[labels[a] > 0].float().mean()) for a in attributes}

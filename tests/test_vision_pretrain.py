@@ -1,0 +1,48 @@
+"""The vision stage: per-patch labels from boxes, and a pretrained encoder that loads by path."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_model_config
+from vlbridge.train.vision_pretrain import VisionPretrainConfig, patch_labels, pretrain_vision
+
+
+def test_patch_labels_follow_box_centres():
+    vocab = {"<background>": 0, "circle": 1, "square": 2}
+    objects = [{"box": [0.0, 0.0, 0.5, 0.5], "shape": "circle"},       # top-left quarter
+               {"box": [0.2, 0.2, 0.3, 0.3], "shape": "square"}]      # a small box inside it wins
+    labels = patch_labels(objects, (4, 4), "shape", vocab).view(4, 4)
+    # patch centres are at 0.125, 0.375, 0.625, 0.875
+    assert labels[:2, :2].tolist() == [[1, 1], [1, 1]]
+    assert labels[2:].sum() == 0 and labels[:, 2:].sum() == 0
+    small = patch_labels([{"box": [0.3, 0.3, 0.45, 0.45], "shape": "square"}], (4, 4), "shape", vocab).view(4, 4)
+    assert small[1, 1] == 2 and small.sum() == 2                     # only the patch whose centre is inside
+
+
+def test_pretrained_encoder_loads_by_path(shapes_dir, tmp_path):
+    cfg = VisionPretrainConfig(annotations=str(shapes_dir / "scenes.json"), out=str(tmp_path / "vision"), steps=3,
+                               batch_size=4, vision=tiny_model_config().vision)
+    out = pretrain_vision(cfg)
+    meta = json.loads((out / "vision_pretrain.json").read_text())
+    assert set(meta["held_out_patch_accuracy"]) == {"shape", "color"}
+    assert meta["vocabularies"]["shape"]["<background>"] == 0
+    from vlbridge.models.build import build_model
+    model_cfg = tiny_model_config()
+    model_cfg.vision.name_or_path = str(out)
+    model = build_model(model_cfg, ["red", "circle"])
+    from transformers import AutoModel
+    ref = AutoModel.from_pretrained(out)
+    a, b = model.vision.model.state_dict(), ref.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert model.vision.image_size == 32
+
+
+def test_missing_attribute_is_a_clear_error(tmp_path):
+    ann = tmp_path / "scenes.json"
+    ann.write_text(json.dumps([{"image": "x.png", "objects": [{"box": [0, 0, 1, 1], "shape": "circle"}]}]))
+    cfg = VisionPretrainConfig(annotations=str(ann), out=str(tmp_path / "o"), vision=tiny_model_config().vision)
+    with pytest.raises(ValueError, match="lacks \\['color'\\]"):
+        pretrain_vision(cfg)
