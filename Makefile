@@ -26,7 +26,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vlbridge data shapes --out $(DATA) --n 3000 --seed 0
 	$(BIN)/vlbridge pretrain-vision --preset tiny-cpu --annotations $(DATA)/scenes.json --out $(DEMO)/vision
-	$(BIN)/vlbridge train --preset tiny-cpu --model.vision.name_or_path $(DEMO)/vision --data $(DATA) --out $(DEMO) --resume
+	$(BIN)/vlbridge train --preset tiny-cpu --model.vision.name_or_path $(DEMO)/vision --train.train_vision false \
+		--data $(DATA) --out $(DEMO) --resume
 	$(BIN)/vlbridge eval --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/eval
 	$(BIN)/vlbridge viz answers --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/answers.png
 	@echo "demo done: accuracy table in $(DEMO)/eval/metrics.md, figure in $(DEMO)/answers.png"

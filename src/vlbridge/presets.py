@@ -14,23 +14,24 @@ from .config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainCon
 
 
 def tiny_llm() -> LLMConfig:
-    return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+    return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                                tie_word_embeddings=True, rms_norm_eps=1e-5),
                      chat_template="plain", max_length=512)
 
 
-def tiny_train(steps: int = 900) -> TrainConfig:
+def tiny_train(steps: int = 600) -> TrainConfig:
     return TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=16, lr=1e-3,
-                       warmup_steps=40, weight_decay=0.01, eval_every=300, save_every=300)
+                       warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200)
 
 
 def tiny_cpu() -> RunConfig:
-    """A tiny ResNet (conv inductive bias: learns shapes fast from scratch) + MLP + 2-layer Llama.
+    """A tiny ResNet (conv inductive bias: learns shapes fast from scratch) + MLP + 4-layer Llama.
 
     For the demo the encoder is first pretrained with ``vlbridge pretrain-vision`` (there is no CLIP to
-    download) and passed as ``--model.vision.name_or_path``; without it the same architecture is built
-    from ``arch`` and learns only through the LLM's loss (much slower on shapes).
+    download), passed as ``--model.vision.name_or_path`` and frozen (``--train.train_vision false``), as in
+    LLaVA; without it the same architecture is built from ``arch`` and trains end to end through the LLM's
+    loss (which learns colours but not shapes within minutes).
     """
     vision = VisionConfig(arch=dict(model_type="resnet", num_channels=3, embedding_size=32, hidden_sizes=[64, 128],
                                     depths=[1, 1], layer_type="basic", downsample_in_first_stage=False),

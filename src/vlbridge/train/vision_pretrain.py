@@ -37,7 +37,7 @@ class VisionPretrainConfig:
     out: str = opt("", "output dir: a Hugging Face vision model + preprocessor_config.json")
     attributes: list[str] = opt(["shape", "color"], "object attributes each patch learns to predict")
     split: str = opt("train", "annotation split to train on ('val' is used for the held-out accuracy)")
-    steps: int = opt(300, "optimizer steps")
+    steps: int = opt(400, "optimizer steps")
     batch_size: int = opt(32, "images per step")
     lr: float = opt(2e-3, "AdamW learning rate")
     seed: int = opt(0, "seed")
