@@ -1,6 +1,6 @@
 """Named presets: complete RunConfigs that CLI flags then override.
 
-- ``tiny-cpu``: a tiny ResNet encoder + MLP connector + 2-layer Llama-style LM, all built from configs and
+- ``tiny-cpu``: a tiny ResNet encoder + MLP connector + 4-layer Llama-style LM, all built from configs and
   trained from scratch on ShapesWorld in a few minutes on a laptop CPU (nothing to download);
   ``tiny-cpu-vit``: the same with a CLIP-style ViT encoder.
 - ``clip-qwen2`` / ``siglip-llama``: real checkpoints given by path (``--model.vision.name_or_path``,
