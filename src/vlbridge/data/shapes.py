@@ -69,8 +69,8 @@ GLYPH_FIT_FACTOR = 9         # a glyph is drawn only if object side >= factor * 
 # Relative frequency of tasks in multi-turn train conversations: colour and shape
 # are the most frequent so that a tiny model learns them first.
 TRAIN_TASK_WEIGHTS: dict[str, float] = {
-    "caption": 1.0, "color": 4.0, "shape": 4.0, "count": 1.0, "exist": 1.5,
-    "spatial": 1.0, "glyph": 1.0, "rec": 1.0, "reg": 1.0,
+    "caption": 0.7, "color": 6.0, "shape": 4.0, "count": 1.0, "exist": 1.5,
+    "spatial": 1.0, "glyph": 1.0, "rec": 0.7, "reg": 0.7,
 }
 
 # Hand-written 3x5 bitmap font; "#" is ink.
