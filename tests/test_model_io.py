@@ -35,7 +35,7 @@ def make_model(tiny_model, name: str, options: dict | None = None) -> VLBridgeMo
 
 def make_batch(model, shapes_dir, n: int = 3):
     records = load_records(shapes_dir / "train.json")[:n]
-    ds = InstructionDataset(records, model.builder, model.vision.image_transform(), max_length=256,
+    ds = InstructionDataset(records, model.builder, model.vision.image_transform(), max_length=model.cfg.llm.max_length,
                             visual_tokens_per_image=model.visual_tokens_per_image(), report=SkipReport(),
                             on_error="raise")
     return collate([ds[i] for i in range(len(ds))])
