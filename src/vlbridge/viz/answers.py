@@ -44,7 +44,7 @@ def answers_figure(images: list, qa: list[list[tuple[str, str, str]]], out: str 
         ax_img.set_axis_off()
         lines = []
         for question, pred, ref in rows:
-            q = question.replace("<image>", "").split("\n")[0].strip()
+            q = question.replace("<image>", "").strip().split("\n")[0]
             ok = exact_match(pred, ref)
             lines.append(f"Q: {q}\nA: {pred or '(empty)'}   {'✓' if ok else '✗ ref: ' + ref}")
             for box, color, style in ((find_box(ref), "white", "--"), (find_box(pred), "lime", "-")):
