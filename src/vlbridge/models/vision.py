@@ -62,10 +62,6 @@ class VisionTower(nn.Module):
     def image_transform(self) -> ImageTransform:
         return ImageTransform(self.image_size, self.image_mean, self.image_std)
 
-    @property
-    def hf_config(self):
-        return self.model.config
-
     def resolved_arch(self) -> dict:
         """The full HF config as a dict, so a saved model rebuilds without the original checkpoint."""
         return self.model.config.to_dict()
