@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 from PIL import Image, ImageDraw
 
 from ..config import opt
+from ..grounding.boxes import format_box
 
 # --------------------------------------------------------------------------- constants
 
@@ -178,13 +179,6 @@ class Scene:
 
 
 # ------------------------------------------------------------------------- scene layout
-
-def format_box(box: Sequence[float]) -> str:
-    """Normalised [x1, y1, x2, y2] -> "[0.125,0.250,0.375,0.500]"."""
-    if len(box) != 4:
-        raise ValueError(f"box needs 4 values, got {len(box)}")
-    return "[" + ",".join(f"{float(v):.3f}" for v in box) + "]"
-
 
 PixelBox = tuple[int, int, int, int]  # x0, y0 inclusive; x1, y1 exclusive
 
