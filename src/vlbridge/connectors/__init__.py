@@ -8,12 +8,22 @@ from __future__ import annotations
 import dataclasses
 
 from .base import Connector, ConnectorOutput, VisualFeatures
+from .cabstractor import CAbstractorConnector
 from .linear import LinearConnector
 from .mlp import MLPConnector
+from .pargo import ParGoConnector
+from .pixel_shuffle import PixelShuffleConnector
+from .qformer import QFormerConnector
+from .resampler import ResamplerConnector
 
 CONNECTORS: dict[str, type[Connector]] = {
     "linear": LinearConnector,
     "mlp": MLPConnector,
+    "pargo": ParGoConnector,
+    "qformer": QFormerConnector,
+    "resampler": ResamplerConnector,
+    "cabstractor": CAbstractorConnector,
+    "pixel_shuffle": PixelShuffleConnector,
 }
 
 

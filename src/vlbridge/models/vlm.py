@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from_dict
 from ..connectors import ConnectorOutput, build_connector
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder, get_template
+from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
 from .splice import Spliced, splice
@@ -97,14 +98,21 @@ class VLBridgeModel(nn.Module):
         self.lora = {"r": r, "alpha": alpha, "targets": list(targets)}
 
     # ---- forward --------------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor) -> ConnectorOutput:
+    def encode_images(self, pixel_values: torch.Tensor, text=None) -> ConnectorOutput:
         feats = self.vision(pixel_values)                  # features [n_img, N, D_vis]
+        feats.text = text                                  # instruction per image (connectors with wants_text)
         return self.connector(feats)                       # tokens   [n_img, M, D_llm]
+
+    def image_instructions(self, input_ids):
+        """The user text of the turn holding each image, embedded (for connectors with ``wants_text``)."""
+        spans = instruction_spans(list(input_ids), self.image_token_id, self.template, self.builder.encode)
+        return instruction_text(self.llm.get_input_embeddings(), spans)
 
     def embed(self, input_ids, labels, pixel_values, padding_side: str = "right") -> tuple[Spliced, dict]:
         visual, aux = [], {}
         if pixel_values is not None and len(pixel_values):
-            out = self.encode_images(pixel_values)
+            text = self.image_instructions(input_ids) if getattr(self.connector, "wants_text", False) else None
+            out = self.encode_images(pixel_values, text)
             visual, aux = out.per_image(), out.aux_losses
         spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side)
         return spliced, aux

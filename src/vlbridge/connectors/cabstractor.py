@@ -1,0 +1,117 @@
+"""`cabstractor`: Honeybee's C-Abstractor — convolutions on the patch grid, pooling, convolutions, MLP.
+
+The patch features are laid out on their ``(rows, cols)`` grid (plus a learned position embedding,
+Honeybee's ``pos_emb``), go through ``depth`` residual blocks, adaptive average pooling to the output
+token grid ``grid_out``, ``depth`` more blocks, and an MLP readout to the LLM width (``Linear``, then
+``mlp_depth - 1`` x ``SiLU, Linear``). M = grid_out rows x cols.
+
+Blocks: RegNet-style bottlenecks without squeeze-excitation (what Honeybee builds with timm's RegStage,
+SE-free): ``1x1 conv - LN - SiLU - 3x3 conv - LN - SiLU - 1x1 conv - LN`` plus the shortcut (a 1x1 conv + LN
+when the width changes), then SiLU. Groups are 1 (a plain ResNet bottleneck). Norms are LayerNorms over
+the channels of each position, so every operation is local: each block widens the receptive field by one
+cell on each side (one patch before pooling, one pooled cell after), which the locality test relies on.
+
+Defaults follow Honeybee (depth 3, MLP depth 2, width = the vision width); the output grid defaults to
+half the patch grid per side (24x24 -> 12x12 = Honeybee's 144 tokens at 336 px; 8x8 -> 4x4). CLS/prefix
+tokens kept by the encoder have no place on the grid and are dropped, as in Honeybee.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Connector, ConnectorOutput, VisualFeatures
+
+
+@dataclass
+class CAbstractorOptions:
+    grid_out: list[int] | None = None   # output token grid [rows, cols]; None = half the patch grid per side
+    depth: int = 3                      # bottleneck blocks before and after the pooling (Honeybee: 3)
+    hidden: int | None = None           # block width; None = the vision width (Honeybee: 1024 for CLIP-L)
+    bottleneck_ratio: float = 1.0       # inner width of a block / its output width (RegNet bottle_ratio)
+    mlp_depth: int = 2                  # Linear layers of the readout (Honeybee: 2)
+    pos_emb: bool = True                # learned position embedding of the patches (Honeybee: True)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each position of a [B, C, rows, cols] map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def conv_norm(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), LayerNorm2d(c_out))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c_in: int, c_out: int, ratio: float):
+        super().__init__()
+        mid = max(1, int(round(c_out * ratio)))
+        self.body = nn.Sequential(conv_norm(c_in, mid, 1), nn.SiLU(), conv_norm(mid, mid, 3), nn.SiLU(),
+                                  conv_norm(mid, c_out, 1))
+        self.shortcut = conv_norm(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))                  # [B, C_out, rows, cols]
+
+    def macs_per_position(self) -> int:
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Conv2d))
+
+
+class CAbstractorConnector(Connector):
+    Options = CAbstractorOptions
+
+    def __init__(self, options: CAbstractorOptions, vis_dim: int, llm_dim: int, grid):
+        super().__init__(options, vis_dim, llm_dim, grid)
+        o = options
+        rows, cols = self.grid
+        self.grid_out = tuple(o.grid_out) if o.grid_out is not None else (max(1, rows // 2), max(1, cols // 2))
+        if len(self.grid_out) != 2 or not (1 <= self.grid_out[0] <= rows and 1 <= self.grid_out[1] <= cols):
+            raise ValueError(f"cabstractor connector: grid_out must be [rows, cols] within the patch grid "
+                             f"{list(self.grid)}, got {o.grid_out}")
+        if o.depth < 0 or o.mlp_depth < 1 or o.bottleneck_ratio <= 0:
+            raise ValueError(f"cabstractor connector: need depth >= 0, mlp_depth >= 1, bottleneck_ratio > 0; "
+                             f"got {o.depth}, {o.mlp_depth}, {o.bottleneck_ratio}")
+        hidden = o.hidden or vis_dim
+        self.hidden = hidden
+        self.pos = nn.Parameter(torch.randn(rows * cols, vis_dim) * 0.02) if o.pos_emb else None   # [N, D_vis]
+        self.stage1 = nn.Sequential(*[Bottleneck(vis_dim if i == 0 else hidden, hidden, o.bottleneck_ratio)
+                                      for i in range(o.depth)])
+        self.stage2 = nn.Sequential(*[Bottleneck(hidden, hidden, o.bottleneck_ratio) for _ in range(o.depth)])
+        width = hidden if o.depth else vis_dim
+        readout: list[nn.Module] = [nn.Linear(width, llm_dim)]
+        for _ in range(o.mlp_depth - 1):
+            readout += [nn.SiLU(), nn.Linear(llm_dim, llm_dim)]
+        self.readout = nn.Sequential(*readout)
+
+    def forward(self, feats: VisualFeatures) -> ConnectorOutput:
+        rows, cols = feats.grid
+        x = feats.features
+        if (rows, cols) != self.grid or x.shape[1] < rows * cols:
+            raise ValueError(f"cabstractor connector: built for a {self.grid} patch grid, got grid {tuple(feats.grid)} "
+                             f"with {x.shape[1]} tokens")
+        x = x[:, x.shape[1] - rows * cols:]                            # drop CLS/prefix tokens: [B, N, D_vis]
+        if self.pos is not None:
+            x = x + self.pos
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, rows, cols)    # [B, D_vis, rows, cols]
+        x = self.stage1(x)                                             # [B, C, rows, cols]
+        x = F.adaptive_avg_pool2d(x, self.grid_out)                    # [B, C, r_out, c_out]
+        x = self.stage2(x)
+        x = x.flatten(2).transpose(1, 2)                               # [B, M, C] raster order
+        return ConnectorOutput(tokens=self.readout(x))                 # [B, M, D_llm]
+
+    def num_tokens(self) -> int:
+        return self.grid_out[0] * self.grid_out[1]
+
+    def flops(self, batch: int = 1) -> int:
+        """2 x MACs of the convolutions (at their grid) and the readout MLP (norms, pooling ignored)."""
+        n_in, m = self.grid[0] * self.grid[1], self.num_tokens()
+        macs = n_in * sum(b.macs_per_position() for b in self.stage1)
+        macs += m * sum(b.macs_per_position() for b in self.stage2)
+        macs += m * sum(l.in_features * l.out_features for l in self.readout if isinstance(l, nn.Linear))
+        return 2 * batch * macs
