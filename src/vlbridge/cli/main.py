@@ -6,6 +6,7 @@
     vlbridge eval  --model DIR --data test.json        per-task accuracy, predictions, reports
     vlbridge chat  --model DIR --image PATH [--prompt TEXT]
     vlbridge viz answers --model DIR --data test.json --out PNG
+    vlbridge connectors [--preset NAME]                 connectors: tokens, parameters, FLOPs for a preset
 
 User errors (bad data, missing files, bad options) print one clear line and exit 2; set VLBRIDGE_DEBUG=1
 for the traceback.
@@ -17,9 +18,9 @@ import os
 import sys
 
 from ..data.records import DataError
-from . import chat_cmd, data_cmd, eval_cmd, pretrain_vision_cmd, train_cmd, viz_cmd
+from . import chat_cmd, connectors_cmd, data_cmd, eval_cmd, pretrain_vision_cmd, train_cmd, viz_cmd
 
-COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd)
+COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd, connectors_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

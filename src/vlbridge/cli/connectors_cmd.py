@@ -1,0 +1,104 @@
+"""`vlbridge connectors`: every registered connector with its visual tokens, parameters and forward FLOPs.
+
+The numbers are for a preset's vision encoder (its patch grid and width) and LLM width. Encoders and LLMs
+built from ``arch`` need nothing on disk (the vision tower is built from its config to read the grid);
+presets that name checkpoints need them as local directories (``--model.vision.name_or_path DIR``,
+``--model.llm.name_or_path DIR``): nothing is downloaded. Each connector uses its default options, the
+preset's connector its configured ones, and ``--options`` overrides per connector.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import ModelConfig, RunConfig
+from ..presets import PRESETS, get_preset
+from .args import add_config_args, apply_overrides
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("connectors", help="list connectors with tokens, parameters and FLOPs for a preset",
+                       description="List every registered connector with its output token count, parameter count "
+                                   "and forward FLOPs (per image) for a preset's vision grid and widths.")
+    p.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS), help="named preset (default: tiny-cpu)")
+    p.add_argument("--options", type=json.loads, default={},
+                   help='options per connector as JSON, e.g. \'{"qformer": {"layers": 2, "hidden": 128}}\'')
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    dests = [d for d in add_config_args(p, RunConfig) if d.startswith(("model.vision.", "model.llm."))]
+    p.set_defaults(run=run, _dests=dests)
+
+
+def _local(path: str, what: str, preset: str) -> str:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"preset {preset!r}: the {what} {path!r} is not a local directory (nothing is "
+                                f"downloaded); pass --model.{what.split()[0]}.name_or_path DIR")
+    return path
+
+
+def llm_width(cfg: ModelConfig, preset: str) -> int:
+    if cfg.llm.name_or_path:
+        from transformers import AutoConfig
+        conf = AutoConfig.from_pretrained(_local(cfg.llm.name_or_path, "llm checkpoint", preset))
+        return conf.get_text_config().hidden_size
+    if "hidden_size" not in cfg.llm.arch:
+        raise ValueError(f"preset {preset!r}: llm.arch has no hidden_size")
+    return int(cfg.llm.arch["hidden_size"])
+
+
+def vision_dims(cfg: ModelConfig, preset: str) -> tuple[int, tuple[int, int]]:
+    """(feature width, patch grid) of the preset's vision tower."""
+    import torch
+    from ..models.vision import VisionTower
+    if cfg.vision.name_or_path:
+        _local(cfg.vision.name_or_path, "vision checkpoint", preset)
+    with torch.random.fork_rng():
+        tower = VisionTower(cfg.vision)
+    return tower.out_dim, tuple(tower.grid)
+
+
+def connector_rows(cfg: ModelConfig, preset: str, options: dict | None = None) -> tuple[dict, list[dict]]:
+    """Header (dims) and one row per registered connector: tokens, params, flops or the error it raised."""
+    import torch
+    from ..connectors import CONNECTORS, build_connector
+    options = options or {}
+    unknown = set(options) - set(CONNECTORS)
+    if unknown:
+        raise ValueError(f"--options names unknown connector(s) {sorted(unknown)}; registered: {', '.join(CONNECTORS)}")
+    vis_dim, grid = vision_dims(cfg, preset)
+    llm_dim = llm_width(cfg, preset)
+    header = {"preset": preset, "grid": list(grid), "vision_dim": vis_dim, "llm_dim": llm_dim}
+    rows = []
+    for name in CONNECTORS:
+        opts = options.get(name, cfg.connector.options if name == cfg.connector.name else {})
+        try:
+            with torch.random.fork_rng():
+                c = build_connector(name, dict(opts), vis_dim, llm_dim, grid)
+            rows.append({"connector": name, "tokens": c.num_tokens(), "dynamic": bool(c.dynamic),
+                         "params": c.num_parameters(), "flops": int(c.flops(1)), "options": c.options_dict()})
+        except (ValueError, TypeError) as e:
+            rows.append({"connector": name, "error": str(e), "options": opts})
+    return header, rows
+
+
+def format_table(header: dict, rows: list[dict]) -> str:
+    g = header["grid"]
+    lines = [f"preset {header['preset']}: patch grid {g[0]}x{g[1]} ({g[0] * g[1]} patches), vision width "
+             f"{header['vision_dim']}, LLM width {header['llm_dim']}; per image, forward",
+             f"{'connector':<14} {'tokens':>8} {'params':>14} {'GFLOPs':>10}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['connector']:<14} {'n/a':>8}  {r['error']}")
+        else:
+            tokens = f"<={r['tokens']}" if r["dynamic"] else str(r["tokens"])
+            lines.append(f"{r['connector']:<14} {tokens:>8} {r['params']:>14,} {r['flops'] / 1e9:>10.4f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = apply_overrides(get_preset(args.preset), args, args._dests)
+    if not isinstance(args.options, dict) or not all(isinstance(v, dict) for v in args.options.values()):
+        raise ValueError('--options must be a JSON object of objects, e.g. {"qformer": {"layers": 2}}')
+    header, rows = connector_rows(cfg.model, args.preset, args.options)
+    print(json.dumps({**header, "connectors": rows}, indent=2) if args.json else format_table(header, rows))
+    return 0
