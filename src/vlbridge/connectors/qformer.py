@@ -10,7 +10,7 @@ The query outputs are projected to the LLM width (BLIP-2's language projection).
 Instruction-aware mode (InstructBLIP): the instruction tokens of the user turn that holds the image are
 appended after the queries for the self-attention (bidirectional; padding masked). Only the queries
 cross-attend to the image and only the query outputs go to the LLM. As in BLIP-2's Q-Former, text tokens
-have their own FFN (the query FFN is separate). InstructBLIP embeds the instruction with the Q-Former's
+have their own FFN (the query FFN is separate; the last layer has none: its text outputs are unused). InstructBLIP embeds the instruction with the Q-Former's
 own BERT embeddings; here the model passes the LLM's token embeddings (``VisualFeatures.text``, an object
 with ``embeds [B, T, D_llm]`` and ``mask [B, T]`` True = real token; filled because ``wants_text``), which
 are projected to the Q-Former width and get learned positions. No text (``text is None``) = an empty
@@ -57,7 +57,7 @@ class PostLNFeedForward(nn.Module):
 
 
 class QFormerLayer(nn.Module):
-    def __init__(self, o: QFormerOptions, vis_dim: int, cross: bool):
+    def __init__(self, o: QFormerOptions, vis_dim: int, cross: bool, text_ffn: bool):
         super().__init__()
         h = o.hidden
         self.self_attn = nn.MultiheadAttention(h, o.heads, dropout=o.dropout, batch_first=True)
@@ -66,7 +66,7 @@ class QFormerLayer(nn.Module):
                                                  batch_first=True) if cross else None)
         self.cross_norm = nn.LayerNorm(h, eps=o.layer_norm_eps) if cross else None
         self.query_ffn = PostLNFeedForward(h, o.intermediate, o.dropout, o.layer_norm_eps)
-        self.text_ffn = PostLNFeedForward(h, o.intermediate, o.dropout, o.layer_norm_eps) if o.instruction_aware else None
+        self.text_ffn = PostLNFeedForward(h, o.intermediate, o.dropout, o.layer_norm_eps) if text_ffn else None
         self.drop = nn.Dropout(o.dropout)
 
     def forward(self, h: torch.Tensor, n_queries: int, visual: torch.Tensor,
@@ -79,7 +79,7 @@ class QFormerLayer(nn.Module):
             c = self.cross_attn(q, visual, visual, need_weights=False)[0]  # [B, Q, H]
             q = self.cross_norm(q + self.drop(c))
         q = self.query_ffn(q)
-        if t.shape[1]:
+        if t.shape[1] and self.text_ffn is not None:
             t = self.text_ffn(t)
         return torch.cat([q, t], 1)                                      # [B, Q+T, H]
 
@@ -104,7 +104,9 @@ class QFormerConnector(Connector):
         if o.instruction_aware:
             self.text_proj = nn.Linear(llm_dim, o.hidden)
             self.text_pos = nn.Parameter(torch.randn(o.max_text_len, o.hidden) * 0.02)  # [T_max, H]
-        self.layers = nn.ModuleList(QFormerLayer(o, vis_dim, cross=self.has_cross_attention(i)) for i in range(o.layers))
+        self.layers = nn.ModuleList(QFormerLayer(o, vis_dim, cross=self.has_cross_attention(i),
+                                                 text_ffn=o.instruction_aware and i < o.layers - 1)
+                                    for i in range(o.layers))
         self.proj = nn.Linear(o.hidden, llm_dim)
 
     def has_cross_attention(self, layer: int) -> bool:
@@ -153,6 +155,6 @@ class QFormerConnector(Connector):
             macs += S * 4 * H * H + 2 * S * S * H                       # self-attn: q,k,v,o + scores, values
             if self.has_cross_attention(i):
                 macs += Q * 2 * H * H + N * 2 * self.vis_dim * H + 2 * Q * N * H
-            macs += S * 2 * H * F                                       # query FFN (+ text FFN)
+            macs += (S if i < o.layers - 1 else Q) * 2 * H * F          # query FFN (+ text FFN but the last)
         macs += Q * H * self.llm_dim                                    # output projection
         return 2 * batch * macs
