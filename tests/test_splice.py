@@ -194,3 +194,23 @@ def test_embed_splices_only_the_valid_rows_of_a_dynamic_connector(tiny_model):
         out = model(Batch(ids, labels, pixels, [2, 1]))
     assert torch.isfinite(out.loss)
     assert out.n_positions == sum(len(x) for x in ids) - 3 + sum(lengths)
+
+
+def test_forward_without_padding_mask_scores_each_sample_as_if_alone(tiny_model):
+    """Training drops the padding mask (right padding + causal = pads are never seen): each sample's loss in
+    a padded batch equals its loss computed alone, with no padding at all."""
+    model = tiny_model
+    conv = [[Turn("user", "<image>\nWhat color is the circle?"), Turn("assistant", "red")],
+            [Turn("user", "<image>\nHow many objects are there? Answer with a long sentence please."),
+             Turn("assistant", "There are three objects in the image.")]]
+    built = [model.builder.build(t) for t in conv]
+    ids = [torch.tensor(i) for i, _ in built]
+    labels = [torch.tensor(l) for _, l in built]
+    size = model.vision.image_size
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        both = model(Batch(ids, labels, pixels, [1, 1]))
+        alone = [model(Batch(ids[i:i + 1], labels[i:i + 1], pixels[i:i + 1], [1])) for i in range(2)]
+    assert len(ids[0]) != len(ids[1])                          # the batch really is padded
+    torch.testing.assert_close(both.lm_loss_sum, sum(a.lm_loss_sum for a in alone), rtol=1e-5, atol=1e-5)

@@ -59,6 +59,9 @@ class VLBridgeModel(nn.Module):
             self._resize_embeddings()
         self.connector = build_connector(cfg.connector.name, cfg.connector.options, self.vision.out_dim,
                                          self.llm_dim, self.vision.grid)
+        wanted = getattr(self.connector, "added_tokens", None)       # e.g. LaVIT's [IMG], [/IMG], code ids
+        if wanted is not None and any(t not in tokenizer.get_vocab() for t in wanted()):
+            self.add_tokens([t for t in wanted() if t not in tokenizer.get_vocab()])
         self.builder = SequenceBuilder(tokenizer, self.template)
         self.image_token_id = self.builder.image_token_id
         self.lora: dict | None = None
@@ -113,13 +116,24 @@ class VLBridgeModel(nn.Module):
         if pixel_values is not None and len(pixel_values):
             text = self.image_instructions(input_ids) if getattr(self.connector, "wants_text", False) else None
             out = self.encode_images(pixel_values, text)
-            visual, aux = out.per_image(), out.aux_losses
+            visual, aux = self._wrap_images(out.per_image()), out.aux_losses
         spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side)
         return spliced, aux
 
+    def _wrap_images(self, visual: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each image's tokens between the embeddings of the connector's ``wrap_tokens`` (LaVIT: [IMG] ... [/IMG])."""
+        wrap = getattr(self.connector, "wrap_tokens", None)
+        if not wrap:
+            return visual
+        ids = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(wrap)))
+        start, end = self.llm.get_input_embeddings()(ids)[:, None].unbind(0)   # each [1, D]
+        return [torch.cat([start, v, end]) for v in visual]
+
     def forward(self, batch, return_logits: bool = False, loss_weighting: str = "token") -> VLMOutput:
         s, aux = self.embed(batch.input_ids, batch.labels, batch.pixel_values)
-        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+        # Right padding: under a causal mask no real position ever sees a pad, so the padding mask changes
+        # nothing that is scored and can be dropped; attention then takes the mask-free causal kernel.
+        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=None,
                           position_ids=s.position_ids, use_cache=False).logits    # [B, T, V]
         targets = s.labels[:, 1:]                                                 # next-token targets [B, T-1]
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
@@ -137,7 +151,7 @@ class VLBridgeModel(nn.Module):
 
     def visual_tokens_per_image(self) -> int:
         """Visual tokens one image takes (the maximum, for dynamic connectors): used for length checks."""
-        return self.connector.num_tokens()
+        return self.connector.num_tokens() + len(getattr(self.connector, "wrap_tokens", ()))
 
     # ---- persistence ----------------------------------------------------------------------------------
     def resolved_config(self) -> ModelConfig:
