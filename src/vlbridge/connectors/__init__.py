@@ -9,6 +9,7 @@ import dataclasses
 
 from .base import Connector, ConnectorOutput, VisualFeatures
 from .cabstractor import CAbstractorConnector
+from .lavit import LavitConnector
 from .linear import LinearConnector
 from .mlp import MLPConnector
 from .pargo import ParGoConnector
@@ -24,6 +25,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     "resampler": ResamplerConnector,
     "cabstractor": CAbstractorConnector,
     "pixel_shuffle": PixelShuffleConnector,
+    "lavit": LavitConnector,
 }
 
 

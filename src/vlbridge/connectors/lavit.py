@@ -1,0 +1,86 @@
+"""`lavit`: LaVIT's dynamic visual tokenizer as a connector (variable tokens per image).
+
+Understanding path (LaVIT's [image, text]): the selector keeps the informative patches, the merger folds the
+dropped ones into them, and the *continuous* merger outputs ``[B, M_i, D]`` pass a projection (``proj_depth``
+Linear layers, GELU between, as the ``mlp`` connector) to the LLM width. The model wraps each image's tokens
+in the embeddings of ``[IMG]`` and ``[/IMG]`` (``wrap_tokens``), and adds those two tokens plus one token per
+code to the vocabulary (``added_tokens``) so the same LLM can also *write* images as code ids.
+
+The whole visual tokenizer (selector, merger, quantizer, feature and pixel decoders) lives inside the
+connector so a saved model carries everything generation needs. It is trained in the `tokenizer` stage
+(``vlbridge lavit tokenizer``) and, by default, stays frozen in the LLM stages (``train_tokenizer=false``):
+its codes are then fixed targets for the generation loss, and the selection is deterministic (argmax).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import opt
+from ..lavit.options import TokenizerOptions
+from ..lavit.selector import MODES, ratio_loss
+from ..lavit.visual_tokenizer import DynamicVisualTokenizer, tokenizer_options
+from ..lavit.vocabulary import IMG_CLOSE, IMG_OPEN, added_tokens
+from .base import Connector, ConnectorOutput, VisualFeatures
+
+
+@dataclass
+class LavitOptions(TokenizerOptions):
+    proj_depth: int = opt(2, "Linear layers of the projection to the LLM width (GELU between)")
+    train_tokenizer: bool = opt(False, "train selector + merger through the LLM loss (Gumbel selection, "
+                                       "keep-ratio aux loss); false = frozen tokenizer, deterministic selection")
+    selection: str = opt("argmax", "selection when not training the tokenizer: 'argmax' or 'sample'")
+
+
+class LavitConnector(Connector):
+    Options = LavitOptions
+    dynamic = True
+    wrap_tokens = (IMG_OPEN, IMG_CLOSE)
+
+    def __init__(self, options: LavitOptions, vis_dim: int, llm_dim: int, grid):
+        super().__init__(options, vis_dim, llm_dim, grid)
+        if options.selection not in MODES[1:]:
+            raise ValueError(f"lavit connector: selection must be 'argmax' or 'sample', got {options.selection!r}")
+        if options.proj_depth < 1:
+            raise ValueError(f"lavit connector: proj_depth must be >= 1, got {options.proj_depth}")
+        self.visual_tokenizer = DynamicVisualTokenizer(tokenizer_options(options), vis_dim, grid)
+        width = options.width or vis_dim
+        dims = [width] + [llm_dim] * options.proj_depth
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            if i:
+                layers.append(nn.GELU())
+            layers.append(nn.Linear(d_in, d_out))
+        self.proj = nn.Sequential(*layers)
+
+    def added_tokens(self) -> list[str]:
+        return added_tokens(self.options.codebook_size)
+
+    def forward(self, feats: VisualFeatures) -> ConnectorOutput:
+        tok, x = self.visual_tokenizer, feats.features                  # x [B, N, D_vis]
+        tok._check(x)
+        aux = {}
+        if self.training and self.options.train_tokenizer:
+            sel = tok.select(x, "gumbel")
+            merged = tok.merge(x, sel)
+            aux["keep_ratio"] = ratio_loss(sel, self.options.keep_ratio, self.options.ratio_weight)
+        else:
+            with torch.no_grad():
+                sel = tok.select(x, self.options.selection)
+                merged = tok.merge(x, sel)
+        tokens = self.proj(merged.tokens)                                # [B, M_max, D_llm]
+        return ConnectorOutput(tokens=tokens, lengths=merged.lengths, aux_losses=aux,
+                               extras={"positions": merged.positions, "keep_prob": sel.keep_prob})
+
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def flops(self, batch: int = 1) -> int:
+        """Selector + merger + projection Linears over all patches (an upper bound: M <= N)."""
+        n = self.num_tokens()
+        mods = [self.visual_tokenizer.selector, self.visual_tokenizer.inp, self.visual_tokenizer.merger, self.proj]
+        return batch * sum(2 * m.in_features * m.out_features * n for mod in mods for m in mod.modules()
+                           if isinstance(m, nn.Linear))
+

@@ -1,0 +1,155 @@
+"""The dynamic visual tokenizer: selector -> merger -> quantizer, and back: feature decoder -> pixel decoder.
+
+``forward`` (training) selects, merges, quantizes (or not, in the first tokenizer phase) and reconstructs
+all patch features; ``tokenize`` turns features into code-id sequences (variable length); ``decode_ids``
+turns code ids back into features and ``render`` features into pixels. ``save``/``load`` write a directory
+with ``config.json`` (options, feature width, grid, training metrics) and ``model.safetensors``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .feature_decoder import FeatureDecoder
+from .merger import Merged, TokenMerger
+from .options import TokenizerOptions
+from .pixel_decoder import PixelDecoder
+from .quantizer import EMAQuantizer, Quantized
+from .selector import Selection, TokenSelector, ratio_loss
+
+CONFIG_TYPE = "vlbridge-lavit-tokenizer"
+
+
+@dataclass
+class TokenizerOutput:
+    selection: Selection
+    merged: Merged
+    quantized: Quantized | None          # None when run without quantisation (first tokenizer phase)
+    recon: torch.Tensor                  # [B, N, D_vis] reconstructed patch features
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def tokenizer_options(options) -> TokenizerOptions:
+    """The TokenizerOptions fields of any options object that has them (e.g. the connector's)."""
+    return TokenizerOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TokenizerOptions)})
+
+
+class DynamicVisualTokenizer(nn.Module):
+    def __init__(self, options: TokenizerOptions, vis_dim: int, grid: tuple[int, int]):
+        super().__init__()
+        self.options, self.vis_dim, self.grid = options, vis_dim, tuple(grid)
+        n = grid[0] * grid[1]
+        width = options.width or vis_dim
+        self.inp = nn.Linear(vis_dim, width) if width != vis_dim else nn.Identity()
+        self.selector = TokenSelector(vis_dim)
+        self.merger = TokenMerger(width, options.heads, options.merger_layers, options.mlp_ratio,
+                                  n if options.position_embedding else None)
+        self.quantizer = EMAQuantizer(width, options.code_dim, options.codebook_size, options.ema_decay,
+                                      options.commitment, options.dead_ratio)
+        self.decoder = FeatureDecoder(options.code_dim, width, vis_dim, n, options.heads, options.decoder_layers,
+                                      options.mlp_ratio)
+        self.pixel_decoder = PixelDecoder(vis_dim, self.grid, options.image_size, options.pixel_channels)
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def _check(self, features: torch.Tensor) -> None:
+        if features.dim() != 3 or features.shape[1] != self.n_patches or features.shape[2] != self.vis_dim:
+            raise ValueError(f"lavit tokenizer: expected features [B, {self.n_patches}, {self.vis_dim}] (grid "
+                             f"{self.grid}), got {list(features.shape)}; CLS tokens must not be kept")
+
+    def select(self, features: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> Selection:
+        return self.selector(features, mode, self.options.gumbel_tau, self.options.min_keep, generator)
+
+    def merge(self, features: torch.Tensor, sel: Selection) -> Merged:
+        return self.merger(self.inp(features), sel)                       # tokens [B, M_max, width]
+
+    def forward(self, features: torch.Tensor, mode: str = "gumbel", quantize: bool = True,
+                ratio_target: float | None = None, generator: torch.Generator | None = None) -> TokenizerOutput:
+        self._check(features)
+        sel = self.select(features, mode, generator)
+        merged = self.merge(features, sel)
+        aux = {}
+        if mode == "gumbel":
+            target = self.options.keep_ratio if ratio_target is None else ratio_target
+            aux["keep_ratio"] = ratio_loss(sel, target, self.options.ratio_weight)
+        qz = None
+        if quantize:
+            qz = self.quantizer(merged.tokens, merged.valid)
+            codes = qz.q
+            aux["commitment"] = qz.commitment
+        else:
+            codes = self.quantizer.encode(merged.tokens)                   # continuous unit vectors [B, M, C]
+        recon = self.decoder(codes, merged.valid)                          # [B, N, D_vis]
+        return TokenizerOutput(sel, merged, qz, recon, aux)
+
+    @torch.no_grad()
+    def tokenize(self, features: torch.Tensor, mode: str = "argmax",
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Code ids per image (variable length, raster order of the kept patches)."""
+        self._check(features)
+        merged = self.merge(features, self.select(features, mode, generator))
+        ids = self.quantizer.lookup(self.quantizer.encode(merged.tokens))  # [B, M_max]
+        return [row[: int(n)].tolist() for row, n in zip(ids, merged.lengths)]
+
+    @torch.no_grad()
+    def decode_ids(self, ids: list[list[int]]) -> torch.Tensor:
+        """Code-id sequences -> reconstructed features [B, N, D_vis]."""
+        size = self.options.codebook_size
+        if any(not seq for seq in ids):
+            raise ValueError("lavit tokenizer: an image needs at least one code")
+        if any(not 0 <= c < size for seq in ids for c in seq):
+            raise ValueError(f"lavit tokenizer: code ids must lie in [0, {size})")
+        M = max(len(seq) for seq in ids)
+        padded = torch.zeros(len(ids), M, dtype=torch.long)
+        valid = torch.zeros(len(ids), M, dtype=torch.bool)
+        for b, seq in enumerate(ids):
+            padded[b, : len(seq)], valid[b, : len(seq)] = torch.tensor(seq), True
+        return self.decoder(self.quantizer.embed(padded), valid)
+
+    def render(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [B, N, D_vis] -> RGB [B, 3, S, S] in [0, 1]."""
+        return self.pixel_decoder(features)
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"type": CONFIG_TYPE, "options": dataclasses.asdict(self.options), "vis_dim": self.vis_dim,
+                "grid": list(self.grid), **(extra or {})}
+        save_model(self, str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DynamicVisualTokenizer":
+        path = Path(path)
+        meta = read_config(path)
+        tok = cls(TokenizerOptions(**meta["options"]), meta["vis_dim"], tuple(meta["grid"]))
+        missing, unexpected = load_model(tok, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
+                             f"unexpected={unexpected[:5]}")
+        return tok.eval()
+
+
+def read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{path} is not a LaVIT tokenizer directory (no config.json)")
+    meta = json.loads(cfg.read_text())
+    if meta.get("type") != CONFIG_TYPE:
+        raise ValueError(f"{cfg}: type is {meta.get('type')!r}, expected {CONFIG_TYPE!r}")
+    return meta
+
+
+def cosine_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean cosine similarity over all patches."""
+    return 1 - F.cosine_similarity(recon, target, dim=-1).mean()

@@ -1,0 +1,116 @@
+"""The `lavit` connector inside VLBridgeModel: vocabulary extension, [IMG] ... [/IMG] wrapping of variable
+visual tokens, frozen vs trainable tokenizer, and save/load of the extended model and of the tokenizer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlbridge.data.dataset import InstructionDataset, collate
+from vlbridge.data.records import SkipReport, load_records
+from vlbridge.lavit.visual_tokenizer import DynamicVisualTokenizer
+from vlbridge.lavit.vocabulary import IMG_CLOSE, IMG_OPEN, VisualVocab
+from vlbridge.models.build import build_model
+from vlbridge.models.vlm import VLBridgeModel
+
+from conftest import tiny_model_config
+
+OPTIONS = {"codebook_size": 16, "image_size": 32, "heads": 2, "merger_layers": 1, "decoder_layers": 1,
+           "pixel_channels": [16, 8, 8]}
+
+
+@pytest.fixture(scope="module")
+def records(shapes_dir):
+    return load_records(shapes_dir / "train.json")
+
+
+@pytest.fixture(scope="module")
+def model(records):
+    torch.manual_seed(0)
+    texts = [t.text for r in records for t in r.turns]
+    return build_model(tiny_model_config("lavit", OPTIONS), texts).eval()
+
+
+def batch_of(model, records, n=3):
+    ds = InstructionDataset(records[:n], model.builder, model.vision.image_transform(), 512,
+                            model.visual_tokens_per_image(), SkipReport(), on_error="raise")
+    return collate([ds[i] for i in range(n)])
+
+
+def test_vocabulary_is_extended_with_contiguous_code_ids(model):
+    vocab = VisualVocab.from_model(model)
+    assert vocab.size == 16 and len(set(vocab.code_ids())) == 16
+    assert model.llm.get_input_embeddings().num_embeddings >= len(model.tokenizer)
+    assert max(vocab.code_ids()) < len(model.tokenizer)
+    text = vocab.image_text([3, 0, 15])
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    assert ids == [vocab.open_id] + vocab.to_ids([3, 0, 15]) + [vocab.close_id]
+    assert vocab.to_codes(ids) == [3, 0, 15]
+
+
+def test_images_are_wrapped_in_img_tokens_with_variable_length(model, records):
+    batch = batch_of(model, records)
+    out = model.encode_images(batch.pixel_values)
+    lengths = out.lengths.tolist()
+    assert all(1 <= n <= 16 for n in lengths)
+    s, _ = model.embed(batch.input_ids, batch.labels, batch.pixel_values)
+    emb = model.llm.get_input_embeddings().weight
+    open_id, close_id = model.tokenizer.convert_tokens_to_ids([IMG_OPEN, IMG_CLOSE])
+    for b, ids in enumerate(batch.input_ids):
+        assert int(s.attention_mask[b].sum()) == len(ids) - 1 + lengths[b] + 2
+        assert int(s.visual_mask[b].sum()) == lengths[b] + 2
+        where = s.visual_mask[b].nonzero().flatten()
+        assert torch.allclose(s.inputs_embeds[b, where[0]], emb[open_id])
+        assert torch.allclose(s.inputs_embeds[b, where[-1]], emb[close_id])
+        inner = s.inputs_embeds[b, where[1:-1]]
+        assert torch.allclose(inner, out.per_image()[b], atol=1e-6)
+    assert model.visual_tokens_per_image() == 16 + 2
+
+
+def test_frozen_tokenizer_gets_no_gradient(model, records):
+    batch = batch_of(model, records)
+    model.train()
+    model.zero_grad()
+    out = model(batch)
+    out.loss.backward()
+    model.eval()
+    assert not out.aux_losses
+    assert all(p.grad is None for p in model.connector.visual_tokenizer.parameters())
+    assert all(p.grad is not None for p in model.connector.proj.parameters())
+
+
+def test_trainable_tokenizer_learns_through_the_llm(records):
+    torch.manual_seed(0)
+    texts = [t.text for r in records for t in r.turns]
+    m = build_model(tiny_model_config("lavit", {**OPTIONS, "train_tokenizer": True}), texts).train()
+    out = m(batch_of(m, records))
+    assert set(out.aux_losses) == {"keep_ratio"}
+    out.loss.backward()
+    assert m.connector.visual_tokenizer.selector.inp.weight.grad.abs().sum() > 0
+    assert m.connector.visual_tokenizer.merger.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+
+
+def test_extended_model_save_load_roundtrip(model, records, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    loaded = VLBridgeModel.from_pretrained(tmp_path / "m")
+    assert len(loaded.tokenizer) == len(model.tokenizer)
+    assert VisualVocab.from_model(loaded) == VisualVocab.from_model(model)
+    batch = batch_of(model, records)
+    with torch.no_grad():
+        a, b = model(batch, return_logits=True), loaded(batch, return_logits=True)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.equal(loaded.connector.visual_tokenizer.quantizer.codebook,
+                       model.connector.visual_tokenizer.quantizer.codebook)
+
+
+def test_tokenizer_save_load_roundtrip(model, records, tmp_path):
+    tok = model.connector.visual_tokenizer
+    tok.save(tmp_path / "tok", extra={"note": "test"})
+    again = DynamicVisualTokenizer.load(tmp_path / "tok")
+    feats = model.vision(batch_of(model, records).pixel_values).features
+    codes = tok.tokenize(feats)
+    assert again.tokenize(feats) == codes
+    assert torch.allclose(again.render(again.decode_ids(codes)), tok.render(tok.decode_ids(codes)), atol=1e-6)
+    with pytest.raises(ValueError, match="code ids must lie"):
+        tok.decode_ids([[16]])
+    with pytest.raises(FileNotFoundError, match="not a LaVIT tokenizer"):
+        DynamicVisualTokenizer.load(tmp_path)
