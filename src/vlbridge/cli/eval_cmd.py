@@ -1,4 +1,4 @@
-"""`vlbridge eval`: per-task accuracy of a saved model on LLaVA-style records."""
+"""`vlbridge eval`: per-task metrics of a saved model on LLaVA-style records (see vlbridge.eval.task_metrics)."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,12 @@ from ..train.data import load_split, make_dataset
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: per-task exact match, predictions JSONL, reports",
+    p = sub.add_parser("eval", help="evaluate a model: per-task metrics, predictions JSONL, reports",
                        description="Generate an answer for every record (batched, KV cache, greedy) and score it "
-                                   "against the record's last assistant turn, per task.")
+                                   "against the record's last assistant turn with its task's metric: CIDEr-D/"
+                                   "BLEU-4/ROUGE-L (caption), POPE yes/no (exist), counting (count), Acc@0.5 and "
+                                   "mean IoU (rec), exact match + CIDEr-D (reg), exact match (glyph), VQA "
+                                   "accuracy (others); a record's \"metric\" field overrides.")
     p.add_argument("--model", required=True, help="saved model dir (e.g. RUN/final)")
     p.add_argument("--data", required=True, help="LLaVA-style JSON with a 'task' field per record (e.g. test.json)")
     p.add_argument("--image-folder", help="folder image paths resolve against (default: the JSON's folder)")

@@ -8,6 +8,10 @@ A data file is a JSON list of records such as::
                        {"from": "gpt", "value": "Red."}],
      "task": "color"}                        # optional
 
+Optional eval fields: ``"metric"`` (the metric family that scores the record, e.g. "vqa"; default: by
+task) and ``"references"`` (a list of acceptable answers, e.g. VQA's 10 human answers; default: the
+last assistant turn).
+
 Image paths resolve against an image folder (default: the JSON file's directory)
 and may not leave it. Every problem with a record becomes a :class:`DataError`
 naming the file, the record id, its index and what is wrong; ``load_records``
@@ -155,6 +159,8 @@ class Record:
     turns: list[Turn]
     task: str | None
     notes: list[str] = field(default_factory=list)  # non-fatal remarks, e.g. mode conversions
+    metric: str | None = None              # optional eval metric family (see vlbridge.eval.task_metrics)
+    references: list[str] | None = None    # optional extra acceptable answers (e.g. 10 VQA answers, 5 captions)
 
     @property
     def where(self) -> str:
@@ -453,6 +459,15 @@ def _optional_str(raw: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def _optional_str_list(raw: dict[str, Any], key: str) -> list[str] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _Bad("bad_field", f'"{key}" must be a non-empty list of non-empty strings, got {value!r:.80}')
+    return list(value)
+
+
 def check_record(
     raw: dict,
     index: int,
@@ -479,6 +494,8 @@ def check_record(
         folder = Path(image_folder).resolve()
         rels = _image_entries(raw)
         task = _optional_str(raw, "task")
+        metric = _optional_str(raw, "metric")
+        references = _optional_str_list(raw, "references")
         turns = _parse_turns(raw)
         _check_roles(turns)
         _check_placeholders(turns, len(rels))
@@ -491,7 +508,8 @@ def check_record(
                     notes.append(f"{file}: record {record_id!r} (#{index}): {note}")
     except _Bad as bad:
         raise DataError(file, index, record_id, bad.problem, bad.kind) from None
-    return Record(id=record_id, index=index, file=file, images=images, turns=turns, task=task, notes=notes)
+    return Record(id=record_id, index=index, file=file, images=images, turns=turns, task=task, notes=notes,
+                  metric=metric, references=references)
 
 
 def _read_json_list(path: Path) -> list[Any]:
