@@ -1,0 +1,101 @@
+"""One ParGo projector layer (BERT-style, post-LN), with a structured and a dense-mask attention path.
+
+    h = LN(h + SelfAttn(h, M_self))          Cascaded Partial Perception (band among partial tokens)
+    h = LN(h + CrossAttn(h, V, M_cross))     Partial-Global Perception (window / all patches)
+    h = LN(h + FFN(h))
+
+``dense``      one masked SDPA over all T = P + G queries and all N patches (the reference: O(T*N)).
+``structured`` the same function computed from the structure:
+               - cross-attention: partial token i attends over its gathered window only ([B, P, K, ...],
+                 O(P*K)), global tokens over all patches without a mask;
+               - self-attention: with partial<->global blocked, the partial and global groups attend
+                 separately ([P, P] band mask or none, [G, G] no mask); the one-to-one layer (radius 0) is
+                 exactly the value projection (softmax over one key is 1), so its scores are skipped;
+               - a query batch of 1 (the image-independent learned queries before the first
+                 cross-attention) stays at batch 1 through the self-attention and the query projection.
+Both paths share every parameter; tests assert equal outputs and gradients.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ParGoLayer(nn.Module):
+    def __init__(self, hidden: int, vis_dim: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"pargo: hidden {hidden} is not divisible by heads {heads}")
+        self.heads, self.head_dim, self.dropout = heads, hidden // heads, dropout
+        self.self_qkv = nn.Linear(hidden, 3 * hidden)
+        self.self_out = nn.Linear(hidden, hidden)
+        self.self_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.cross_q = nn.Linear(hidden, hidden)
+        self.cross_kv = nn.Linear(vis_dim, 2 * hidden)
+        self.cross_out = nn.Linear(hidden, hidden)
+        self.cross_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def _heads(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """[B, L, n*H] (n fused projections) -> n tensors [B, h, L, d]."""
+        return x.unflatten(-1, (n, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(-3, -2).flatten(-2)                                      # [B, h, L, d] -> [B, L, H]
+
+    def _residual(self, norm: nn.LayerNorm, h: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return norm(h + F.dropout(branch, self.dropout, self.training))
+
+    # ---- Cascaded Partial Perception -------------------------------------------------------------------
+    def self_attention(self, h, num_partial: int, mask: torch.Tensor, band: torch.Tensor | None,
+                       radius: int | None, mix: bool, structured: bool) -> torch.Tensor:
+        """h [B, T, H] -> [B, T, H]. mask [T, T] (dense path); band [P, P] or None and radius (structured)."""
+        p = num_partial
+        if not structured:
+            q, k, v = self._heads(self.self_qkv(h), 3)                              # each [B, h, T, d]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif mix:
+            q, k, v = self._heads(self.self_qkv(h), 3)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask.all() else mask)
+        else:
+            w, b = self.self_qkv.weight, self.self_qkv.bias                          # rows: [q; k; v]
+            hid = w.shape[1]
+            if radius == 0:                                                         # one-to-one: output = own value
+                (part,) = self._heads(F.linear(h[:, :p], w[2 * hid:], b[2 * hid:]))
+            else:
+                q, k, v = self._heads(self.self_qkv(h[:, :p]), 3)                      # [B, h, P, d]
+                part = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+            q, k, v = self._heads(self.self_qkv(h[:, p:]), 3)                      # [B, h, G, d]
+            out = torch.cat([part, F.scaled_dot_product_attention(q, k, v)], dim=-2)
+        return self._residual(self.self_norm, h, self.self_out(self._merge(out)))
+
+    # ---- Partial-Global Perception ---------------------------------------------------------------------
+    def cross_attention(self, h, feats, num_partial: int, mask: torch.Tensor, window: torch.Tensor,
+                        partition: bool, structured: bool) -> torch.Tensor:
+        """h [b, T, H] (b = 1 or B), feats [B, N, D_vis] -> [B, T, H].
+        mask [T, N] (dense); window [P, K] patch indices and partition (= window is arange(N).view(P, K))."""
+        batch, p = feats.shape[0], num_partial
+        (q,) = self._heads(self.cross_q(h))
+        q = q.expand(batch, -1, -1, -1)                                             # [B, h, T, d]
+        kv = self.cross_kv(feats)                                                   # [B, N, 2H]
+        if not structured:
+            k, v = self._heads(kv, 2)                                               # [B, h, N, d]
+            out = self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+            return self._residual(self.cross_norm, h, self.cross_out(out))
+        n_win, size = window.shape
+        if partition:
+            win = kv.view(batch, n_win, size, -1)                                   # a view: no gather
+        else:
+            win = kv.index_select(1, window.flatten()).view(batch, n_win, size, -1)  # [B, P, K, 2H]
+        win_k, win_v = win.unflatten(-1, (2, self.heads, self.head_dim)).unbind(-3)  # [B, P, K, h, d]
+        q_p = q[:, :, :p].transpose(1, 2)                                           # [B, P, h, d]
+        scores = torch.einsum("bphd,bpkhd->bphk", q_p, win_k) * self.head_dim ** -0.5
+        part = torch.einsum("bphk,bpkhd->bphd", scores.softmax(-1), win_v).flatten(-2)  # [B, P, H]
+        k, v = self._heads(kv, 2)                                                   # [B, h, N, d]
+        glob = self._merge(F.scaled_dot_product_attention(q[:, :, p:], k, v))       # [B, G, H]
+        return self._residual(self.cross_norm, h, self.cross_out(torch.cat([part, glob], dim=1)))
+
+    def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self._residual(self.ffn_norm, h, self.ffn(h))
