@@ -1,0 +1,209 @@
+"""Run the arena: for each connector, train (or resume) and evaluate it, then write the comparison.
+
+Layout of the run directory ``OUT``::
+
+    arena.json               the resolved ArenaConfig
+    data/  vision/           shared ShapesWorld data and frozen encoder (unless --data / --vision are given)
+    configs/<name>.json      each connector's resolved run config (`vlbridge train --config` re-runs it)
+    <name>/                  its training run (config.json, log.jsonl, checkpoints/, final/), eval/ and
+      result.json            ... the marker of a finished connector, written atomically after its eval
+    arena.md  arena.csv      the table;  arena_tasks.png  arena_tokens.png  the plots
+
+A connector with a ``result.json`` is not retrained; one with checkpoints resumes from the latest.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import ConnectorConfig, DataConfig, RunConfig, save_json
+from ..connectors import CONNECTORS
+from ..data.records import SkipReport
+from ..generate import GenerationConfig
+from ..train.checkpoint import latest_checkpoint
+from ..train.data import load_split, make_dataset
+from ..train.trainer import train
+from .config import ArenaConfig
+from .prepare import base_run_config, data_image_size, log, plain, prepare_data, prepare_vision, require_same, sized_vision
+
+RESULT = "result.json"
+
+
+def check_connectors(cfg: ArenaConfig) -> None:
+    """Fail before any work on an unknown connector, a duplicate, or an option the connector does not have."""
+    if not cfg.connectors:
+        raise ValueError("--connectors is empty: name at least one connector")
+    for name in [n for n in cfg.connectors if cfg.connectors.count(n) > 1][:1]:
+        raise ValueError(f"connector {name!r} is listed twice in --connectors")
+    unknown = [n for n in list(cfg.connectors) + list(cfg.connector_options) if n not in CONNECTORS]
+    if unknown:
+        raise ValueError(f"unknown connector {unknown[0]!r}; registered: {', '.join(sorted(CONNECTORS))}")
+    for name, options in cfg.connector_options.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"--connector_options {name!r}: expected a JSON object of options, got {options!r}")
+        known = {f.name for f in dataclasses.fields(CONNECTORS[name].Options)}
+        bad = sorted(set(options) - known)
+        if bad:
+            raise ValueError(f"--connector_options: connector {name!r} has no option(s) {bad}; "
+                             f"options: {sorted(known)}")
+
+
+def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Path, vision: str, out: Path) -> RunConfig:
+    """The base config with this connector, the shared frozen encoder, data and schedule."""
+    rc = copy.deepcopy(base)
+    rc.model.connector = ConnectorConfig(name, dict(cfg.connector_options.get(name, {})))
+    rc.model.vision.name_or_path = vision
+    rc.model.vision.arch = {}                                  # the encoder comes from `vision`
+    rc.data = dataclasses.replace(rc.data, path=str(data))
+    tc = rc.train
+    tc.stage, tc.train_vision, tc.init_from = "instruct", False, None
+    tc.steps, tc.seed, tc.save_every, tc.eval_every = cfg.steps, cfg.seed, cfg.save_every, 0
+    tc.batch_size = cfg.batch_size or tc.batch_size
+    tc.lr = cfg.lr or tc.lr
+    tc.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else min(tc.warmup_steps, cfg.steps // 10)
+    tc.resume, tc.stop_after = False, None
+    rc.out = str(out / name)
+    rc.preset = f"arena:{name}"
+    return rc
+
+
+def rerun_commands(config_file: Path, run: RunConfig, test_file: Path, limit: int | None) -> str:
+    again = f"{run.out}-rerun"
+    limit_flag = f" --limit {limit}" if limit else ""
+    return (f"vlbridge train --config {config_file} --out {again} && "
+            f"vlbridge eval --model {again}/final --data {test_file}{limit_flag}")
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train_tokens_per_s(log_file: Path) -> float | None:
+    """The trainer's own tokens/s (average over its last invocation) from log.jsonl."""
+    if not log_file.is_file():
+        return None
+    rates = [json.loads(line).get("tokens_per_s") for line in log_file.read_text().splitlines() if line.strip()]
+    rates = [r for r in rates if r is not None]
+    return rates[-1] if rates else None
+
+
+def train_connector(run: RunConfig) -> float:
+    """Train `run` to the end (resuming from its latest checkpoint); returns the seconds spent here."""
+    out = Path(run.out)
+    if (out / "final" / "model.safetensors").is_file():
+        return 0.0
+    resume_from = latest_checkpoint(out / "checkpoints")
+    run = copy.deepcopy(run)
+    run.train.resume = resume_from is not None
+    if resume_from is not None:
+        log(f"{run.model.connector.name}: resuming from {resume_from}")
+    t0 = time.perf_counter()
+    train(run)
+    return time.perf_counter() - t0
+
+
+def select_per_task(records, limit: int | None):
+    """The first `limit` records of every task, in file order (the same records for every connector)."""
+    seen: dict[str, int] = {}
+    kept = []
+    for r in records:
+        task = r.task or "all"
+        if limit is None or seen.get(task, 0) < limit:
+            seen[task] = seen.get(task, 0) + 1
+            kept.append(r)
+    return kept
+
+
+@torch.no_grad()
+def mean_visual_tokens(model, dataset, n_images: int = 32) -> float:
+    """Visual tokens per image actually produced (dynamic connectors vary per image)."""
+    pixels = torch.cat([dataset[i].pixel_values for i in range(min(n_images, len(dataset))) if dataset[i] is not None])
+    out = model.encode_images(pixels)
+    if out.lengths is None:
+        return float(out.tokens.shape[1])
+    return float(out.lengths.float().mean())
+
+
+def evaluate_connector(cfg: ArenaConfig, run: RunConfig, test_file: Path) -> dict:
+    """Generate answers on the shared test records and score them with the eval runner."""
+    from ..eval.runner import predict, summarize, write_reports
+    from ..models.vlm import VLBridgeModel
+    model = VLBridgeModel.from_pretrained(Path(run.out) / "final")
+    data_cfg = DataConfig(path=str(test_file))
+    report = SkipReport()
+    records = select_per_task(load_split(test_file, data_cfg, report), cfg.eval_limit)
+    dataset = make_dataset(records, model, data_cfg, report, for_generation=True)
+    t0 = time.perf_counter()
+    preds = predict(model, dataset, cfg.eval_batch_size, GenerationConfig(max_new_tokens=cfg.max_new_tokens))
+    seconds = time.perf_counter() - t0
+    metrics = summarize(preds)
+    write_reports(Path(run.out) / "eval", preds, metrics, report, len(records))
+    return {"metrics": metrics, "eval_records": len(preds), "eval_seconds": seconds,
+            "eval_images_per_s": sum(len(r.images) for r in records) / max(seconds, 1e-9),
+            "visual_tokens": mean_visual_tokens(model, dataset),
+            "max_visual_tokens": model.connector.num_tokens(),
+            "dynamic": bool(model.connector.dynamic),
+            "connector_params": model.connector.num_parameters()}
+
+
+def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) -> dict:
+    """Train + evaluate one connector unless its result.json already exists for this exact config."""
+    name = run.model.connector.name
+    run_dir = Path(run.out)
+    wanted = plain(run)
+    saved_cfg = run_dir / "config.json"
+    if saved_cfg.is_file():
+        saved = plain(json.loads(saved_cfg.read_text()))
+        saved.get("train", {}).update(resume=False, stop_after=None)       # how it ran, not what it is
+        require_same(saved, wanted, saved_cfg, f"a {name} run")
+    config_file = out / "configs" / f"{name}.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    save_json(run, config_file)
+    result_file = run_dir / RESULT
+    if result_file.is_file():
+        log(f"{name}: finished earlier ({result_file}); not retrained")
+        return json.loads(result_file.read_text())
+    seconds = train_connector(run)
+    log(f"{name}: evaluating on {test_file}")
+    result = {"connector": name, "options": run.model.connector.options,
+              "train_seconds": seconds, "train_tokens_per_s": train_tokens_per_s(run_dir / "log.jsonl"),
+              **evaluate_connector(cfg, run, test_file),
+              "config": str(config_file),
+              "command": rerun_commands(config_file, run, test_file, cfg.eval_limit)}
+    write_json_atomic(result_file, result)
+    return result
+
+
+def run_arena(cfg: ArenaConfig) -> list[dict]:
+    """Everything: shared data and encoder, each connector trained and evaluated, then table and plots."""
+    from .plots import write_plots
+    from .report import write_table
+    check_connectors(cfg)
+    base = base_run_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(cfg, out / "arena.json")
+    data = prepare_data(cfg, out)
+    test_file = data / "test.json"
+    base.model.vision = sized_vision(base.model.vision, data_image_size(data))
+    vision = prepare_vision(cfg, base.model.vision, data, out)
+    results = []
+    for i, name in enumerate(cfg.connectors, 1):
+        log(f"connector {i}/{len(cfg.connectors)}: {name}")
+        run = connector_run_config(cfg, base, name, data, vision, out)
+        results.append(run_connector(cfg, run, out, test_file))
+    table = write_table(results, out)
+    write_plots(results, out)
+    log(f"wrote {out / 'arena.md'}, {out / 'arena.csv'} and plots")
+    print(table)
+    return results

@@ -1,0 +1,140 @@
+"""`vlbridge arena` on tiny models: table, CSV, plots and configs; resume; early errors; the table's arithmetic."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import vlbridge.arena.runner as runner
+from conftest import tiny_run_config
+from vlbridge.arena.prepare import differences
+from vlbridge.arena.report import headline, summary_scores
+from vlbridge.cli.main import main
+from vlbridge.config import load_run_config, save_json
+
+CONNECTORS = ("mlp", "linear")
+
+
+def arena_argv(base_json, data, out, connectors=CONNECTORS, steps=3, extra=()):
+    return ["arena", "--base_config", str(base_json), "--data", str(data), "--out", str(out),
+            "--connectors", ",".join(connectors), "--steps", str(steps), "--save_every", "2",
+            "--vision_steps", "2", "--vision_attributes", "shape,color", "--eval_limit", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def base_json(shapes_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny.json"
+    save_json(tiny_run_config(shapes_dir, "unused"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(base_json, shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("arena") / "run"
+    assert main(arena_argv(base_json, shapes_dir, out)) == 0
+    return out
+
+
+def test_two_connectors_write_table_csv_plots_and_configs(finished):
+    md = (finished / "arena.md").read_text()
+    rows = list(csv.DictReader((finished / "arena.csv").open()))
+    assert [r["connector"] for r in rows] == list(CONNECTORS)
+    for r in rows:
+        result = json.loads((finished / r["connector"] / "result.json").read_text())
+        assert f"| {r['connector']} |" in md
+        assert float(r["visual_tokens"]) == 16                     # tiny encoder: 32 px / 8 px patches = 4x4
+        assert int(r["connector_params"]) == result["connector_params"] > 0
+        assert float(r["train_tokens_per_s"]) > 0 and float(r["eval_images_per_s"]) > 0
+        assert any(k.startswith("color:") for k in r) and "mean" in r and "fine" in r
+    for png in ("arena_tasks.png", "arena_tokens.png"):
+        with Image.open(finished / png) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    # the two runs differ in the connector and where they live, nothing else (same encoder, data, schedule)
+    a, b = (load_run_config(finished / "configs" / f"{c}.json") for c in CONNECTORS)
+    assert a.model.vision.name_or_path == str(finished / "vision") and not a.train.train_vision
+    diff = differences(json.loads((finished / "configs/mlp.json").read_text()),
+                       json.loads((finished / "configs/linear.json").read_text()))
+    assert {d.split(":")[0] for d in diff} == {"model.connector.name", "out", "preset"}
+
+
+def test_a_row_reruns_alone_from_its_saved_config(finished, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(finished / "configs" / "mlp.json"), "--out", str(again)]) == 0
+    original = load_file(finished / "mlp" / "final" / "model.safetensors")
+    rerun = load_file(again / "final" / "model.safetensors")
+    assert original.keys() == rerun.keys()
+    assert all(torch.equal(original[k], rerun[k]) for k in original)
+
+
+def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_train, calls = runner.train, []
+
+    def killed_after_two_steps(cfg):                 # "linear" is killed at step 2, after its checkpoint
+        if cfg.model.connector.name == "linear":
+            cfg.train.stop_after = 2
+            real_train(cfg)
+            raise RuntimeError("killed")
+        return real_train(cfg)
+
+    monkeypatch.setattr(runner, "train", killed_after_two_steps)
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.run_arena(_config(base_json, shapes_dir, out, steps=4))
+    done = out / "mlp" / "result.json"
+    assert done.is_file() and not (out / "linear" / "result.json").exists()
+    stamp = done.stat().st_mtime_ns
+
+    def counting(cfg):
+        calls.append((cfg.model.connector.name, cfg.train.resume))
+        return real_train(cfg)
+
+    monkeypatch.setattr(runner, "train", counting)
+    assert main(arena_argv(base_json, shapes_dir, out, steps=4)) == 0
+    assert calls == [("linear", True)]                         # mlp not retrained; linear resumed
+    assert done.stat().st_mtime_ns == stamp
+    steps = [json.loads(x)["step"] for x in (out / "linear" / "log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == [1, 2, 3, 4]                               # each step trained exactly once
+    assert len(list(csv.DictReader((out / "arena.csv").open()))) == 2
+
+
+def _config(base_json, data, out, steps):
+    from vlbridge.arena.config import ArenaConfig
+    return ArenaConfig(connectors=list(CONNECTORS), base_config=str(base_json), data=str(data), out=str(out),
+                       steps=steps, save_every=2, vision_steps=2, vision_attributes=["shape", "color"], eval_limit=2)
+
+
+def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, finished, capsys):
+    assert main(arena_argv(base_json, shapes_dir, finished, steps=5)) == 2
+    err = capsys.readouterr().err
+    assert "train.steps: 3 -> 5" in err and "another --out" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--connectors", "mlp,nope"], "unknown connector 'nope'; registered:"),
+    (["--connectors", "mlp,mlp"], "listed twice"),
+    (["--connector_options", '{"mlp": {"bogus": 1}}'], "connector 'mlp' has no option(s) ['bogus']"),
+])
+def test_bad_connector_fails_before_any_work(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runner, "train", lambda cfg: pytest.fail("training started"))
+    out = tmp_path / "run"
+    assert main(["arena", "--out", str(out), "--shapes.n", "10", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()                                    # no data generated, no encoder pretrained
+
+
+def test_headline_metrics_and_means_by_hand():
+    result = {"metrics": {"caption": {"cider": 1.5, "bleu4": 0.2, "n": 3}, "color": {"exact_match": 0.5, "n": 4},
+                          "glyph": {"accuracy": 1.0, "exact_match": 0.0, "n": 2}, "count": {"exact_match": 0.25},
+                          "rec": {"acc@0.5": 0.75, "miou": 0.6}, "overall": {"exact_match": 0.1}}}
+    assert headline("caption", result["metrics"]["caption"]) == ("cider", 1.5)
+    assert headline("glyph", result["metrics"]["glyph"]) == ("accuracy", 1.0)        # accuracy before EM
+    assert headline("rec", result["metrics"]["rec"]) == ("acc@0.5", 0.75)
+    tasks = ["caption", "color", "glyph", "count", "rec"]
+    s = summary_scores(result, tasks)
+    assert s["mean"] == pytest.approx((0.5 + 1.0 + 0.25 + 0.75) / 4)              # CIDEr (unbounded) left out
+    assert s["fine"] == pytest.approx((1.0 + 0.25 + 0.75) / 3)                    # glyph, count, rec
