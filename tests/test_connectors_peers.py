@@ -260,8 +260,9 @@ def _identity_shuffle(grid, r=2, vis=2, **over):
 
 def test_pixel_shuffle_exact_layout():
     rows, cols, D = 4, 6, 2
-    x = (torch.arange(rows * cols)[:, None] * 10 + torch.arange(D)[None]).float()[None]   # patch n, channel d -> 10n + d
-    expected = torch.tensor([[10 * ((2 * i + dy) * cols + 2 * j + dx) + d for dy in (0, 1) for dx in (0, 1) for d in (0, 1)]
+    x = (torch.arange(rows * cols)[:, None] * 10 + torch.arange(D)[None]).float()[None]   # patch n, channel d: 10n + d
+    expected = torch.tensor([[10 * ((2 * i + dy) * cols + 2 * j + dx) + d
+                              for dy in (0, 1) for dx in (0, 1) for d in (0, 1)]
                              for i in range(2) for j in range(3)], dtype=torch.float32)[None]
     assert torch.equal(space_to_depth(x, rows, cols, 2), expected)
     c = _identity_shuffle((rows, cols))
@@ -346,3 +347,27 @@ def test_connectors_command_table_and_errors(capsys):
     assert "not a local directory" in capsys.readouterr().err
     assert main(["connectors", "--options", '{"nope": {}}']) == 2
     assert "unknown connector" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("template", ["plain", "chatml", "vicuna"])
+def test_instruction_spans_per_template(template):
+    """Character-level 'tokens' make the expected span easy to write down for every template."""
+    from vlbridge.data.template import get_template
+    t, IMG = get_template(template), -1
+    enc = lambda text: [ord(ch) for ch in text]                         # noqa: E731
+    system = enc(t.system_prefix) + enc("Be brief.") + enc(t.user_suffix) if t.system_prefix else []
+    ids = (system + enc(t.user_prefix) + enc("Look: ") + [IMG] + enc("\nWhat colour?") + enc(t.user_suffix)
+           + enc(t.assistant_prefix) + enc("red") + enc(t.assistant_suffix)
+           + enc(t.user_prefix) + [IMG] + enc(" and this?") + enc(t.user_suffix) + enc(t.assistant_prefix))
+    first, second = instruction_spans([torch.tensor(ids)], IMG, t, enc)
+    tail = t.user_suffix if not t.user_suffix.strip() else ""          # a blank turn end stays in the span
+    assert first == enc("Look: \nWhat colour?" + tail)
+    assert second == enc(" and this?" + tail)
+
+
+def test_connectors_command_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["connectors", "--help"])
+    out = capsys.readouterr().out
+    flags = ("--preset", "--options", "--json", "--model.vision.name_or_path", "--model.llm.name_or_path")
+    assert e.value.code == 0 and all(flag in out for flag in flags)

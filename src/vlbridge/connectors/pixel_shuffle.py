@@ -72,7 +72,7 @@ class PixelShuffleConnector(Connector):
                              f"{tuple(feats.grid)} with {x.shape[1]} tokens")
         x = x[:, x.shape[1] - rows * cols:]                            # drop CLS/prefix tokens: [B, N, D]
         R, C = self.grid_out[0] * r, self.grid_out[1] * r
-        if (R, C) != (rows, cols):                                     # pad=true: zero rows at the bottom, cols on the right
+        if (R, C) != (rows, cols):                                     # pad: zero rows at the bottom, cols at the right
             x = F.pad(x.view(x.shape[0], rows, cols, -1), (0, 0, 0, C - cols, 0, R - rows)).flatten(1, 2)
         x = space_to_depth(x, R, C, r)                                 # [B, M, r*r*D]
         return ConnectorOutput(tokens=self.mlp(x))                     # [B, M, D_llm]

@@ -10,11 +10,12 @@ The query outputs are projected to the LLM width (BLIP-2's language projection).
 Instruction-aware mode (InstructBLIP): the instruction tokens of the user turn that holds the image are
 appended after the queries for the self-attention (bidirectional; padding masked). Only the queries
 cross-attend to the image and only the query outputs go to the LLM. As in BLIP-2's Q-Former, text tokens
-have their own FFN (the query FFN is separate; the last layer has none: its text outputs are unused). InstructBLIP embeds the instruction with the Q-Former's
-own BERT embeddings; here the model passes the LLM's token embeddings (``VisualFeatures.text``, an object
-with ``embeds [B, T, D_llm]`` and ``mask [B, T]`` True = real token; filled because ``wants_text``), which
-are projected to the Q-Former width and get learned positions. No text (``text is None``) = an empty
-instruction. Instructions longer than ``max_text_len`` keep their first ``max_text_len`` tokens.
+have their own FFN, separate from the queries' (the last layer has none: its text outputs are unused).
+InstructBLIP embeds the instruction with the Q-Former's own BERT embeddings; here the model passes the
+LLM's token embeddings (``VisualFeatures.text``, an object with ``embeds [B, T, D_llm]`` and ``mask [B, T]``,
+True = real token; filled because ``wants_text``), which are projected to the Q-Former width and get
+learned positions. No text (``text is None``) = an empty instruction. Instructions longer than
+``max_text_len`` keep their first ``max_text_len`` tokens.
 
 Defaults are BLIP-2's Q-Former (BERT-base: 12 layers, width 768, 12 heads, FFN 3072, 32 queries, cross-
 attention every 2nd layer). BLIP-2 trains with dropout 0.1; the default here is 0 (like the other
@@ -91,7 +92,8 @@ class QFormerConnector(Connector):
     def __init__(self, options: QFormerOptions, vis_dim: int, llm_dim: int, grid):
         super().__init__(options, vis_dim, llm_dim, grid)
         o = options
-        for name in ("num_queries", "hidden", "layers", "heads", "intermediate", "cross_attention_every", "max_text_len"):
+        for name in ("num_queries", "hidden", "layers", "heads", "intermediate", "cross_attention_every",
+                     "max_text_len"):
             if getattr(o, name) < 1:
                 raise ValueError(f"qformer connector: {name} must be >= 1, got {getattr(o, name)}")
         if o.hidden % o.heads:

@@ -97,7 +97,8 @@ class ResamplerConnector(Connector):
         elif o.pos_embed == "learned":
             self.pos = nn.Parameter(torch.randn(n, self.hidden) * 0.02)                   # [N, H]
         self.latents = nn.Parameter(torch.randn(o.num_latents, self.hidden) * 0.02)       # [R, H]
-        self.layers = nn.ModuleList(ResamplerLayer(self.hidden, o.heads, o.head_dim, o.ff_mult) for _ in range(o.layers))
+        self.layers = nn.ModuleList(ResamplerLayer(self.hidden, o.heads, o.head_dim, o.ff_mult)
+                                    for _ in range(o.layers))
         self.norm = nn.LayerNorm(self.hidden)
         self.proj = nn.Linear(self.hidden, llm_dim)
 

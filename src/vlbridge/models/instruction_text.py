@@ -2,7 +2,8 @@
 
 For every image placeholder of a sample (in order), the instruction is the text of the turn that holds it:
 the tokens after the last role marker before the image, up to the first end-of-turn / assistant marker
-after it (so the answer of a training sample is never included), without image placeholders. The tokens
+after it (so the answer of a training sample is never included), without image placeholders. Blank
+markers are not searched for (vicuna's user turn ends with " ": its instruction runs to "ASSISTANT: "). The tokens
 are embedded with the LLM's input embeddings and padded into ``embeds [n_img, T, D_llm]`` with
 ``mask [n_img, T]`` (True = real token).
 """
@@ -30,8 +31,8 @@ def _find(ids: list[int], pattern: list[int], start: int, stop: int) -> list[int
 def instruction_spans(input_ids: list[torch.Tensor], image_token_id: int, template: ChatTemplate,
                       encode) -> list[list[int]]:
     """Token ids of the instruction of each image, in sample order then position order."""
-    def markers(*texts: str) -> list[list[int]]:
-        return [m for m in (encode(t) for t in texts) if m]
+    def markers(*texts: str) -> list[list[int]]:       # blank markers (vicuna's " " suffix) would match anywhere
+        return [encode(t) for t in texts if t.strip()]
 
     starts = markers(template.user_prefix, template.system_prefix, template.assistant_prefix)
     ends = markers(template.user_suffix, template.assistant_prefix, template.assistant_suffix)
