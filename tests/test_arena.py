@@ -128,13 +128,40 @@ def test_bad_connector_fails_before_any_work(flags, message, tmp_path, capsys, m
 
 
 def test_headline_metrics_and_means_by_hand():
-    result = {"metrics": {"caption": {"cider": 1.5, "bleu4": 0.2, "n": 3}, "color": {"exact_match": 0.5, "n": 4},
-                          "glyph": {"accuracy": 1.0, "exact_match": 0.0, "n": 2}, "count": {"exact_match": 0.25},
-                          "rec": {"acc@0.5": 0.75, "miou": 0.6}, "overall": {"exact_match": 0.1}}}
-    assert headline("caption", result["metrics"]["caption"]) == ("cider", 1.5)
-    assert headline("glyph", result["metrics"]["glyph"]) == ("accuracy", 1.0)        # accuracy before EM
-    assert headline("rec", result["metrics"]["rec"]) == ("acc@0.5", 0.75)
-    tasks = ["caption", "color", "glyph", "count", "rec"]
-    s = summary_scores(result, tasks)
-    assert s["mean"] == pytest.approx((0.5 + 1.0 + 0.25 + 0.75) / 4)              # CIDEr (unbounded) left out
+    metrics = {"caption": {"metric": "captioning", "main": "cider", "cider": 1.5, "bleu4": 0.2, "tokenizer": "ptb"},
+               "color": {"main": "vqa_acc", "vqa_acc": 0.5, "exact_match": 0.25},
+               "glyph": {"main": "exact_match", "exact_match": 1.0},
+               "count": {"main": "count_acc", "count_acc": 0.25, "exact_match": 0.0, "unparsable": 2},
+               "rec": {"main": "acc@0.5", "acc@0.5": 0.75, "mean_iou": 0.6},
+               "spatial": {"accuracy": 0.5, "exact_match": 0.0, "n": 4},            # no "main": accuracy first
+               "overall": {"main": "exact_match", "exact_match": 0.1}}
+    assert headline("caption", metrics["caption"]) == ("cider", 1.5)
+    assert headline("count", metrics["count"]) == ("count_acc", 0.25)
+    assert headline("spatial", metrics["spatial"]) == ("accuracy", 0.5)
+    s = summary_scores({"metrics": metrics}, ["caption", "color", "glyph", "count", "rec", "spatial"])
+    assert s["mean"] == pytest.approx((0.5 + 1.0 + 0.25 + 0.75 + 0.5) / 5)        # CIDEr (unbounded) left out
     assert s["fine"] == pytest.approx((1.0 + 0.25 + 0.75) / 3)                    # glyph, count, rec
+
+
+def test_size_and_clutter_groups_by_hand(tmp_path):
+    from vlbridge.arena.breakdown import group_scores
+    small = {"shape": "circle", "color": "red", "size": "small"}
+    large = {"shape": "square", "color": "blue", "size": "large"}
+    scenes = {"a.png": [small, large], "b.png": [small, large] + [{"shape": "diamond", "color": c, "size": "large"}
+                                                                 for c in ("red", "green", "blue")]}
+    items = [("color", "a.png", "<image>\nWhat color is the circle?\nAnswer ...", "red", 1.0),       # small
+             ("shape", "a.png", "What shape is the blue object?", "square", 0.0),                  # large
+             ("exist", "a.png", "Is there a red circle in the image?", "yes", 1.0),                # small
+             ("exist", "a.png", "Is there a green circle in the image?", "no", 1.0),               # no object
+             ("reg", "a.png", "What is the object at [0.1,0.1,0.2,0.2]?", "a large blue square", 1.0),  # large
+             ("rec", "a.png", "Give the bounding box of the red circle.", "[0,0,1,1]", 0.0),       # small
+             ("count", "a.png", "How many objects are there?", "2", 1.0),                          # few
+             ("count", "b.png", "How many objects are there?", "5", 0.0)]                          # many
+    test = [{"id": str(i), "image": img, "task": t} for i, (t, img, *_rest) in enumerate(items)]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"id": str(i), "task": t, "prompt": q, "reference": ref,
+                                                             "score": sc})
+                                                 for i, (t, _, q, ref, sc) in enumerate(items)))
+    groups = group_scores(tmp_path / "p.jsonl", tmp_path / "test.json", scenes)
+    assert groups == {"small": {"score": pytest.approx(2 / 3), "n": 3}, "large": {"score": 0.5, "n": 2},
+                      "many": {"score": 0.0, "n": 1}, "few": {"score": 1.0, "n": 1}}

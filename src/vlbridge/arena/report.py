@@ -1,39 +1,34 @@
 """The arena table: one row per connector, one column per task (its headline metric), plus cost columns.
 
-Every task is summarised by one headline metric taken from the eval runner's per-task metrics (CIDEr for
-captions, Acc@0.5 for boxes, accuracy otherwise, exact match as the fallback), shown x100. ``mean`` averages
-the bounded (0-1) headline metrics, so an unbounded CIDEr does not swamp it; ``fine`` averages the
+Every task is summarised by the headline metric the eval runner names in its per-task ``main`` (CIDEr for
+captions, Acc@0.5 for boxes, count accuracy, POPE accuracy, VQA accuracy ...), shown x100. ``mean``
+averages the bounded (0-1) headline metrics, so an unbounded CIDEr does not swamp it; ``fine`` averages the
 fine-detail tasks (glyphs, counting, boxes) that need local perception.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from ..data.shapes import TASKS
+from ..eval.report import label
 
-# Headline metric per task, in order of preference (names the eval runner may use); then GENERIC.
-PREFERRED: dict[str, tuple[str, ...]] = {
-    "caption": ("cider", "CIDEr", "cider_d", "CIDEr-D"),
-    "rec": ("acc@0.5", "acc_iou50", "acc50", "accuracy@0.5"),
-    "count": ("count_accuracy", "counting_accuracy", "accuracy"),
-    "exist": ("accuracy", "f1"),
-}
-GENERIC: tuple[str, ...] = ("accuracy", "vqa_accuracy", "exact_match")
-UNBOUNDED = {"cider", "CIDEr", "cider_d", "CIDEr-D"}
+# Used only when a task's metrics do not name their ``main`` number: preferred keys, then GENERIC.
+PREFERRED: dict[str, tuple[str, ...]] = {"caption": ("cider",), "rec": ("acc@0.5",), "count": ("count_acc",)}
+GENERIC: tuple[str, ...] = ("accuracy", "vqa_acc", "exact_match")
+UNBOUNDED = frozenset({"cider"})
 FINE_DETAIL_TASKS = ("glyph", "count", "rec")
-SHORT_NAMES = {"exact_match": "EM", "vqa_accuracy": "VQA acc", "accuracy": "acc", "cider": "CIDEr",
-               "acc@0.5": "Acc@0.5", "count_accuracy": "acc"}
 
 
 def headline(task: str, metrics: dict) -> tuple[str, float] | None:
     """(metric name, value) that summarises `task`, or None when the runner reported no number for it."""
-    for key in PREFERRED.get(task, ()) + GENERIC:
-        if isinstance(metrics.get(key), (int, float)):
+    main = metrics.get("main")
+    for key in ((main,) if main else ()) + PREFERRED.get(task, ()) + GENERIC:
+        if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics[key], bool):
             return key, float(metrics[key])
-    numbers = [(k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n"]
-    return numbers[0] if numbers else None
+    return None
 
 
 def task_order(results: list[dict]) -> list[str]:
@@ -66,6 +61,10 @@ def metric_names(results: list[dict], tasks: list[str]) -> dict[str, str]:
     return names
 
 
+GROUP_COLUMNS = {"small": "small obj", "large": "large obj", "many": "count 4+ obj", "few": "count <4 obj"}
+MD_GROUPS = ("small", "large", "many")             # the table shows these; the CSV has all GROUP_COLUMNS
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -76,18 +75,25 @@ def _tokens(r: dict) -> str:
     return f"{text} (max {r['max_visual_tokens']})" if r.get("dynamic") else text
 
 
+def quality(r: dict, tasks: list[str], groups: tuple[str, ...]) -> list[float | None]:
+    """Task headline metrics, then mean and fine, then the size/clutter groups (all 0-1 except CIDEr)."""
+    s, summ = scores(r, tasks), summary_scores(r, tasks)
+    return ([s[t][1] if s[t] else None for t in tasks] + [summ["mean"], summ["fine"]]
+            + [r.get("groups", {}).get(g, {}).get("score") for g in groups])
+
+
 def markdown(results: list[dict]) -> str:
     tasks = task_order(results)
     names = metric_names(results, tasks)
+    groups = MD_GROUPS if any(r.get("groups") for r in results) else ()
     head = (["connector", "visual tokens", "connector params", "train tok/s", "eval img/s"]
-            + [f"{t} ({SHORT_NAMES.get(names[t], names[t])})" for t in tasks] + ["mean", "fine"])
+            + [f"{t} ({label(names[t])})" for t in tasks] + ["mean", "fine"] + [GROUP_COLUMNS[g] for g in groups])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in results:
-        s, summ = scores(r, tasks), summary_scores(r, tasks)
         tok_s = r.get("train_tokens_per_s")
         cells = ([r["connector"], _tokens(r), f"{r['connector_params']:,}",
                   "-" if tok_s is None else f"{tok_s:,.0f}", f"{r['eval_images_per_s']:.1f}"]
-                 + [_pct(s[t][1] if s[t] else None) for t in tasks] + [_pct(summ["mean"]), _pct(summ["fine"])])
+                 + [_pct(v) for v in quality(r, tasks, groups)])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,18 +101,17 @@ def markdown(results: list[dict]) -> str:
 def csv_text(results: list[dict]) -> str:
     tasks = task_order(results)
     names = metric_names(results, tasks)
+    groups = tuple(GROUP_COLUMNS)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["connector", "options", "visual_tokens", "max_visual_tokens", "connector_params",
                 "train_tokens_per_s", "train_seconds", "eval_images_per_s", "eval_records"]
-               + [f"{t}:{names[t]}" for t in tasks] + ["mean", "fine"])
+               + [f"{t}:{names[t]}" for t in tasks] + ["mean", "fine"] + list(groups))
     for r in results:
-        s, summ = scores(r, tasks), summary_scores(r, tasks)
-        w.writerow([r["connector"], r.get("options", {}), r["visual_tokens"], r["max_visual_tokens"],
+        w.writerow([r["connector"], json.dumps(r.get("options", {})), r["visual_tokens"], r["max_visual_tokens"],
                     r["connector_params"], r.get("train_tokens_per_s"), r.get("train_seconds"),
                     r["eval_images_per_s"], r["eval_records"]]
-                   + [None if s[t] is None else round(s[t][1], 4) for t in tasks]
-                   + [None if v is None else round(v, 4) for v in (summ["mean"], summ["fine"])])
+                   + [None if v is None else round(v, 4) for v in quality(r, tasks, groups)])
     return buf.getvalue()
 
 
@@ -115,8 +120,11 @@ def write_table(results: list[dict], out: Path) -> str:
     table = markdown(results)
     rerun = "\n".join(f"- `{r['connector']}`: `{r['command']}`" for r in results)
     (out / "arena.md").write_text(
-        "# Connector arena\n\nHeadline metric per task x100 (test split); `mean`: bounded metrics, `fine`: "
-        f"{', '.join(FINE_DETAIL_TASKS)}.\n\n{table}\n\n![per task](arena_tasks.png)\n"
-        f"![vs visual tokens](arena_tokens.png)\n\n## Re-run one row\n\n{rerun}\n")
+        "# Connector arena\n\nHeadline metric per task x100 on the test split. `mean`: the bounded metrics "
+        f"(all but CIDEr); `fine`: {', '.join(FINE_DETAIL_TASKS)}; `small obj` / `large obj`: colour, shape, "
+        "exist, REC and REG questions about one object of that size; `count 4+ obj`: counting in scenes with "
+        "4 or more objects.\n\n"
+        f"{table}\n\n![per task](arena_tasks.png)\n![vs visual tokens](arena_tokens.png)\n\n"
+        f"## Re-run one row\n\n{rerun}\n")
     (out / "arena.csv").write_text(csv_text(results))
     return table

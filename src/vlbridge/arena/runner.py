@@ -30,6 +30,7 @@ from ..generate import GenerationConfig
 from ..train.checkpoint import latest_checkpoint
 from ..train.data import load_split, make_dataset
 from ..train.trainer import train
+from .breakdown import group_scores, load_scenes
 from .config import ArenaConfig
 from .prepare import base_run_config, data_image_size, log, plain, prepare_data, prepare_vision, require_same, sized_vision
 
@@ -147,8 +148,11 @@ def evaluate_connector(cfg: ArenaConfig, run: RunConfig, test_file: Path) -> dic
     preds = predict(model, dataset, cfg.eval_batch_size, GenerationConfig(max_new_tokens=cfg.max_new_tokens))
     seconds = time.perf_counter() - t0
     metrics = summarize(preds)
-    write_reports(Path(run.out) / "eval", preds, metrics, report, len(records))
-    return {"metrics": metrics, "eval_records": len(preds), "eval_seconds": seconds,
+    eval_dir = Path(run.out) / "eval"
+    write_reports(eval_dir, preds, metrics, report, len(records))
+    scenes = load_scenes(test_file.parent)
+    groups = group_scores(eval_dir / "predictions.jsonl", test_file, scenes) if scenes else {}
+    return {"metrics": metrics, "groups": groups, "eval_records": len(preds), "eval_seconds": seconds,
             "eval_images_per_s": sum(len(r.images) for r in records) / max(seconds, 1e-9),
             "visual_tokens": mean_visual_tokens(model, dataset),
             "max_visual_tokens": model.connector.num_tokens(),
