@@ -1,4 +1,5 @@
-"""`vlbridge viz`: figures. `viz answers` draws test images with the model's answers and boxes."""
+"""`vlbridge viz`: figures. `viz answers` draws test images with the model's answers and boxes;
+`viz masks` / `viz windows` draw ParGo's attention masks and windows (``viz_pargo_cmd.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,10 +9,11 @@ from ..data.records import SkipReport, load_image, load_records
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
 from ..models.vlm import VLBridgeModel
+from . import viz_pargo_cmd
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("viz", help="figures (answers on test images)")
+    p = sub.add_parser("viz", help="figures (answers on test images, ParGo masks and windows)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     a = kinds.add_parser("answers", help="PNG of test images with the model's answers to their questions",
                          description="Pick images from a LLaVA-style JSON, ask the model every question recorded "
@@ -23,6 +25,7 @@ def add_parser(sub) -> None:
     a.add_argument("--start", type=int, default=0, help="index of the first image to show (default: 0)")
     a.add_argument("--questions", type=int, default=6, help="questions per image at most (default: 6)")
     a.set_defaults(run=run_answers)
+    viz_pargo_cmd.add_kinds(kinds)
 
 
 def run_answers(args: argparse.Namespace) -> int:
