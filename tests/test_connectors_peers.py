@@ -28,10 +28,11 @@ TINY = {
     "resampler_sincos": dict(num_latents=6, layers=2, heads=2, head_dim=8, hidden=12, pos_embed="sincos"),
     "resampler_learned": dict(num_latents=6, layers=2, heads=2, head_dim=8, pos_embed="learned"),
     "cabstractor": dict(depth=1, hidden=8, grid_out=[2, 3]),
+    "cabstractor_dense_se": dict(depth=1, hidden=8, grid_out=[2, 3], group_size=0, se_ratio=0.25),
     "pixel_shuffle": dict(factor=2),
 }
 EXPECTED_TOKENS = {"qformer": 5, "qformer_instruct": 5, "resampler": 6, "resampler_sincos": 6,
-                   "resampler_learned": 6, "cabstractor": 6, "pixel_shuffle": 6}
+                   "resampler_learned": 6, "cabstractor": 6, "cabstractor_dense_se": 6, "pixel_shuffle": 6}
 GRID = (4, 6)
 
 
@@ -238,6 +239,15 @@ def test_cabstractor_locality_follows_the_receptive_field():
     for far in [(5, 0), (0, 5), (5, 5), (7, 7)]:
         assert 0 not in _changed_tokens(c, (8, 8), far), f"patch {far} reached token 0"
     assert _changed_tokens(c, (8, 8), (7, 7)) == {10, 11, 14, 15}    # the far corner's 2x2 tokens
+
+
+def test_cabstractor_squeeze_excitation_is_global_and_groups_are_depthwise():
+    """Honeybee's SE gates channels by a mean over the whole grid: with it, locality is gone (documented)."""
+    se = build_connector("cabstractor", dict(depth=1, hidden=8, grid_out=[4, 4], se_ratio=0.25), VIS, LLM, (8, 8))
+    assert 0 in _changed_tokens(se.eval(), (8, 8), (7, 7))
+    depthwise = build_connector("cabstractor", dict(depth=1, hidden=8), VIS, LLM, (8, 8))
+    dense = build_connector("cabstractor", dict(depth=1, hidden=8, group_size=0), VIS, LLM, (8, 8))
+    assert dense.num_parameters() - depthwise.num_parameters() == 2 * (8 * 8 * 9 - 8 * 9)   # two 3x3 convs
 
 
 def test_cabstractor_rectangular_grid_keeps_raster_order():
