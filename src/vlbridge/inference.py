@@ -34,7 +34,7 @@ class Predictor:
         pixels = [p for _, p in encoded if p is not None]
         out = generate(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
                        self.gen, generator=self.generator)
-        return [self.model.decode(ids) for ids in out]
+        return self.model.decode_answers([ids for ids, _ in encoded], torch.cat(pixels) if pixels else None, out)
 
     def ask(self, question: str, images: Sequence[Image.Image] = ()) -> str:
         """One question about zero or more images; adds '<image>\\n' per image when the text has none."""

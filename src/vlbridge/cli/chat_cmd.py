@@ -22,6 +22,14 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--grounded", action="store_true",
+                   help="grounded answer: print each phrase with its box and draw them into a PNG (--grounded-out); "
+                        "without --prompt asks for a grounded caption")
+    p.add_argument("--region", metavar="X1,Y1,X2,Y2",
+                   help="ask about a region (normalised or pixel corners); without --prompt asks what the object "
+                        "there is; put <region> in --prompt to place the box in your question")
+    p.add_argument("--grounded-out", metavar="PNG",
+                   help="where --grounded/--region draw the boxes (default: IMAGE-STEM_grounded.png here)")
     p.set_defaults(run=run)
 
 
@@ -31,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
                            temperature=args.temperature, top_p=args.top_p)
     predictor = Predictor(model, gen, seed=args.seed)
     image = load_image(args.image, where=args.image)[0] if args.image else None
+    if args.grounded or args.region:
+        return run_grounded(args, predictor, image)
     if args.prompt is not None:
         print(predictor.ask(args.prompt, [image] if image else []))
         return 0
@@ -61,3 +71,23 @@ def run(args: argparse.Namespace) -> int:
         answer = predictor.answer([Query(turns, [image] if image is not None else [])])[0]
         turns.append(Turn("assistant", answer))
         print(f"model> {answer}")
+
+
+def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
+    """One grounded question: print the answer with each phrase's box and draw them into a PNG."""
+    from pathlib import Path
+
+    from ..grounding.grounded_chat import describe, draw_grounding, grounded_prompt, parse_region, phrase_boxes
+    if image is None:
+        raise ValueError("--grounded and --region need --image")
+    region = parse_region(args.region, image.size) if args.region else None
+    prompt = grounded_prompt(args.prompt, region)
+    answer = predictor.ask(prompt, [image])
+    pairs = phrase_boxes(answer, fallback=prompt if len(prompt) <= 40 else prompt[:37] + "...")
+    if region is not None and not pairs:
+        pairs = [(answer, region)]                       # a region question: the answer labels the region
+    print(f"you> {prompt}")
+    print("model> " + describe(answer, pairs))
+    out = draw_grounding(image, pairs, args.grounded_out or f"{Path(args.image).stem}_grounded.png", region=region)
+    print(f"boxes drawn in {out}")
+    return 0

@@ -9,6 +9,7 @@ import dataclasses
 
 from .base import Connector, ConnectorOutput, VisualFeatures
 from .cabstractor import CAbstractorConnector
+from .groma import GromaConnector
 from .lavit import LavitConnector
 from .linear import LinearConnector
 from .mlp import MLPConnector
@@ -26,6 +27,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     "cabstractor": CAbstractorConnector,
     "pixel_shuffle": PixelShuffleConnector,
     "lavit": LavitConnector,
+    "groma": GromaConnector,
 }
 
 

@@ -47,6 +47,10 @@ TASKS: tuple[str, ...] = (
     "caption", "color", "shape", "count", "exist", "spatial", "glyph", "rec", "reg",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Optional tasks (``ShapesWorldConfig.extra_tasks``): grounded captions (every object with its box) and
+# referring expressions for absent objects, answered NOT_PRESENT (a grounding model must not always box).
+EXTRA_TASKS: tuple[str, ...] = ("gcap", "rec_neg")
+NOT_PRESENT = "not present"
 SHORT_ANSWER_TASKS: frozenset[str] = frozenset(
     {"color", "shape", "count", "exist", "spatial", "glyph", "reg"}
 )
@@ -71,7 +75,7 @@ GLYPH_FIT_FACTOR = 9         # a glyph is drawn only if object side >= factor * 
 # are the most frequent so that a tiny model learns them first.
 TRAIN_TASK_WEIGHTS: dict[str, float] = {
     "caption": 0.7, "color": 6.0, "shape": 4.0, "count": 1.0, "exist": 1.5,
-    "spatial": 1.0, "glyph": 1.0, "rec": 0.7, "reg": 0.7,
+    "spatial": 1.0, "glyph": 1.0, "rec": 0.7, "reg": 0.7, "gcap": 0.5, "rec_neg": 0.35,
 }
 
 # Hand-written 3x5 bitmap font; "#" is ink.
@@ -115,6 +119,8 @@ class ShapesWorldConfig:
     glyph_scale: int = opt(1, "pixel scale of the 3x5 bitmap glyphs (1 = 3x5 px: fine detail)")
     splits: list[float] = opt([0.8, 0.1, 0.1], "train,val,test fractions of n")
     train_turns: int = opt(8, "QA turns per training record (one image, several questions)")
+    extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
+                                     "rec_neg (referring expression for an absent object, answered 'not present')")
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. when rebuilt from shapesworld.json).
@@ -129,6 +135,14 @@ class ShapesWorldConfig:
             raise ValueError("splits must be non-negative with a positive sum")
         if self.n < 0 or self.image_size < 8 or self.glyph_scale < 1 or self.train_turns < 1:
             raise ValueError("invalid n, image_size, glyph_scale or train_turns")
+        self.extra_tasks = list(self.extra_tasks)
+        unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
+        if unknown:
+            raise ValueError(f"unknown extra task(s) {unknown}; choose from {list(EXTRA_TASKS)}")
+
+    def tasks(self) -> tuple[str, ...]:
+        """The nine standard tasks, then the chosen extra tasks."""
+        return TASKS + tuple(t for t in EXTRA_TASKS if t in self.extra_tasks)
 
     def split_sizes(self) -> dict[str, int]:
         """Number of scenes per split; rounding leftovers go to the test split."""
@@ -386,6 +400,25 @@ def _reg(scene: Scene) -> list[QA]:
     return [(f"What is the object at {format_box(o.box)}?", o.description) for o in scene.objects]
 
 
+GCAP_QUESTION = "Describe the image briefly, with a box for each object."
+
+
+def _gcap(scene: Scene) -> list[QA]:
+    """The caption with each object's box right after its phrase."""
+    ordered = sorted(scene.objects, key=lambda o: (o.center[0], o.center[1]))
+    return [(GCAP_QUESTION, _join([f"{o.description} {format_box(o.box)}" for o in ordered]) + ".")]
+
+
+def _rec_neg(scene: Scene, rng: random.Random) -> list[QA]:
+    """REC questions about absent objects (one per kind: colour present, shape present, neither)."""
+    pairs = {(o.color, o.shape) for o in scene.objects}
+    colors, shapes = {c for c, _ in pairs}, {s for _, s in pairs}
+    missing = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in pairs]
+    pools = [[(c, s) for c, s in missing if c in colors], [(c, s) for c, s in missing if s in shapes],
+             [(c, s) for c, s in missing if c not in colors and s not in shapes]]
+    return [(f"Give the bounding box of the {c} {s}.", NOT_PRESENT) for c, s in (rng.choice(p) for p in pools if p)]
+
+
 def questions_for(scene: Scene, task: str, rng: random.Random) -> list[QA]:
     """All candidate (question, answer) pairs of ``task`` for ``scene``; [] if not applicable.
 
@@ -405,9 +438,11 @@ def questions_for(scene: Scene, task: str, rng: random.Random) -> list[QA]:
         "glyph": lambda: _glyph(scene),
         "rec": lambda: _rec(scene),
         "reg": lambda: _reg(scene),
+        "gcap": lambda: _gcap(scene),
+        "rec_neg": lambda: _rec_neg(scene, rng),
     }
     if task not in builders:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS + EXTRA_TASKS}")
     return builders[task]()
 
 
@@ -456,10 +491,10 @@ def _conversation(turns: list[tuple[str, QA]]) -> list[dict[str, str]]:
 
 
 def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
-                  balancer: YesNoBalancer) -> list[dict[str, Any]]:
+                  balancer: YesNoBalancer, tasks: tuple[str, ...] = TASKS) -> list[dict[str, Any]]:
     """One single-turn record per applicable task (val/test)."""
     records = []
-    for task in TASKS:
+    for task in tasks:
         candidates = questions_for(scene, task, rng)
         if not candidates:
             continue
@@ -470,17 +505,17 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 
 
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
-                  balancer: YesNoBalancer, n_turns: int) -> dict[str, Any]:
+                  balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS) -> dict[str, Any]:
     """One multi-turn record of up to ``n_turns`` distinct questions about one image.
 
     Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (a scene may get several colour questions, one
     per object), so one encoded image supervises many answers.
     """
-    pool = {t: questions_for(scene, t, rng) for t in TASKS}
+    pool = {t: questions_for(scene, t, rng) for t in tasks}
     chosen: list[str] = []
     turns: list[tuple[str, QA]] = []
     while len(turns) < n_turns:
-        open_tasks = [t for t in TASKS if pool[t]]
+        open_tasks = [t for t in tasks if pool[t]]
         if not open_tasks:
             break
         task = rng.choices(open_tasks, weights=[TRAIN_TASK_WEIGHTS[t] for t in open_tasks])[0]
@@ -524,19 +559,19 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
             render_scene(scene, cfg).save(out / image, format="PNG")
             scene_meta.append({"image": image, "split": split, **scene.to_dict()})
             if split == "train":
-                records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns))
+                records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks()))
             else:
-                records.extend(_eval_records(stem, image, scene, rng, balancer))
+                records.extend(_eval_records(stem, image, scene, rng, balancer, cfg.tasks()))
         _write_json(out / f"{split}.json", records)
         summary[split] = len(records)
-        summary["per_task"][split] = _task_counts(records)
+        summary["per_task"][split] = _task_counts(records, cfg.tasks())
     _write_json(out / "scenes.json", scene_meta)
     _write_json(out / "shapesworld.json", {"config": dataclasses.asdict(cfg), "summary": summary})
     return summary
 
 
-def _task_counts(records: list[dict[str, Any]]) -> dict[str, int]:
-    counts = {t: 0 for t in TASKS}
+def _task_counts(records: list[dict[str, Any]], tasks: tuple[str, ...] = TASKS) -> dict[str, int]:
+    counts = {t: 0 for t in tasks}
     for rec in records:
         for task in rec.get("tasks", [rec["task"]]):
             counts[task] += 1

@@ -88,8 +88,9 @@ def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: Gener
         if not len(batch):
             continue
         outs = generate(model, batch.input_ids, batch.pixel_values, gen)
-        for rec, ids in zip(batch.records, outs):
-            preds.append(prediction_for(rec, model.decode(ids)))
+        texts = model.decode_answers(batch.input_ids, batch.pixel_values, outs)   # region tokens -> boxes
+        for rec, text in zip(batch.records, texts):
+            preds.append(prediction_for(rec, text))
     return preds
 
 

@@ -9,13 +9,14 @@ accuracy). A record may name its family in a ``"metric"`` field, which wins over
 records of one task must then agree. ``glyph`` uses exact match rather than VQA accuracy because the VQA
 normalisation deletes the article "a", which would make the glyph "A" equal to an empty answer.
 
-Families ("metric" values): captioning, vqa, exact_match, counting, pope, rec, reg.
+Families ("metric" values): captioning, vqa, exact_match, counting, pope, rec, reg, grounded_caption, absent.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..grounding.metrics import absent_score, grounded_caption_score
 from .captioning import caption_scores
 from .counting import count_correct
 from .exact_match import exact_match
@@ -114,6 +115,26 @@ def reg_metric(preds, refs) -> MetricResult:
                         s.per_item_exact, details)
 
 
+def grounded_caption_metric(preds, refs) -> MetricResult:
+    scores = []
+    for i, (p, rs) in enumerate(zip(preds, refs)):
+        try:
+            scores.append(grounded_caption_score(p, rs[0]))
+        except ValueError as e:
+            raise BadReference(i, str(e)) from None
+    summary = {"f1": _mean([s.f1 for s in scores]), "precision": _mean([s.precision for s in scores]),
+               "recall": _mean([s.recall for s in scores]), "box_recall": _mean([s.box_recall for s in scores])}
+    details = [{"precision": round(s.precision, 6), "recall": round(s.recall, 6), "n_boxes": s.n_predicted}
+               for s in scores]
+    return MetricResult("f1", summary, [s.f1 for s in scores], details)
+
+
+def absent_metric(preds, refs) -> MetricResult:
+    outcomes = [absent_score(p) for p in preds]
+    summary = {"accuracy": _mean([float(ok) for ok, _ in outcomes]), "boxed": _mean([float(b) for _, b in outcomes])}
+    return MetricResult("accuracy", summary, [float(ok) for ok, _ in outcomes], [{"boxed": b} for _, b in outcomes])
+
+
 MetricFn = Callable[[Sequence[str], Sequence[Sequence[str]]], MetricResult]
 METRICS: dict[str, MetricFn] = {
     "captioning": captioning_metric,
@@ -123,10 +144,13 @@ METRICS: dict[str, MetricFn] = {
     "pope": pope_metric,
     "rec": rec_metric,
     "reg": reg_metric,
+    "grounded_caption": grounded_caption_metric,
+    "absent": absent_metric,
 }
 TASK_METRICS: dict[str, str] = {
     "caption": "captioning", "color": "vqa", "shape": "vqa", "count": "counting", "exist": "pope",
     "spatial": "vqa", "glyph": "exact_match", "rec": "rec", "reg": "reg",
+    "gcap": "grounded_caption", "rec_neg": "absent",
 }
 DEFAULT_METRIC = "vqa"
 

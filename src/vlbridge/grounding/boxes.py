@@ -52,21 +52,29 @@ def _normalise(values: list[float], image_size: tuple[int, int] | None) -> tuple
     return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], fixed
 
 
+def _parse_values(values: list[float], image_size: tuple[int, int] | None) -> ParsedBox:
+    if max(values) > 1.5 and image_size is None:
+        return ParsedBox(None, f"coordinates {values} exceed 1 and no image size is known")
+    box, fixed = _normalise(values, image_size)
+    if box[0] == box[2] or box[1] == box[3]:
+        return ParsedBox(None, f"degenerate box {format_box(box)} (zero width or height)")
+    return ParsedBox(tuple(box), None, tuple(fixed))  # type: ignore[arg-type]
+
+
 def parse_boxes(text: str, image_size: tuple[int, int] | None = None) -> list[ParsedBox]:
     """Every box in ``text``, in order (bracketed forms first; bare "a, b, c, d" only if none)."""
     matches = list(_BRACKETED.finditer(text)) or list(_BARE.finditer(text))
-    out = []
-    for m in matches:
-        values = [float(g) for g in m.groups()]
-        if max(values) > 1.5 and image_size is None:
-            out.append(ParsedBox(None, f"coordinates {values} exceed 1 and no image size is known"))
-            continue
-        box, fixed = _normalise(values, image_size)
-        if box[0] == box[2] or box[1] == box[3]:
-            out.append(ParsedBox(None, f"degenerate box {format_box(box)} (zero width or height)"))
-            continue
-        out.append(ParsedBox(tuple(box), None, tuple(fixed)))  # type: ignore[arg-type]
-    return out
+    return [_parse_values([float(g) for g in m.groups()], image_size) for m in matches]
+
+
+def find_boxes(text: str, image_size: tuple[int, int] | None = None) -> list[tuple[int, int, ParsedBox]]:
+    """Every bracketed box in ``text`` with its character span: ``(start, end, ParsedBox)``, in order.
+
+    Only bracketed forms ("[a,b,c,d]" or "(a b c d)") count here, so that plain numbers in a sentence are
+    never taken for a box when a box is to be replaced in place (region tokens, drawing phrases).
+    """
+    return [(m.start(), m.end(), _parse_values([float(g) for g in m.groups()], image_size))
+            for m in _BRACKETED.finditer(text)]
 
 
 def parse_box(text: str, image_size: tuple[int, int] | None = None) -> ParsedBox:

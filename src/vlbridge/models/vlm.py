@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from_dict
 from ..connectors import ConnectorOutput, build_connector
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder, get_template
+from ..grounding.region_wiring import attach_regions
 from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
@@ -65,6 +66,7 @@ class VLBridgeModel(nn.Module):
         self.builder = SequenceBuilder(tokenizer, self.template)
         self.image_token_id = self.builder.image_token_id
         self.lora: dict | None = None
+        self.regions = attach_regions(self)     # region tokens for connectors that propose regions (groma)
 
     # ---- construction -------------------------------------------------------------------------------
     @property
@@ -112,6 +114,8 @@ class VLBridgeModel(nn.Module):
         return instruction_text(self.llm.get_input_embeddings(), spans)
 
     def embed(self, input_ids, labels, pixel_values, padding_side: str = "right") -> tuple[Spliced, dict]:
+        if self.regions is not None:
+            return self.regions.embed(self, input_ids, labels, pixel_values, padding_side)
         visual, aux = [], {}
         if pixel_values is not None and len(pixel_values):
             text = self.image_instructions(input_ids) if getattr(self.connector, "wants_text", False) else None
@@ -148,6 +152,12 @@ class VLBridgeModel(nn.Module):
         """Text of generated ids; keeps added tokens (region ids, [IMG]...), drops only bos/eos/pad."""
         drop = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         return self.tokenizer.decode([t for t in ids if t not in drop]).strip()
+
+    def decode_answers(self, input_ids, pixel_values, outs: list[list[int]]) -> list[str]:
+        """Texts of a batch's generated ids; a region-token model writes each ``<roi><rj></roi>`` as region j's box."""
+        if self.regions is not None:
+            return self.regions.decode_answers(self, input_ids, pixel_values, outs)
+        return [self.decode(ids) for ids in outs]
 
     def visual_tokens_per_image(self) -> int:
         """Visual tokens one image takes (the maximum, for dynamic connectors): used for length checks."""

@@ -28,6 +28,9 @@ def apply_stage(model, cfg: TrainConfig) -> dict[str, tuple[int, int]]:
         lora_llm = name == "llm" and model.lora is not None
         for pname, p in module.named_parameters():
             p.requires_grad = name in train and (not lora_llm or "lora_" in pname)
+    adjust = getattr(model.connector, "adjust_stage", None)   # e.g. groma: proposer frozen, new token rows
+    if adjust is not None:
+        adjust(model, cfg.stage)
     return {name: (sum(p.numel() for p in model.module_named(name).parameters() if p.requires_grad),
                    sum(p.numel() for p in model.module_named(name).parameters())) for name in MODULES}
 
@@ -47,8 +50,8 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     for name in MODULES:
         lr = getattr(cfg, f"lr_{name}") or cfg.lr
         params = [(n, p) for n, p in model.module_named(name).named_parameters() if p.requires_grad]
-        decay = [p for n, p in params if p.ndim >= 2]
-        no_decay = [p for n, p in params if p.ndim < 2]
+        decay = [p for n, p in params if p.ndim >= 2 and not getattr(p, "no_weight_decay", False)]
+        no_decay = [p for n, p in params if p.ndim < 2 or getattr(p, "no_weight_decay", False)]
         for ps, wd, tag in ((decay, cfg.weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
             if ps:
                 groups.append({"params": ps, "lr": lr, "weight_decay": wd, "name": f"{name}.{tag}"})

@@ -190,4 +190,7 @@ class Trainer:
 
 
 def train(cfg: RunConfig) -> Path:
+    if cfg.train.stage == "det":                 # a region proposer's own loop (grounding models)
+        from ..grounding.det_stage import train_det
+        return train_det(cfg)
     return Trainer(cfg).train()
