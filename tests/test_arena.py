@@ -99,6 +99,7 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
     steps = [json.loads(x)["step"] for x in (out / "linear" / "log.jsonl").read_text().splitlines()
              if "loss" in json.loads(x)]
     assert steps == [1, 2, 3, 4]                               # each step trained exactly once
+    assert json.loads((out / "linear" / "result.json").read_text())["train_steps_run"] == 2
     assert len(list(csv.DictReader((out / "arena.csv").open()))) == 2
 
 
@@ -165,3 +166,14 @@ def test_size_and_clutter_groups_by_hand(tmp_path):
     groups = group_scores(tmp_path / "p.jsonl", tmp_path / "test.json", scenes)
     assert groups == {"small": {"score": pytest.approx(2 / 3), "n": 3}, "large": {"score": 0.5, "n": 2},
                       "many": {"score": 0.0, "n": 1}, "few": {"score": 1.0, "n": 1}}
+
+
+def test_help_and_print_config_show_the_preset(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["arena", "--help"])
+    assert e.value.code == 0 and "--max-objects" in capsys.readouterr().out
+    assert main(["arena", "--print-config", "--steps", "7", "--max-objects", "5", "--glyph-scale", "2"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] == "arena-cpu" and cfg["steps"] == 7
+    assert cfg["shapes"]["max_objects"] == 5 and cfg["shapes"]["glyph_scale"] == 2
+    assert set(cfg["connector_options"]) <= set(cfg["connectors"])

@@ -86,12 +86,12 @@ def markdown(results: list[dict]) -> str:
     tasks = task_order(results)
     names = metric_names(results, tasks)
     groups = MD_GROUPS if any(r.get("groups") for r in results) else ()
-    head = (["connector", "visual tokens", "connector params", "train tok/s", "eval img/s"]
+    head = (["connector", "visual tokens", "connector params", "train ms/step", "train tok/s", "eval img/s"]
             + [f"{t} ({label(names[t])})" for t in tasks] + ["mean", "fine"] + [GROUP_COLUMNS[g] for g in groups])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in results:
-        tok_s = r.get("train_tokens_per_s")
-        cells = ([r["connector"], _tokens(r), f"{r['connector_params']:,}",
+        tok_s, ms = r.get("train_tokens_per_s"), r.get("train_ms_per_step")
+        cells = ([r["connector"], _tokens(r), f"{r['connector_params']:,}", "-" if ms is None else f"{ms:,.0f}",
                   "-" if tok_s is None else f"{tok_s:,.0f}", f"{r['eval_images_per_s']:.1f}"]
                  + [_pct(v) for v in quality(r, tasks, groups)])
         lines.append("| " + " | ".join(cells) + " |")
@@ -105,11 +105,11 @@ def csv_text(results: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["connector", "options", "visual_tokens", "max_visual_tokens", "connector_params",
-                "train_tokens_per_s", "train_seconds", "eval_images_per_s", "eval_records"]
+                "train_ms_per_step", "train_tokens_per_s", "train_seconds", "eval_images_per_s", "eval_records"]
                + [f"{t}:{names[t]}" for t in tasks] + ["mean", "fine"] + list(groups))
     for r in results:
         w.writerow([r["connector"], json.dumps(r.get("options", {})), r["visual_tokens"], r["max_visual_tokens"],
-                    r["connector_params"], r.get("train_tokens_per_s"), r.get("train_seconds"),
+                    r["connector_params"], r.get("train_ms_per_step"), r.get("train_tokens_per_s"), r.get("train_seconds"),
                     r["eval_images_per_s"], r["eval_records"]]
                    + [None if v is None else round(v, 4) for v in quality(r, tasks, groups)])
     return buf.getvalue()
@@ -123,7 +123,8 @@ def write_table(results: list[dict], out: Path) -> str:
         "# Connector arena\n\nHeadline metric per task x100 on the test split. `mean`: the bounded metrics "
         f"(all but CIDEr); `fine`: {', '.join(FINE_DETAIL_TASKS)}; `small obj` / `large obj`: colour, shape, "
         "exist, REC and REG questions about one object of that size; `count 4+ obj`: counting in scenes with "
-        "4 or more objects.\n\n"
+        "4 or more objects. `train ms/step`: wall time of the training run (set-up and checkpoints included) "
+        "per step.\n\n"
         f"{table}\n\n![per task](arena_tasks.png)\n![vs visual tokens](arena_tokens.png)\n\n"
         f"## Re-run one row\n\n{rerun}\n")
     (out / "arena.csv").write_text(csv_text(results))

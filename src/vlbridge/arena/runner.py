@@ -98,19 +98,21 @@ def train_tokens_per_s(log_file: Path) -> float | None:
     return rates[-1] if rates else None
 
 
-def train_connector(run: RunConfig) -> float:
-    """Train `run` to the end (resuming from its latest checkpoint); returns the seconds spent here."""
+def train_connector(run: RunConfig) -> tuple[float, int]:
+    """Train `run` to the end (resuming from its latest checkpoint); returns (seconds spent here, steps run here),
+    seconds including set-up and checkpoints."""
     out = Path(run.out)
     if (out / "final" / "model.safetensors").is_file():
-        return 0.0
+        return 0.0, 0
     resume_from = latest_checkpoint(out / "checkpoints")
+    start = json.loads((resume_from / "trainer_state.json").read_text())["trainer"]["step"] if resume_from else 0
     run = copy.deepcopy(run)
     run.train.resume = resume_from is not None
     if resume_from is not None:
-        log(f"{run.model.connector.name}: resuming from {resume_from}")
+        log(f"{run.model.connector.name}: resuming from {resume_from} (step {start} of {run.train.steps})")
     t0 = time.perf_counter()
     train(run)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, run.train.steps - start
 
 
 def select_per_task(records, limit: int | None):
@@ -128,8 +130,11 @@ def select_per_task(records, limit: int | None):
 @torch.no_grad()
 def mean_visual_tokens(model, dataset, n_images: int = 32) -> float:
     """Visual tokens per image actually produced (dynamic connectors vary per image)."""
-    pixels = torch.cat([dataset[i].pixel_values for i in range(min(n_images, len(dataset))) if dataset[i] is not None])
-    out = model.encode_images(pixels)
+    samples = [dataset[i] for i in range(min(n_images, len(dataset)))]
+    pixels = [s.pixel_values for s in samples if s is not None and len(s.pixel_values)]
+    if not pixels:
+        return float(model.connector.num_tokens())
+    out = model.encode_images(torch.cat(pixels))                   # tokens [n_img, M, D_llm]
     if out.lengths is None:
         return float(out.tokens.shape[1])
     return float(out.lengths.float().mean())
@@ -177,10 +182,12 @@ def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) 
     if result_file.is_file():
         log(f"{name}: finished earlier ({result_file}); not retrained")
         return json.loads(result_file.read_text())
-    seconds = train_connector(run)
+    seconds, steps_run = train_connector(run)
     log(f"{name}: evaluating on {test_file}")
     result = {"connector": name, "options": run.model.connector.options,
-              "train_seconds": seconds, "train_tokens_per_s": train_tokens_per_s(run_dir / "log.jsonl"),
+              "train_seconds": seconds, "train_steps_run": steps_run,
+              "train_ms_per_step": 1000 * seconds / steps_run if steps_run else None,
+              "train_tokens_per_s": train_tokens_per_s(run_dir / "log.jsonl"),
               **evaluate_connector(cfg, run, test_file),
               "config": str(config_file),
               "command": rerun_commands(config_file, run, test_file, cfg.eval_limit)}
