@@ -120,9 +120,9 @@ def train_det(cfg: RunConfig) -> Path:
             optimizer.step()
             schedule.step()
             if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-                log_file.write(json.dumps({"step": step + 1, "loss": float(loss),
-                                           **{k: float(v) for k, v in losses.items()}}) + "\n")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                log_file.write(json.dumps({"step": step + 1, "loss": float(loss.detach()),
+                                           **{k: float(v.detach()) for k, v in losses.items()}}) + "\n")
         bar.close()
     o = model.connector.options
     metrics = {"steps": tc.steps, "train_seconds": round(time.perf_counter() - t0, 1), "split": "val",

@@ -1,0 +1,85 @@
+"""Grounded answers: phrases with boxes, region prompts, the drawn PNG, `vlbridge chat --grounded`, grounded data."""
+import json
+
+import pytest
+from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtures)
+from PIL import Image
+
+from vlbridge.cli.main import main
+from vlbridge.data.shapes import GCAP_QUESTION, NOT_PRESENT
+from vlbridge.grounding.grounded_chat import PALETTE, draw_grounding, grounded_prompt, parse_region
+from vlbridge.grounding.metrics import grounded_caption_score
+from vlbridge.grounding.phrases import grounded_phrases
+
+
+def test_phrases_take_the_text_before_their_box() -> None:
+    text = "a small red circle [0.1,0.2,0.3,0.4], a large blue square [0.5,0.5,0.9,0.9] and a tiny x [9,9]."
+    assert grounded_phrases(text) == [("a small red circle", (0.1, 0.2, 0.3, 0.4)),
+                                      ("a large blue square", (0.5, 0.5, 0.9, 0.9))]
+    assert grounded_phrases("[0.1,0.1,0.2,0.2]") == [("", (0.1, 0.1, 0.2, 0.2))]
+    assert grounded_phrases("not present") == []
+
+
+def test_grounded_caption_score_by_hand() -> None:
+    ref = "a small red circle [0.1,0.1,0.3,0.3] and a large blue square [0.5,0.5,0.9,0.9]."
+    assert grounded_caption_score(ref, ref).f1 == 1.0
+    s = grounded_caption_score("a small red circle [0.1,0.1,0.3,0.3] and a large red square [0.5,0.5,0.9,0.9].", ref)
+    assert (s.precision, s.recall, s.box_recall) == (0.5, 0.5, 1.0)            # wrong phrase, right box
+    assert grounded_caption_score("a small red circle.", ref).f1 == 0.0
+    with pytest.raises(ValueError):
+        grounded_caption_score("x", "no boxes here")
+
+
+def test_region_prompts() -> None:
+    assert parse_region("0.1,0.2,0.5,0.6", (64, 64)) == pytest.approx((0.1, 0.2, 0.5, 0.6))
+    assert parse_region("16, 32, 48, 64", (64, 128)) == pytest.approx((0.25, 0.25, 0.75, 0.5))
+    with pytest.raises(ValueError, match="--region"):
+        parse_region("1,2,3", (64, 64))
+    box = (0.1, 0.2, 0.5, 0.6)
+    assert grounded_prompt(None, None) == GCAP_QUESTION
+    assert grounded_prompt(None, box) == "What is the object at [0.100,0.200,0.500,0.600]?"
+    assert grounded_prompt("Is <region> red?", box) == "Is [0.100,0.200,0.500,0.600] red?"
+
+
+def test_drawing_puts_each_box_outline_in_its_colour(tmp_path) -> None:
+    image = Image.new("RGB", (64, 64), (30, 30, 30))
+    out = draw_grounding(image, [("a circle", (0.25, 0.5, 0.5, 0.75)), ("", (0.6, 0.1, 0.9, 0.4))], tmp_path / "g.png")
+    drawn = Image.open(out).convert("RGB")
+    assert drawn.size == (384, 384)                                       # 64 px enlarged x6
+    assert drawn.getpixel((int(0.25 * 384) + 1, int(0.62 * 384))) == PALETTE[0]   # left edge of box 0
+    assert drawn.getpixel((int(0.9 * 384) - 1, int(0.3 * 384))) == PALETTE[1]     # right edge of box 1
+    assert drawn.getpixel((int(0.37 * 384), int(0.62 * 384))) == (30, 30, 30)     # inside stays the image
+
+
+def test_chat_grounded_writes_a_png(groma_model, grounding_data, tmp_path, capsys) -> None:
+    groma_model.save_pretrained(tmp_path / "model")
+    image = grounding_data / "images" / "test_000000.png"
+    png = tmp_path / "answer.png"
+    assert main(["chat", "--model", str(tmp_path / "model"), "--image", str(image), "--grounded",
+                 "--grounded-out", str(png), "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert GCAP_QUESTION in printed and f"boxes drawn in {png}" in printed
+    assert Image.open(png).size == (384, 384)
+    png2 = tmp_path / "region.png"
+    assert main(["chat", "--model", str(tmp_path / "model"), "--image", str(image), "--region", "8,8,24,24",
+                 "--grounded-out", str(png2), "--max-new-tokens", "4"]) == 0
+    assert "What is the object at [0.250,0.250,0.750,0.750]?" in capsys.readouterr().out and png2.is_file()
+    assert main(["chat", "--model", str(tmp_path / "model"), "--image", str(image), "--region", "oops"]) == 2
+    assert "--region 'oops'" in capsys.readouterr().err
+
+
+def test_shapes_grounded_captions_and_negatives_match_the_scenes(grounding_data) -> None:
+    scenes = {s["image"]: s for s in json.loads((grounding_data / "scenes.json").read_text())}
+    records = json.loads((grounding_data / "test.json").read_text())
+    gcap = [r for r in records if r["task"] == "gcap"]
+    neg = [r for r in records if r["task"] == "rec_neg"]
+    assert len(gcap) == len({r["image"] for r in records}) and neg
+    for r in gcap:
+        objects = scenes[r["image"]]["objects"]
+        pairs = grounded_phrases(r["conversations"][1]["value"])
+        expected = {(f"a {o['size']} {o['color']} {o['shape']}", tuple(round(v, 3) for v in o["box"])) for o in objects}
+        assert {(p, tuple(round(v, 3) for v in b)) for p, b in pairs} == expected
+    for r in neg:
+        present = {f"{o['color']} {o['shape']}" for o in scenes[r["image"]]["objects"]}
+        question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        assert answer == NOT_PRESENT and not any(f"the {p}." in question for p in present)
