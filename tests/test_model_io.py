@@ -23,7 +23,13 @@ from vlbridge.data.records import SkipReport, load_records
 from vlbridge.models.vlm import VLBridgeModel
 
 # Non-default options per connector, so the round trip has something to preserve.
-OPTIONS = {"linear": {"bias": False}, "mlp": {"depth": 3, "hidden": 24}}
+OPTIONS = {"linear": {"bias": False}, "mlp": {"depth": 3, "hidden": 24},
+           # the peers' defaults are paper-sized (BLIP-2's Q-Former is ~90M parameters): tiny, non-default ones here
+           "qformer": {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "num_queries": 6,
+                       "instruction_aware": True},
+           "resampler": {"num_latents": 5, "layers": 2, "heads": 2, "head_dim": 8, "pos_embed": "learned"},
+           "cabstractor": {"depth": 1, "hidden": 16, "grid_out": [2, 3]},
+           "pixel_shuffle": {"factor": 2, "depth": 1, "norm": False}}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
