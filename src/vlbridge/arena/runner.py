@@ -116,15 +116,14 @@ def train_connector(run: RunConfig) -> tuple[float, int]:
 
 
 def select_per_task(records, limit: int | None):
-    """The first `limit` records of every task, in file order (the same records for every connector)."""
-    seen: dict[str, int] = {}
-    kept = []
+    """The first `limit` records of every task (the same records for every connector), grouped by task so
+    that a generation batch of one-word answers stops after a few tokens instead of waiting for captions."""
+    by_task: dict[str, list] = {}
     for r in records:
-        task = r.task or "all"
-        if limit is None or seen.get(task, 0) < limit:
-            seen[task] = seen.get(task, 0) + 1
+        kept = by_task.setdefault(r.task or "all", [])
+        if limit is None or len(kept) < limit:
             kept.append(r)
-    return kept
+    return [r for kept in by_task.values() for r in kept]
 
 
 @torch.no_grad()
