@@ -83,3 +83,13 @@ def test_shapes_grounded_captions_and_negatives_match_the_scenes(grounding_data)
         present = {f"{o['color']} {o['shape']}" for o in scenes[r["image"]]["objects"]}
         question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
         assert answer == NOT_PRESENT and not any(f"the {p}." in question for p in present)
+
+
+def test_task_weights_shape_the_train_mix(tmp_path) -> None:
+    from vlbridge.data.shapes import ShapesWorldConfig, generate
+    summary = generate(ShapesWorldConfig(n=20, seed=1, image_size=32, extra_tasks=["rec_neg"], train_turns=4,
+                                         task_weights={"rec": 5, "glyph": 0, "color": 0}), tmp_path)
+    mix = summary["per_task"]["train"]
+    assert mix["glyph"] == 0 and mix["color"] == 0 and mix["rec"] >= max(v for k, v in mix.items() if k != "rec")
+    with pytest.raises(ValueError, match="task_weights"):
+        ShapesWorldConfig(task_weights={"nope": 1})

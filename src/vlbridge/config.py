@@ -72,7 +72,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = opt("instruct", "'align' (connector only) or 'instruct' (connector + LLM, vision if train_vision)")
+    stage: str = opt("instruct", "'align' (connector only) or 'instruct' (connector + LLM, vision if train_vision); "
+                                 "'det' trains a groma model's region proposer alone")
     train_vision: bool = opt(False, "also train the vision encoder in the instruct stage")
     init_from: str | None = opt(None, "start from this saved model dir (e.g. the align stage's output)")
     steps: int = opt(1000, "optimizer steps")

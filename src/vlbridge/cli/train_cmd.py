@@ -18,7 +18,7 @@ ALIASES = {
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model (stages: align, instruct)",
+    p = sub.add_parser("train", help="train a model (stages: align, instruct; det for region proposers)",
                        description="Train a VLBridge model. Start from --preset (or --config RUN/config.json); "
                                    "every config field can be overridden as --section.field.")
     p.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS), help="named preset (default: tiny-cpu)")

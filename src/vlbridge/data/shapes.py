@@ -121,6 +121,8 @@ class ShapesWorldConfig:
     train_turns: int = opt(8, "QA turns per training record (one image, several questions)")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
+    task_weights: dict = opt({}, "train-mix weights overriding TRAIN_TASK_WEIGHTS, e.g. '{\"rec\": 3, \"glyph\": 0}' "
+                                 "(0 = never in training records)")
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. when rebuilt from shapesworld.json).
@@ -139,6 +141,10 @@ class ShapesWorldConfig:
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
             raise ValueError(f"unknown extra task(s) {unknown}; choose from {list(EXTRA_TASKS)}")
+        bad = {k: v for k, v in self.task_weights.items()
+               if k not in TASKS + EXTRA_TASKS or not isinstance(v, (int, float)) or v < 0}
+        if bad:
+            raise ValueError(f"task_weights {bad}: tasks must be among {list(TASKS + EXTRA_TASKS)} with weights >= 0")
 
     def tasks(self) -> tuple[str, ...]:
         """The nine standard tasks, then the chosen extra tasks."""
@@ -505,20 +511,23 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 
 
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
-                  balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS) -> dict[str, Any]:
+                  balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS,
+                  weights: dict[str, float] | None = None) -> dict[str, Any]:
     """One multi-turn record of up to ``n_turns`` distinct questions about one image.
 
-    Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (a scene may get several colour questions, one
-    per object), so one encoded image supervises many answers.
+    Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (updated by ``weights``; a task of weight 0 is
+    never asked) (a scene may get several colour questions, one per object), so one encoded image supervises
+    many answers.
     """
+    weight = {**TRAIN_TASK_WEIGHTS, **(weights or {})}
     pool = {t: questions_for(scene, t, rng) for t in tasks}
     chosen: list[str] = []
     turns: list[tuple[str, QA]] = []
     while len(turns) < n_turns:
-        open_tasks = [t for t in tasks if pool[t]]
+        open_tasks = [t for t in tasks if pool[t] and weight[t] > 0]
         if not open_tasks:
             break
-        task = rng.choices(open_tasks, weights=[TRAIN_TASK_WEIGHTS[t] for t in open_tasks])[0]
+        task = rng.choices(open_tasks, weights=[weight[t] for t in open_tasks])[0]
         qa = _pick(task, pool[task], rng, balancer)
         pool[task] = [c for c in pool[task] if c[0] != qa[0]]      # never the same question twice
         chosen.append(task)
@@ -559,7 +568,8 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
             render_scene(scene, cfg).save(out / image, format="PNG")
             scene_meta.append({"image": image, "split": split, **scene.to_dict()})
             if split == "train":
-                records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks()))
+                records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks(),
+                                             cfg.task_weights))
             else:
                 records.extend(_eval_records(stem, image, scene, rng, balancer, cfg.tasks()))
         _write_json(out / f"{split}.json", records)
