@@ -55,3 +55,16 @@ def tiny_model(shapes_dir):
     records = load_records(shapes_dir / "train.json")
     texts = [t.text for r in records for t in r.turns]
     return build_model(tiny_model_config(), texts).eval()
+
+
+@pytest.fixture(scope="session")
+def untied_tiny_model(shapes_dir):
+    """Like tiny_model but with an untied LM head: a random tied model just repeats its last input token,
+    whatever the image; an untied one gives answers that depend on the image and the question."""
+    from vlbridge.data.records import load_records
+    from vlbridge.models.build import build_model
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    cfg.llm.arch["tie_word_embeddings"] = False
+    records = load_records(shapes_dir / "train.json")
+    return build_model(cfg, [t.text for r in records for t in r.turns]).eval()

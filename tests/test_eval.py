@@ -12,9 +12,9 @@ FILES = ("predictions.jsonl", "metrics.json", "metrics.md")
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny_model, tmp_path_factory):
+def saved_model(untied_tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "final"
-    tiny_model.save_pretrained(path)
+    untied_tiny_model.save_pretrained(path)
     return path
 
 
