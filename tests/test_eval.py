@@ -78,3 +78,26 @@ def test_eval_bad_metric_is_a_clear_error(saved_model, shapes_dir, tmp_path, cap
                  "--max-new-tokens", "2", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and record["id"] in err
+
+
+def test_record_eval_fields(tmp_path):
+    from vlbridge.data.records import DataError, load_records
+    conv = [{"from": "human", "value": "How many?"}, {"from": "gpt", "value": "2"}]
+    good = {"id": "a", "conversations": conv, "metric": "vqa", "references": ["2", "two", "3"]}
+    (tmp_path / "good.json").write_text(json.dumps([good]))
+    rec, = load_records(tmp_path / "good.json")
+    assert rec.metric == "vqa" and rec.references == ["2", "two", "3"]
+    (tmp_path / "bad.json").write_text(json.dumps([dict(good, references="2")]))
+    with pytest.raises(DataError, match="'a'.*\"references\" must be a non-empty list"):
+        load_records(tmp_path / "bad.json")
+
+
+def test_one_metric_per_task(tmp_path):
+    from vlbridge.data.records import load_records
+    from vlbridge.eval.runner import check_metrics
+    conv = [{"from": "human", "value": "Color?"}, {"from": "gpt", "value": "red"}]
+    rows = [{"id": "a", "task": "color", "conversations": conv},
+            {"id": "b", "task": "color", "conversations": conv, "metric": "exact_match"}]
+    (tmp_path / "mixed.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="'b'.*'exact_match' here but with 'vqa' in record 'a'"):
+        check_metrics(load_records(tmp_path / "mixed.json"))
