@@ -93,6 +93,9 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
         return real_train(cfg)
 
     monkeypatch.setattr(runner, "train", counting)
+    saved = json.loads((out / "mlp" / "config.json").read_text())       # as written by an older vlbridge that
+    del saved["train"]["num_workers"]                                   # lacked a field (now at its default)
+    (out / "mlp" / "config.json").write_text(json.dumps(saved))
     assert main(arena_argv(base_json, shapes_dir, out, steps=4)) == 0
     assert calls == [("linear", True)]                         # mlp not retrained; linear resumed
     assert done.stat().st_mtime_ns == stamp

@@ -40,26 +40,47 @@ def plot_tasks(results: list[dict], path: Path) -> Path:
 
 
 def plot_tokens(results: list[dict], path: Path) -> Path:
-    """Mean score and fine-detail score against visual tokens per image, one labelled point per connector."""
+    """Mean score (circles) and fine-detail score (triangles) against visual tokens per image; one colour per
+    connector as in the bars. Connectors with the same token count are spread slightly sideways."""
+    from matplotlib.lines import Line2D
     tasks = task_order(results)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    series = (("mean", "o", "mean of tasks"), ("fine", "^", f"fine detail ({', '.join(FINE_DETAIL_TASKS)})"))
-    for key, marker, legend in series:
-        pts = [(r["visual_tokens"], 100 * v, r["connector"]) for r in results
-               if (v := summary_scores(r, tasks)[key]) is not None]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=50, label=legend)
-        for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    same_x: dict[float, list[int]] = {}
+    for i, r in enumerate(results):
+        same_x.setdefault(round(float(r["visual_tokens"]), 3), []).append(i)
+    for i, r in enumerate(results):
+        group = same_x[round(float(r["visual_tokens"]), 3)]
+        x = r["visual_tokens"] * 2 ** (0.04 * (group.index(i) - (len(group) - 1) / 2))     # log-space jitter
+        summ = summary_scores(r, tasks)
+        for key, marker in SERIES:
+            if summ[key] is not None:
+                ax.scatter([x], [100 * summ[key]], marker=marker, s=60, color=cmap(i % 10), edgecolors="black",
+                           linewidths=0.5, zorder=3)
+    top = max([100 * v for r in results for v in summary_scores(r, tasks).values() if v is not None], default=1.0)
+    ax.set_ylim(0, max(top * 1.15, 1.0))                                 # from zero: differences at true scale
+    ticks = sorted(same_x)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(min(ticks) / 1.4, max(ticks) * 1.4)
     ax.set_xlabel("visual tokens per image (log scale)")
     ax.set_ylabel("score x100 (test split)")
     ax.set_title("Accuracy vs number of visual tokens")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    handles = [Line2D([], [], ls="", marker="s", ms=8, color=cmap(i % 10), label=r["connector"])
+               for i, r in enumerate(results)]
+    handles += [Line2D([], [], ls="", marker=m, ms=8, color="white", markeredgecolor="black", label=SERIES_LABELS[k])
+                for k, m in SERIES]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+SERIES = (("mean", "o"), ("fine", "^"))
+SERIES_LABELS = {"mean": "mean of tasks", "fine": f"fine detail\n({', '.join(FINE_DETAIL_TASKS)})"}
 
 
 def write_plots(results: list[dict], out: Path) -> list[Path]:

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import RunConfig, VisionConfig, load_run_config
+from ..config import RunConfig, VisionConfig, from_dict, load_run_config
 from ..data.shapes import ShapesWorldConfig, generate
 from ..presets import get_preset
 from .config import ArenaConfig
@@ -37,6 +37,15 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
     return out
+
+
+def as_saved(cls, saved: dict) -> dict:
+    """A saved config rebuilt through its dataclass, so a field added to the code since (with its default)
+    does not count as a change; a field the code no longer has stays and shows up as a difference."""
+    try:
+        return plain(from_dict(cls, saved))
+    except (ValueError, TypeError):
+        return plain(saved)
 
 
 def require_same(saved: dict, wanted: dict, where: Path, what: str) -> None:
@@ -67,7 +76,8 @@ def prepare_data(cfg: ArenaConfig, out: Path) -> Path:
     root = out / "data"
     stamp = root / "shapesworld.json"
     if stamp.is_file():
-        require_same(json.loads(stamp.read_text())["config"], plain(cfg.shapes), stamp, "ShapesWorld data")
+        saved = as_saved(ShapesWorldConfig, json.loads(stamp.read_text())["config"])
+        require_same(saved, plain(cfg.shapes), stamp, "ShapesWorld data")
         log(f"data: reusing {root}")
         return root
     log(f"data: generating ShapesWorld ({cfg.shapes.n} scenes, {cfg.shapes.image_size}px) into {root}")
@@ -110,7 +120,8 @@ def prepare_vision(cfg: ArenaConfig, base_vision: VisionConfig, data: Path, out:
                                 steps=cfg.vision_steps, seed=cfg.seed, vision=base_vision)
     stamp = target / "vision_pretrain.json"
     if stamp.is_file():
-        require_same(json.loads(stamp.read_text())["config"], plain(vcfg), stamp, "a vision encoder")
+        require_same(as_saved(VisionPretrainConfig, json.loads(stamp.read_text())["config"]), plain(vcfg), stamp,
+                     "a vision encoder")
         log(f"vision: reusing {target}")
         return str(target)
     log(f"vision: pretraining the {base_vision.arch.get('model_type', '')} encoder for {cfg.vision_steps} steps "

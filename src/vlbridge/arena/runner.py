@@ -32,7 +32,8 @@ from ..train.data import load_split, make_dataset
 from ..train.trainer import train
 from .breakdown import group_scores, load_scenes
 from .config import ArenaConfig
-from .prepare import base_run_config, data_image_size, log, plain, prepare_data, prepare_vision, require_same, sized_vision
+from .prepare import (as_saved, base_run_config, data_image_size, log, plain, prepare_data, prepare_vision,
+                      require_same, sized_vision)
 
 RESULT = "result.json"
 
@@ -171,8 +172,8 @@ def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) 
     wanted = plain(run)
     saved_cfg = run_dir / "config.json"
     if saved_cfg.is_file():
-        saved = plain(json.loads(saved_cfg.read_text()))
-        saved.get("train", {}).update(resume=False, stop_after=None)       # how it ran, not what it is
+        saved = as_saved(RunConfig, json.loads(saved_cfg.read_text()))
+        saved["train"].update(resume=False, stop_after=None)               # how it ran, not what it is
         require_same(saved, wanted, saved_cfg, f"a {name} run")
     config_file = out / "configs" / f"{name}.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
                        description="Train each connector with the same frozen vision encoder, LLM, ShapesWorld "
                                    "data, seed, schedule and step budget; evaluate all on the same test split; "
                                    "write OUT/arena.md, arena.csv, plots and each connector's config. Re-running "
-                                   "the same command resumes: finished connectors are not retrained.")
+                                   "the same command resumes: finished connectors are not retrained. Flags "
+                                   "override the preset; the defaults printed below are the fields' own, "
+                                   "--print-config shows the preset's.")
     p.add_argument("--preset", default="arena-cpu", choices=sorted(ARENA_PRESETS),
                    help="named arena preset the flags override (default: arena-cpu)")
     p.add_argument("--print-config", action="store_true", help="print the resolved arena config and exit")
