@@ -21,7 +21,7 @@ def plot_tasks(results: list[dict], path: Path) -> Path:
               + [GROUP_COLUMNS[g].replace(" ", "\n", 1) for g in groups])
     n = len(results)
     width = 0.8 / max(n, 1)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(labels) + 0.12 * n * len(labels)), 4.8))
+    fig, ax = plt.subplots(figsize=(max(8.0, len(labels) * (0.45 + 0.07 * n)), 4.8))
     cmap = plt.get_cmap("tab10")
     for i, r in enumerate(results):
         values = [0.0 if v is None else 100 * v for v in quality(r, tasks, groups)]
