@@ -122,6 +122,8 @@ def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, fi
     (["--connectors", "mlp,nope"], "unknown connector 'nope'; registered:"),
     (["--connectors", "mlp,mlp"], "listed twice"),
     (["--connector_options", '{"mlp": {"bogus": 1}}'], "connector 'mlp' has no option(s) ['bogus']"),
+    (["--connectors", "mlp,pixel_shuffle", "--connector_options", '{"pixel_shuffle": {"factor": 3}}'],
+     "not divisible by factor 3"),                              # the 8x8 grid of the preset's encoder
 ])
 def test_bad_connector_fails_before_any_work(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "train", lambda cfg: pytest.fail("training started"))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConnectorConfig, DataConfig, RunConfig, save_json
-from ..connectors import CONNECTORS
+from ..connectors import CONNECTORS, build_connector
 from ..data.records import SkipReport
 from ..generate import GenerationConfig
 from ..train.checkpoint import latest_checkpoint
@@ -42,19 +42,37 @@ def check_connectors(cfg: ArenaConfig) -> None:
     """Fail before any work on an unknown connector, a duplicate, or an option the connector does not have."""
     if not cfg.connectors:
         raise ValueError("--connectors is empty: name at least one connector")
-    for name in [n for n in cfg.connectors if cfg.connectors.count(n) > 1][:1]:
-        raise ValueError(f"connector {name!r} is listed twice in --connectors")
+    twice = sorted({n for n in cfg.connectors if cfg.connectors.count(n) > 1})
+    if twice:
+        raise ValueError(f"connector {twice[0]!r} is listed twice in --connectors")
     unknown = [n for n in list(cfg.connectors) + list(cfg.connector_options) if n not in CONNECTORS]
     if unknown:
         raise ValueError(f"unknown connector {unknown[0]!r}; registered: {', '.join(sorted(CONNECTORS))}")
     for name, options in cfg.connector_options.items():
         if not isinstance(options, dict):
             raise ValueError(f"--connector_options {name!r}: expected a JSON object of options, got {options!r}")
-        known = {f.name for f in dataclasses.fields(CONNECTORS[name].Options)}
-        bad = sorted(set(options) - known)
-        if bad:
-            raise ValueError(f"--connector_options: connector {name!r} has no option(s) {bad}; "
-                             f"options: {sorted(known)}")
+
+
+def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | None) -> None:
+    """Build every connector once on the encoder's grid and the LLM's width, so a bad option value (a factor
+    that does not divide the grid, a misspelt option) fails before the data and encoder are made."""
+    from ..models.vision import VisionTower
+    vision = sized_vision(base.model.vision, image_size)
+    if cfg.vision:
+        if not Path(cfg.vision).is_dir():
+            raise FileNotFoundError(f"--vision {cfg.vision} is not a directory")
+        vision = dataclasses.replace(vision, name_or_path=cfg.vision, arch={})
+    with torch.random.fork_rng():
+        tower = VisionTower(vision)
+        llm_dim = base.model.llm.arch.get("hidden_size") if not base.model.llm.name_or_path else None
+        if llm_dim is None:
+            from transformers import AutoConfig
+            llm_dim = AutoConfig.from_pretrained(base.model.llm.name_or_path).get_text_config().hidden_size
+        for name in cfg.connectors:
+            try:
+                build_connector(name, dict(cfg.connector_options.get(name, {})), tower.out_dim, llm_dim, tower.grid)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"connector {name!r} with options {cfg.connector_options.get(name, {})}: {e}") from None
 
 
 def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Path, vision: str, out: Path) -> RunConfig:
@@ -201,6 +219,7 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     from .report import write_table
     check_connectors(cfg)
     base = base_run_config(cfg)
+    dry_build_connectors(cfg, base, data_image_size(Path(cfg.data)) if cfg.data else cfg.shapes.image_size)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_json(cfg, out / "arena.json")
