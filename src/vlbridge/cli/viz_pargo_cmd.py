@@ -78,8 +78,10 @@ def resolve_geometry(args: argparse.Namespace):
     if set(options) - known:
         raise ValueError(f"connector 'pargo' has no option(s) {sorted(set(options) - known)}; options: {sorted(known)}")
     grid = _parse_grid(args.grid) if args.grid else _encoder_grid(vision, source)
-    geometry = ParGoGeometry.from_options(ParGoOptions(**options), grid)
-    text = ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) or "default options"
+    resolved = ParGoOptions(**options)
+    geometry = ParGoGeometry.from_options(resolved, grid)
+    changed = {k: v for k, v in dataclasses.asdict(resolved).items() if v != getattr(ParGoOptions(), k)}
+    text = ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items()) or "default options"
     return geometry, f"pargo ({text}) on a {grid[0]}x{grid[1]} grid [{source}]"
 
 

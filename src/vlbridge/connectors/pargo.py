@@ -91,7 +91,7 @@ class ParGoConnector(Connector):
         self.register_buffer("bands", torch.stack([torch.ones(g.num_partial, g.num_partial, dtype=torch.bool)
                                                    if b is None else b for b in bands]), persistent=False)
         self._band_is_all = [b is None for b in bands]
-        self._partition = g.windows.is_partition()
+        self.window_partition = g.windows.is_partition()
 
     @staticmethod
     def _init_bert(module: nn.Module) -> None:
@@ -114,7 +114,7 @@ class ParGoConnector(Connector):
                                      None if self._band_is_all[l] else self.bands[l], g.radii[l],
                                      o.mix_partial_global, structured)
             h = layer.cross_attention(h, feats, self.num_partial, self.cross_mask, self.window_index,
-                                      self._partition, structured)                         # [B, T, H]
+                                      self.window_partition, structured)                         # [B, T, H]
             h = layer.feed_forward(h)
         return h
 
@@ -171,7 +171,7 @@ class ParGoConnector(Connector):
         macs = 0
         for l in range(o.layers):
             one_to_one = split and g.radii[l] == 0
-            self_proj = (4 * t - (2 * p if one_to_one else 0)) * hd * hd                 # q, k, v, out
+            self_proj = 4 * t * hd * hd                                                  # q, k, v, out
             self_pairs = ((0 if one_to_one else p * p) + glob * glob) if split else t * t
             queries = self_proj + 2 * hd * self_pairs + t * hd * hd                      # + cross q projection
             cross_pairs = p * k + glob * n if structured else t * n

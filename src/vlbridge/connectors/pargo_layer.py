@@ -9,8 +9,8 @@
                - cross-attention: partial token i attends over its gathered window only ([B, P, K, ...],
                  O(P*K)), global tokens over all patches without a mask;
                - self-attention: with partial<->global blocked, the partial and global groups attend
-                 separately ([P, P] band mask or none, [G, G] no mask); the one-to-one layer (radius 0) is
-                 exactly the value projection (softmax over one key is 1), so its scores are skipped;
+                 separately ([P, P] band mask or none, [G, G] no mask); in the one-to-one layer (radius 0)
+                 a partial token's output is exactly its own value (softmax over one key is 1);
                - a query batch of 1 (the image-independent learned queries before the first
                  cross-attention) stays at batch 1 through the self-attention and the query projection.
 Both paths share every parameter; tests assert equal outputs and gradients.
@@ -59,16 +59,14 @@ class ParGoLayer(nn.Module):
         elif mix:
             q, k, v = self._heads(self.self_qkv(h), 3)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask.all() else mask)
-        else:
-            w, b = self.self_qkv.weight, self.self_qkv.bias                          # rows: [q; k; v]
-            hid = w.shape[1]
-            if radius == 0:                                                         # one-to-one: output = own value
-                (part,) = self._heads(F.linear(h[:, :p], w[2 * hid:], b[2 * hid:]))
+        else:                                                                       # blocked: two groups
+            q, k, v = self._heads(self.self_qkv(h), 3)                              # each [b, h, T, d]
+            if radius == 0:                                                         # one-to-one: own value
+                part = v[:, :, :p]
             else:
-                q, k, v = self._heads(self.self_qkv(h[:, :p]), 3)                      # [B, h, P, d]
-                part = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
-            q, k, v = self._heads(self.self_qkv(h[:, p:]), 3)                      # [B, h, G, d]
-            out = torch.cat([part, F.scaled_dot_product_attention(q, k, v)], dim=-2)
+                part = F.scaled_dot_product_attention(q[:, :, :p], k[:, :, :p], v[:, :, :p], attn_mask=band)
+            glob = F.scaled_dot_product_attention(q[:, :, p:], k[:, :, p:], v[:, :, p:])
+            out = torch.cat([part, glob], dim=-2)                                   # [b, h, T, d]
         return self._residual(self.self_norm, h, self.self_out(self._merge(out)))
 
     # ---- Partial-Global Perception ---------------------------------------------------------------------
@@ -90,9 +88,9 @@ class ParGoLayer(nn.Module):
         else:
             win = kv.index_select(1, window.flatten()).view(batch, n_win, size, -1)  # [B, P, K, 2H]
         win_k, win_v = win.unflatten(-1, (2, self.heads, self.head_dim)).unbind(-3)  # [B, P, K, h, d]
-        q_p = q[:, :, :p].transpose(1, 2)                                           # [B, P, h, d]
-        scores = torch.einsum("bphd,bpkhd->bphk", q_p, win_k) * self.head_dim ** -0.5
-        part = torch.einsum("bphk,bpkhd->bphd", scores.softmax(-1), win_v).flatten(-2)  # [B, P, H]
+        q_p = q[:, :, :p].transpose(1, 2)[:, :, None]                               # [b, P, 1, h, d]
+        scores = (q_p * win_k).sum(-1) * self.head_dim ** -0.5                      # [B, P, K, h]
+        part = (scores.softmax(2)[..., None] * win_v).sum(2).flatten(-2)           # [B, P, H]
         k, v = self._heads(kv, 2)                                                   # [B, h, N, d]
         glob = self._merge(F.scaled_dot_product_attention(q[:, :, p:], k, v))       # [B, G, H]
         return self._residual(self.cross_norm, h, self.cross_out(torch.cat([part, glob], dim=1)))

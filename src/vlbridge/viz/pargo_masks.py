@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..connectors.pargo_windows import ParGoGeometry  # noqa: E402
 
@@ -35,6 +36,8 @@ def _draw_mask(ax, mask: np.ndarray, num_partial: int, title: str, xlabel: str, 
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(f"queries: {num_partial} partial | {mask.shape[0] - num_partial} global", fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _layer_panels(axes, geometry: ParGoGeometry, layer: int, cross: np.ndarray) -> None:
