@@ -1,4 +1,8 @@
-"""Fixtures for the grounding tests: tiny ShapesWorld with grounded captions and negatives, a tiny groma model."""
+"""Fixtures for the grounding tests: tiny ShapesWorld with grounded captions and negatives, a tiny groma model.
+
+Test modules import these fixtures, so pytest keeps one definition per module; the data directory and the
+model are therefore cached for the whole session here (built once, read-only in the tests).
+"""
 from __future__ import annotations
 
 import pytest
@@ -11,11 +15,15 @@ GROMA_OPTIONS = {"max_regions": 4, "max_user_regions": 2, "dim": 16, "hidden": 3
                  "proposer_convs": 1}
 
 
+_MODELS: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def grounding_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gshapes")
-    generate(ShapesWorldConfig(n=30, seed=5, image_size=32, object_size=[0.25, 0.3, 0.35, 0.45],
-                               extra_tasks=["gcap", "rec_neg"]), out)
+    out = tmp_path_factory.getbasetemp() / "grounding_shapes"
+    if not (out / "shapesworld.json").is_file():
+        generate(ShapesWorldConfig(n=30, seed=5, image_size=32, object_size=[0.25, 0.3, 0.35, 0.45],
+                                   extra_tasks=["gcap", "rec_neg"]), out)
     return out
 
 
@@ -27,6 +35,8 @@ def groma_config(**options):
 def groma_model(grounding_data):
     from vlbridge.data.records import load_records
     from vlbridge.models.build import build_model
-    torch.manual_seed(0)
-    records = load_records(grounding_data / "train.json")
-    return build_model(groma_config(), [t.text for r in records for t in r.turns]).eval()
+    if str(grounding_data) not in _MODELS:
+        torch.manual_seed(0)
+        records = load_records(grounding_data / "train.json")
+        _MODELS[str(grounding_data)] = build_model(groma_config(), [t.text for r in records for t in r.turns]).eval()
+    return _MODELS[str(grounding_data)]
