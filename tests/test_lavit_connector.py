@@ -8,7 +8,7 @@ import torch
 from vlbridge.data.dataset import InstructionDataset, collate
 from vlbridge.data.records import SkipReport, load_records
 from vlbridge.lavit.visual_tokenizer import DynamicVisualTokenizer
-from vlbridge.lavit.vocabulary import IMG_CLOSE, IMG_OPEN, VisualVocab
+from vlbridge.lavit.vocabulary import IMG_CLOSE, IMG_OPEN, VisualVocab, image_text
 from vlbridge.models.build import build_model
 from vlbridge.models.vlm import VLBridgeModel
 
@@ -41,7 +41,7 @@ def test_vocabulary_is_extended_with_contiguous_code_ids(model):
     assert vocab.size == 16 and len(set(vocab.code_ids())) == 16
     assert model.llm.get_input_embeddings().num_embeddings >= len(model.tokenizer)
     assert max(vocab.code_ids()) < len(model.tokenizer)
-    text = vocab.image_text([3, 0, 15])
+    text = image_text([3, 0, 15])
     ids = model.tokenizer.encode(text, add_special_tokens=False)
     assert ids == [vocab.open_id] + vocab.to_ids([3, 0, 15]) + [vocab.close_id]
     assert vocab.to_codes(ids) == [3, 0, 15]

@@ -10,7 +10,8 @@ mask (causality), a per-key weight ``w [B, Nk]`` whose forward value is exactly 
   and denominator), and its gradient reaches every key's w (also dropped keys': ``a_ij (v_j - out_i) /
   sum``), as in DynamicViT's masked softmax.
 
-A query with no admitted key gets exactly zero output *after* the output projection (no bias leak): this is
+An optional additive ``bias`` (e.g. the decoder's learned query-position x code-index bias) turns the mask
+into SDPA's float form (-inf outside). A query with no admitted key gets exactly zero output *after* the output projection (no bias leak): this is
 the "nothing dropped" case of the merger's cross-attention, where the released code instead attends
 uniformly.
 """
@@ -38,9 +39,11 @@ class KeyMaskedAttention(nn.Module):
         return x.view(B, N, self.heads, self.head_dim).transpose(1, 2)     # [B, H, N, hd]
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, allowed: torch.Tensor | None,
-                key_on: torch.Tensor, key_weight: torch.Tensor | None = None) -> torch.Tensor:
+                key_on: torch.Tensor, key_weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, Nq, D] queries; kv [B, Nk, Dkv]; allowed [Nq, Nk] or [B, Nq, Nk] bool (None = all);
-        key_on [B, Nk] bool hard decision; key_weight [B, Nk] its straight-through 0/1 weight (optional)."""
+        key_on [B, Nk] bool hard decision; key_weight [B, Nk] its straight-through 0/1 weight (optional);
+        bias [B, H, Nq, Nk] added to the attention logits (optional, e.g. a learned position bias)."""
         B, Nq, _ = x.shape
         Nk = kv.shape[1]
         if allowed is None:
@@ -49,11 +52,16 @@ class KeyMaskedAttention(nn.Module):
         admitted = allowed & key_on[:, None, :]                             # [B, Nq, Nk]
         has_key = admitted.any(-1)                                          # [B, Nq]
         q, k, v = self._split(self.q(x)), self._split(self.k(kv)), self._split(self.v(kv))
-        if key_weight is None or not key_weight.requires_grad:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=admitted[:, None])   # [B, H, Nq, hd]
+        st = key_weight is not None and key_weight.requires_grad
+        mask = (allowed if st else admitted)[:, None]                      # [B, 1, Nq, Nk] bool
+        if bias is not None:                                               # additive form; rows without keys
+            live = mask | ~has_key[:, None, :, None]                       # keep finite logits (output zeroed)
+            mask = bias.masked_fill(~live, float("-inf"))
+        if not st:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, Nq, hd]
         else:
             w = key_weight[:, None, :, None].expand(B, self.heads, Nk, 1)  # [B, H, Nk, 1]
-            both = F.scaled_dot_product_attention(q, k, torch.cat([v * w, w], -1), attn_mask=allowed[:, None])
+            both = F.scaled_dot_product_attention(q, k, torch.cat([v * w, w], -1), attn_mask=mask)
             num, den = both[..., :-1], both[..., -1:]                       # [B, H, Nq, hd], [B, H, Nq, 1]
             out = num / torch.where(has_key[:, None, :, None], den, torch.ones_like(den))
         out = self.o(out.transpose(1, 2).reshape(B, Nq, -1))                # [B, Nq, D]

@@ -29,6 +29,8 @@ class Merged:
     tokens: torch.Tensor        # [B, M_max, D] kept tokens in raster order, zero-padded
     lengths: torch.Tensor       # [B] kept tokens per image
     positions: torch.Tensor     # [B, M_max] raster index of each kept token (-1 on padding)
+    full: torch.Tensor | None = None   # [B, N, D] every position's output (training: codes of dropped positions
+                                       # let the decoder's straight-through weights reach every decision)
 
     @property
     def valid(self) -> torch.Tensor:
@@ -72,7 +74,10 @@ class TokenMerger(nn.Module):
         h = x
         for block in self.blocks:
             h = block(h, x, sel)
-        return gather_kept(self.norm(h), sel.keep)
+        h = self.norm(h)
+        merged = gather_kept(h, sel.keep)
+        merged.full = h
+        return merged
 
 
 def gather_kept(h: torch.Tensor, keep: torch.Tensor) -> Merged:

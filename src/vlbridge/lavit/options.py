@@ -2,7 +2,7 @@
 
 The released tokenizer (EVA-CLIP ViT-g features, 1408-d, 16x16 patches) uses 12 merger blocks, 16 heads,
 a 32-d code and 16,384 codes. The defaults here are the CPU/ShapesWorld scale: the tiny ResNet's 8x8 grid of
-128-d features, 2 merger blocks, 256 codes.
+128-d features mapped to width 64, 2 merger blocks, 256 codes.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ..config import opt
 
 @dataclass
 class TokenizerOptions:
-    width: int | None = opt(None, "merger/decoder width; None = the vision feature width (no input projection)")
+    width: int | None = opt(64, "merger/decoder width (a Linear maps the features to it); None = the vision "
+                                "feature width, no input projection")
     heads: int = opt(4, "attention heads in merger and decoder")
     merger_layers: int = opt(2, "merger blocks (causal self-attn among kept, cross-attn to dropped, FFN)")
     decoder_layers: int = opt(2, "feature-decoder blocks (self-attn over queries, cross-attn to codes, FFN)")
@@ -21,7 +22,9 @@ class TokenizerOptions:
     position_embedding: bool = opt(True, "add a learned raster-position embedding to the merger input (the "
                                          "tiny ResNet features carry little position; ViT features have it built in)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")
-    ratio_weight: float = opt(2.0, "weight of the keep-ratio regulariser (mean keep rate - target)^2")
+    ratio_weight: float = opt(50.0, "weight of the keep-ratio regulariser (mean keep rate - target)^2")
+    decisiveness: float = opt(0.05, "weight of the mean binary entropy of p(keep) (pushes decisions to 0/1 so the "
+                                   "deterministic argmax at inference keeps what training sampled; 0 = off)")
     min_keep: int = opt(1, "at least this many tokens are kept per image (guards 'all tokens dropped')")
     gumbel_tau: float = opt(1.0, "Gumbel-softmax temperature of the straight-through selection in training")
     code_dim: int = opt(32, "dimension of the l2-normalised codes")
@@ -30,4 +33,4 @@ class TokenizerOptions:
     commitment: float = opt(0.25, "weight of the commitment loss ||z - sg(q)||^2")
     dead_ratio: float = opt(0.03, "a code is dead when its EMA usage is below dead_ratio x the uniform share")
     image_size: int = opt(64, "side of the images the pixel decoder produces (the vision encoder's input size)")
-    pixel_channels: list[int] = opt([96, 64, 32], "pixel decoder channels, one per x2 upsampling stage")
+    pixel_channels: list[int] = opt([64, 32, 16], "pixel decoder channels, one per x2 upsampling stage")

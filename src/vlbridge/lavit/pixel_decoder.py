@@ -1,8 +1,8 @@
 """A small conv pixel decoder: a grid of (reconstructed) patch features -> an RGB image in [0, 1].
 
 Features ``[B, rows*cols, D]`` are laid out as a ``[B, D, rows, cols]`` map, then each stage doubles the
-resolution (nearest upsampling + two 3x3 convs, GELU) until ``rows * 2^stages`` = the image side; a 1x1 conv
-and a sigmoid give RGB. Trained with an L1 loss on ShapesWorld images.
+resolution (nearest upsampling + a 3x3 conv, GELU) until ``rows * 2^stages`` = the image side; a last 3x3
+conv, a 1x1 conv and a sigmoid give RGB. Trained with an L1 loss on ShapesWorld images.
 
 Why not LaVIT's diffusion U-Net: on a CPU a diffusion decoder needs tens of denoising passes per image and
 far more training than a few minutes allow; ShapesWorld images are flat colours on a flat background, so a
@@ -30,9 +30,8 @@ class PixelDecoder(nn.Module):
         dims = [in_dim] + list(channels[:stages])
         layers: list[nn.Module] = [nn.Conv2d(in_dim, in_dim, 3, padding=1), nn.GELU()]
         for c_in, c_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(),
-                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU()]
-        layers += [nn.Conv2d(dims[-1], 3, 1), nn.Sigmoid()]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU()]
+        layers += [nn.Conv2d(dims[-1], dims[-1], 3, padding=1), nn.GELU(), nn.Conv2d(dims[-1], 3, 1), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

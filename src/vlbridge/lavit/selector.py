@@ -86,3 +86,9 @@ def force_min_keep(keep: torch.Tensor, score: torch.Tensor, min_keep: int) -> to
 def ratio_loss(sel: Selection, target: float, weight: float) -> torch.Tensor:
     """weight * (mean p(keep) over the batch - target)^2."""
     return weight * (sel.keep_prob.mean() - target) ** 2
+
+
+def decisiveness_loss(sel: Selection, weight: float) -> torch.Tensor:
+    """weight * mean binary entropy of p(keep): low when every decision is near 0 or 1."""
+    p = sel.keep_prob.clamp(1e-6, 1 - 1e-6)
+    return weight * -(p * p.log() + (1 - p) * (1 - p).log()).mean()

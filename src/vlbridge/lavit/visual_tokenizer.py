@@ -22,7 +22,7 @@ from .merger import Merged, TokenMerger
 from .options import TokenizerOptions
 from .pixel_decoder import PixelDecoder
 from .quantizer import EMAQuantizer, Quantized
-from .selector import Selection, TokenSelector, ratio_loss
+from .selector import Selection, TokenSelector, decisiveness_loss, ratio_loss
 
 CONFIG_TYPE = "vlbridge-lavit-tokenizer"
 
@@ -31,7 +31,7 @@ CONFIG_TYPE = "vlbridge-lavit-tokenizer"
 class TokenizerOutput:
     selection: Selection
     merged: Merged
-    quantized: Quantized | None          # None when run without quantisation (first tokenizer phase)
+    quantized: Quantized | None          # [B, N] layout (all positions); None without quantisation (phase 1)
     recon: torch.Tensor                  # [B, N, D_vis] reconstructed patch features
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -81,14 +81,19 @@ class DynamicVisualTokenizer(nn.Module):
         if mode == "gumbel":
             target = self.options.keep_ratio if ratio_target is None else ratio_target
             aux["keep_ratio"] = ratio_loss(sel, target, self.options.ratio_weight)
+            if self.options.decisiveness:
+                aux["decisiveness"] = decisiveness_loss(sel, self.options.decisiveness)
+        # Codes of every position (dropped ones too); the decoder admits the kept ones, by their index in the
+        # kept sequence, with the selector's straight-through weights: forward = decoding the gathered codes.
         qz = None
         if quantize:
-            qz = self.quantizer(merged.tokens, merged.valid)
-            codes = qz.q
+            qz = self.quantizer(merged.full, sel.keep)
+            codes = qz.q                                                   # [B, N, C]
             aux["commitment"] = qz.commitment
         else:
-            codes = self.quantizer.encode(merged.tokens)                   # continuous unit vectors [B, M, C]
-        recon = self.decoder(codes, merged.valid)                          # [B, N, D_vis]
+            codes = self.quantizer.encode(merged.full)                     # continuous unit vectors [B, N, C]
+        seq_index = (sel.keep.long().cumsum(1) - 1).clamp(min=0)           # [B, N]
+        recon = self.decoder(codes, sel.keep, seq_index, sel.weight)       # [B, N, D_vis]
         return TokenizerOutput(sel, merged, qz, recon, aux)
 
     @torch.no_grad()

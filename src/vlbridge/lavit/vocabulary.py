@@ -23,6 +23,11 @@ def added_tokens(codebook_size: int) -> list[str]:
     return [IMG_OPEN, IMG_CLOSE] + [code_token(i) for i in range(codebook_size)]
 
 
+def image_text(codes: list[int]) -> str:
+    """An image as text: "[IMG]<v3><v17>...[/IMG]" (each piece is one added token)."""
+    return IMG_OPEN + "".join(code_token(c) for c in codes) + IMG_CLOSE
+
+
 @dataclass(frozen=True)
 class VisualVocab:
     open_id: int
@@ -58,10 +63,6 @@ class VisualVocab:
     def to_codes(self, ids: list[int]) -> list[int]:
         """Code indices of the code ids in `ids` (other ids are skipped)."""
         return [t - self.first_code_id for t in ids if self.first_code_id <= t < self.first_code_id + self.size]
-
-    def image_text(self, codes: list[int]) -> str:
-        """An image as text: "[IMG]<v3><v17>...[/IMG]" (each piece is one added token)."""
-        return IMG_OPEN + "".join(code_token(c) for c in codes) + IMG_CLOSE
 
 
 class ModalityMask:

@@ -1,0 +1,232 @@
+"""The `tokenizer` stage: train the dynamic visual tokenizer on frozen encoder features, then the pixel decoder.
+
+Phase 1 (``steps_continuous``): selector + merger + code projection + feature decoder learn to reconstruct
+*all* patch features from the kept tokens' continuous (unit-length) codes; loss = 1 - cosine + keep-ratio
+regulariser. The keep-ratio target starts at 1 (keep everything) and anneals linearly to ``keep_ratio`` over
+``ratio_warmup`` steps, so the merger learns to reconstruct before the selector starts dropping (the
+"all tokens dropped early in training" failure; ``min_keep`` is the hard floor).
+Phase 2 (``steps_quantized``): the codebook is initialised by k-means on the codes of real images, then
+quantisation is on (EMA codebook, commitment loss, dead codes restarted every ``restart_every`` steps), as
+the LaVIT authors advise (continuous first, VQ second).
+Phase 3 (``steps_pixels``): the tokenizer is frozen and the conv pixel decoder learns (L1) to turn the features
+reconstructed *from the codes* back into the image, i.e. exactly what generation will feed it.
+
+Input: a scenes JSON (``vlbridge data shapes`` writes DATA/scenes.json; ``image`` + ``split`` per entry) and a
+vision encoder dir (``vlbridge pretrain-vision``). Output: a tokenizer dir (see ``visual_tokenizer``) with
+``metrics.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import VisionConfig, opt
+from ..data.records import load_image
+from ..models.vision import VisionTower
+from .options import TokenizerOptions
+from .quantizer import usage
+from .visual_tokenizer import DynamicVisualTokenizer, cosine_loss
+
+
+@dataclass
+class TokenizerTrainConfig:
+    annotations: str = opt("", "scenes JSON: a list of {image, split, objects} (e.g. DATA/scenes.json)")
+    vision: str = opt("", "vision encoder dir (e.g. the output of `vlbridge pretrain-vision`)")
+    out: str = opt("", "output tokenizer dir")
+    steps_continuous: int = opt(500, "phase 1 steps: reconstruction without quantisation")
+    steps_quantized: int = opt(500, "phase 2 steps: with the EMA vector quantizer")
+    steps_pixels: int = opt(400, "phase 3 steps: the pixel decoder on features reconstructed from codes")
+    batch_size: int = opt(32, "images per step")
+    lr: float = opt(3e-3, "AdamW peak learning rate (one-cycle per phase)")
+    ratio_warmup: int = opt(300, "steps over which the keep-ratio target anneals from 1 to keep_ratio")
+    restart_every: int = opt(20, "phase 2: restart dead codes every this many steps (0 = never)")
+    kmeans_images: int = opt(512, "images whose codes initialise the codebook by k-means")
+    seed: int = opt(0, "seed")
+    options: TokenizerOptions = field(default_factory=TokenizerOptions)
+
+
+@dataclass
+class SplitData:
+    features: torch.Tensor       # [n, N, D] frozen encoder features
+    pixels: torch.Tensor         # [n, 3, S, S] RGB in [0, 1]
+    n_objects: torch.Tensor      # [n]
+    scenes: list[dict]
+
+
+def load_scenes(path: Path) -> list[dict]:
+    try:
+        scenes = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read scenes: {e}") from None
+    if not isinstance(scenes, list) or not all(isinstance(s, dict) and "image" in s for s in scenes):
+        raise ValueError(f"{path}: expected a JSON list of objects with an 'image' field")
+    return scenes
+
+
+@torch.no_grad()
+def encode_split(tower: VisionTower, scenes: list[dict], folder: Path, where: str, batch: int = 256) -> SplitData:
+    transform = tower.image_transform()
+    images = [load_image(folder / s["image"], where=f"{where}: {s['image']}")[0] for s in scenes]
+    size = tower.image_size
+    pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((size, size)), dtype=np.float32).copy())
+                          .permute(2, 0, 1) / 255.0 for im in images])                 # [n, 3, S, S]
+    normed = torch.stack([transform(im) for im in images])
+    tower.eval()
+    feats = torch.cat([tower(normed[i:i + batch]).features for i in range(0, len(normed), batch)])
+    n_obj = torch.tensor([len(s.get("objects", [])) for s in scenes])
+    return SplitData(feats, pixels, n_obj, scenes)
+
+
+def load_data(cfg: TokenizerTrainConfig) -> tuple[VisionTower, dict[str, SplitData]]:
+    ann = Path(cfg.annotations)
+    scenes = load_scenes(ann)
+    tower = VisionTower(VisionConfig(name_or_path=cfg.vision))
+    splits = {}
+    for split in ("train", "val"):
+        chosen = [s for s in scenes if s.get("split", "train") == split]
+        if chosen:
+            splits[split] = encode_split(tower, chosen, ann.parent, str(ann))
+    if "train" not in splits:
+        raise ValueError(f"{ann}: no scenes with split 'train'")
+    return tower, splits
+
+
+def one_cycle(params, lr: float, steps: int):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=0.1)
+    return opt, sched
+
+
+def train_reconstruction(tok: DynamicVisualTokenizer, data: SplitData, cfg: TokenizerTrainConfig, quantize: bool,
+                         steps: int, gen: torch.Generator, log: list[dict], step0: int = 0) -> int:
+    """Phase 1 (quantize=False) or 2 (True); returns the global step count."""
+    params = [p for n, p in tok.named_parameters() if not n.startswith("pixel_decoder.")]
+    opt, sched = one_cycle(params, cfg.lr, steps)
+    tok.train()
+    phase = "vq" if quantize else "continuous"
+    bar = tqdm(range(steps), desc=f"tokenizer[{phase}]", file=sys.stderr, mininterval=1.0)
+    for i in bar:
+        step = step0 + i
+        target = 1.0 + (tok.options.keep_ratio - 1.0) * min(1.0, step / max(cfg.ratio_warmup, 1))
+        idx = torch.randint(len(data.features), (cfg.batch_size,), generator=gen)
+        feats = data.features[idx]
+        out = tok(feats, "gumbel", quantize=quantize, ratio_target=target, generator=gen)
+        rec = cosine_loss(out.recon, feats)
+        loss = rec + sum(out.aux.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        restarted = 0
+        if quantize and cfg.restart_every and (i + 1) % cfg.restart_every == 0:
+            restarted = tok.quantizer.restart_dead(out.quantized.z.detach()[out.selection.keep], gen)
+        kept = float(out.selection.keep.float().mean())
+        if i % 10 == 0 or i == steps - 1:
+            bar.set_postfix(cos=f"{1 - rec.item():.3f}", kept=f"{kept:.2f}")
+            log.append({"step": step, "phase": phase, "cosine": 1 - rec.item(), "kept": kept,
+                        "target": target, "restarted": restarted,
+                        **{k: float(v.detach()) for k, v in out.aux.items()}})
+    return step0 + steps
+
+
+@torch.no_grad()
+def recon_features(tok: DynamicVisualTokenizer, feats: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, list]:
+    """Features reconstructed from each image's codes (argmax selection) and the codes."""
+    tok.eval()
+    codes, recon = [], []
+    for i in range(0, len(feats), batch):
+        c = tok.tokenize(feats[i:i + batch])
+        codes += c
+        recon.append(tok.decode_ids(c))
+    return torch.cat(recon), codes
+
+
+def train_pixels(tok: DynamicVisualTokenizer, data: SplitData, cfg: TokenizerTrainConfig, gen: torch.Generator,
+                 log: list[dict]) -> None:
+    recon, _ = recon_features(tok, data.features)
+    params = list(tok.pixel_decoder.parameters())
+    opt, sched = one_cycle(params, cfg.lr, cfg.steps_pixels)
+    tok.pixel_decoder.train()
+    bar = tqdm(range(cfg.steps_pixels), desc="tokenizer[pixels]", file=sys.stderr, mininterval=1.0)
+    for i in bar:
+        idx = torch.randint(len(recon), (cfg.batch_size,), generator=gen)
+        loss = F.l1_loss(tok.render(recon[idx]), data.pixels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i % 10 == 0 or i == cfg.steps_pixels - 1:
+            bar.set_postfix(l1=f"{loss.item():.4f}")
+            log.append({"step": i, "phase": "pixels", "l1": loss.item()})
+    tok.eval()
+
+
+@torch.no_grad()
+def tokenizer_metrics(tok: DynamicVisualTokenizer, data: SplitData) -> dict:
+    """Kept tokens per image (and their correlation with the object count), feature cosine (continuous and
+    quantized), pixel error, codebook usage."""
+    tok.eval()
+    feats = data.features
+    sel = tok.select(feats, "argmax")
+    kept = sel.lengths.float()
+    n_obj = data.n_objects.float()
+    corr = float(torch.corrcoef(torch.stack([kept, n_obj]))[0, 1]) if kept.std() > 0 and n_obj.std() > 0 else float("nan")
+    by_count = {int(k): float(kept[n_obj == k].mean()) for k in n_obj.unique()}
+    cont = tok(feats, "argmax", quantize=False).recon
+    recon, codes = recon_features(tok, feats)
+    pixels = torch.cat([tok.render(recon[i:i + 256]) for i in range(0, len(recon), 256)])
+    ids = torch.tensor([c for seq in codes for c in seq])
+    return {
+        "images": len(feats), "patches": tok.n_patches,
+        "kept_mean": float(kept.mean()), "kept_std": float(kept.std()), "kept_min": int(kept.min()),
+        "kept_max": int(kept.max()), "kept_share": float(kept.mean()) / tok.n_patches,
+        "kept_vs_objects_pearson": corr, "kept_by_object_count": by_count,
+        "cosine_continuous": float(F.cosine_similarity(cont, feats, dim=-1).mean()),
+        "cosine_quantized": float(F.cosine_similarity(recon, feats, dim=-1).mean()),
+        "pixel_l1": float((pixels - data.pixels).abs().mean()),
+        "pixel_psnr_db": float(10 * math.log10(1 / float(((pixels - data.pixels) ** 2).mean()))),
+        "codebook": {**usage(ids, tok.options.codebook_size), "dead_ema": int(tok.quantizer.dead_codes().sum()),
+                     "size": tok.options.codebook_size},
+    }
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
+    if not cfg.annotations or not cfg.vision or not cfg.out:
+        raise ValueError("the tokenizer stage needs --annotations, --vision and --out")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    tower, splits = load_data(cfg)
+    options = dataclasses.replace(cfg.options, image_size=tower.image_size)
+    tok = DynamicVisualTokenizer(options, tower.out_dim, tower.grid)
+    train, log = splits["train"], []
+    step = train_reconstruction(tok, train, cfg, False, cfg.steps_continuous, gen, log)
+    if cfg.steps_quantized:
+        with torch.no_grad():
+            tok.eval()
+            pool = train.features[torch.randperm(len(train.features), generator=gen)[: cfg.kmeans_images]]
+            merged = tok.merge(pool, tok.select(pool, "argmax"))
+            tok.quantizer.kmeans_init(tok.quantizer.encode(merged.tokens)[merged.valid], generator=gen)
+        train_reconstruction(tok, train, cfg, True, cfg.steps_quantized, gen, log, step)
+    train_pixels(tok, train, cfg, gen, log)
+    held_out = splits.get("val", train)
+    metrics = {"split": "val" if "val" in splits else "train", **tokenizer_metrics(tok, held_out),
+               "train_seconds": round(time.perf_counter() - t0, 1)}
+    out = Path(cfg.out)
+    tok.save(out, extra={"vision": str(Path(cfg.vision).resolve()), "train_config": dataclasses.asdict(cfg)})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with (out / "log.jsonl").open("w") as f:
+        for row in log:
+            f.write(json.dumps(row) + "\n")
+    return out
