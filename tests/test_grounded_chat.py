@@ -93,3 +93,21 @@ def test_task_weights_shape_the_train_mix(tmp_path) -> None:
     assert mix["glyph"] == 0 and mix["color"] == 0 and mix["rec"] >= max(v for k, v in mix.items() if k != "rec")
     with pytest.raises(ValueError, match="task_weights"):
         ShapesWorldConfig(task_weights={"nope": 1})
+
+
+def test_single_turn_tasks_get_their_own_records(tmp_path) -> None:
+    from vlbridge.data.shapes import ShapesWorldConfig, generate
+    grounding = ["rec", "reg", "gcap", "rec_neg"]
+    generate(ShapesWorldConfig(n=20, seed=2, image_size=32, extra_tasks=["gcap", "rec_neg"], train_turns=3,
+                               single_turn_tasks=grounding, single_turn_records=3), tmp_path)
+    train = json.loads((tmp_path / "train.json").read_text())
+    mixed = [r for r in train if r["task"] == "mixed"]
+    single = [r for r in train if r["task"] != "mixed"]
+    assert not any(t in grounding for r in mixed for t in r["tasks"])         # no box can leak between turns
+    assert single and all(r["task"] in grounding and len(r["conversations"]) == 2 for r in single)
+    per_image = {}
+    for r in single:
+        per_image.setdefault(r["image"], []).append(r["conversations"][0]["value"])
+    assert all(len(q) == len(set(q)) <= 3 for q in per_image.values())
+    with pytest.raises(ValueError, match="single_turn"):
+        ShapesWorldConfig(single_turn_tasks=["rec"])

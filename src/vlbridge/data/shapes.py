@@ -121,6 +121,10 @@ class ShapesWorldConfig:
     train_turns: int = opt(8, "QA turns per training record (one image, several questions)")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
+    single_turn_tasks: list[str] = opt([], "tasks written as their own single-turn training records instead of turns "
+                                           "of the mixed record, so no answer can be copied from another turn about "
+                                           "the same image (e.g. a box from a grounded caption)")
+    single_turn_records: int = opt(0, "single-turn training records per scene for single_turn_tasks (drawn by weight)")
     task_weights: dict = opt({}, "train-mix weights overriding TRAIN_TASK_WEIGHTS, e.g. '{\"rec\": 3, \"glyph\": 0}' "
                                  "(0 = never in training records)")
 
@@ -141,6 +145,11 @@ class ShapesWorldConfig:
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
             raise ValueError(f"unknown extra task(s) {unknown}; choose from {list(EXTRA_TASKS)}")
+        self.single_turn_tasks = list(self.single_turn_tasks)
+        unknown = [t for t in self.single_turn_tasks if t not in self.tasks()]
+        if unknown or self.single_turn_records < 0 or bool(self.single_turn_records) != bool(self.single_turn_tasks):
+            raise ValueError(f"single_turn_tasks {self.single_turn_tasks} must be generated tasks and come with "
+                             f"single_turn_records > 0 (got {self.single_turn_records})")
         bad = {k: v for k, v in self.task_weights.items()
                if k not in TASKS + EXTRA_TASKS or not isinstance(v, (int, float)) or v < 0}
         if bad:
@@ -536,6 +545,24 @@ def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
             "conversations": _conversation(turns)}
 
 
+def _single_turn_records(stem: str, image: str, scene: Scene, rng: random.Random, balancer: YesNoBalancer,
+                         cfg: ShapesWorldConfig) -> list[dict[str, Any]]:
+    """Up to ``single_turn_records`` one-question records of the single-turn tasks (distinct questions)."""
+    weight = {**TRAIN_TASK_WEIGHTS, **cfg.task_weights}
+    pool = {t: questions_for(scene, t, rng) for t in cfg.single_turn_tasks}
+    records = []
+    for k in range(cfg.single_turn_records):
+        open_tasks = [t for t in cfg.single_turn_tasks if pool[t] and weight[t] > 0]
+        if not open_tasks:
+            break
+        task = rng.choices(open_tasks, weights=[weight[t] for t in open_tasks])[0]
+        qa = _pick(task, pool[task], rng, balancer)
+        pool[task] = [c for c in pool[task] if c[0] != qa[0]]
+        records.append({"id": f"{stem}_{task}_{k}", "image": image, "task": task,
+                        "conversations": _conversation([(task, qa)])})
+    return records
+
+
 # ---------------------------------------------------------------------------- generation
 
 def scene_rng(seed: int, split: str, index: int) -> random.Random:
@@ -568,8 +595,11 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
             render_scene(scene, cfg).save(out / image, format="PNG")
             scene_meta.append({"image": image, "split": split, **scene.to_dict()})
             if split == "train":
+                mixed_weights = {**cfg.task_weights, **{t: 0 for t in cfg.single_turn_tasks}}
                 records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks(),
-                                             cfg.task_weights))
+                                             mixed_weights))
+                if cfg.single_turn_records:
+                    records.extend(_single_turn_records(stem, image, scene, rng, balancer, cfg))
             else:
                 records.extend(_eval_records(stem, image, scene, rng, balancer, cfg.tasks()))
         _write_json(out / f"{split}.json", records)
