@@ -12,10 +12,11 @@ Per connector: visual tokens, parameters, forward GFLOPs (the connector's own ``
 per forward + backward (gradients for the connector's parameters; the encoder is frozen) and the achieved
 GFLOP/s (3 x forward FLOPs / time). Then ParGo structured vs dense, timed interleaved (the machine is
 shared and noisy: ratios from interleaved runs are more stable than absolute times), for the whole
-connector and for its two attention blocks alone (CPP self-attention, PGP cross-attention incl. its
-projections), with the share of the dense forward FLOPs that the structure removes.
+connector and for the PGP cross-attention core alone (projections precomputed), with the share of the
+dense forward FLOPs the structure removes and the share of the dense time the cross-attention cores take
+(which bounds the whole-connector ratio).
 
-    python bench/connectors.py [--quick] [--reps 3] [--threads 2] [--only pargo,mlp]
+    python bench/connectors.py [--quick] [--reps 3] [--threads 2] [--clock wall|cpu] [--only pargo,mlp] [--skip-table]
 """
 from __future__ import annotations
 
@@ -40,13 +41,16 @@ def fwd_bwd(connector, feats: VisualFeatures) -> None:
     (out.tokens.square().mean() + sum(out.aux_losses.values(), torch.zeros(()))).backward()
 
 
+CLOCK = time.perf_counter                                    # --clock cpu: time.process_time
+
+
 def timed(fn, reps: int) -> list[float]:
     fn()                                                     # warm-up (allocations, kernels)
     times = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return times
 
 
@@ -57,9 +61,9 @@ def interleaved(fns: dict, reps: int) -> dict[str, float]:
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
-            t = time.perf_counter()
+            t = CLOCK()
             fn()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(CLOCK() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -101,35 +105,32 @@ def pargo_comparison(scale: dict, reps: int) -> None:
         print(f"pargo cpp={cpp:<8} whole connector fwd+bwd: structured {t['structured']:.2f} s, dense "
               f"{t['dense']:.2f} s -> {t['dense'] / t['structured']:.2f}x faster; forward FLOPs "
               f"{flops_s / 1e9:.1f} vs {flops_d / 1e9:.1f} G ({1 - flops_s / flops_d:.1%} fewer)")
-        blocks(s, d, x, reps)
+        dense_core = cross_attention_core(s, x, reps)
+        share = len(s.layers) * dense_core / t["dense"]
+        print(f"    the dense cross-attention cores are ~{share:.0%} of the dense connector's fwd+bwd "
+              f"({len(s.layers)} x {dense_core * 1e3:.0f} ms): a free cross-attention would make it at most "
+              f"{1 / (1 - share):.2f}x faster; the projections and FFNs (the same in both paths) bound the ratio")
 
 
-def blocks(s, d, x: torch.Tensor, reps: int) -> None:
-    """The two attention blocks of layer 2 alone (image-dependent input), structured vs dense, fwd+bwd."""
-    layer_s, layer_d = s.layers[1], d.layers[1]
-    g = s.geometry
+def cross_attention_core(s, x: torch.Tensor, reps: int) -> float:
+    """Layer 2's PGP cross-attention core alone (projections precomputed), structured vs dense, fwd+bwd.
+    (The CPP self-attention is one masked SDPA over T x T in both paths.) Returns the dense seconds."""
+    layer, p = s.layers[1], s.num_partial
     with torch.no_grad():
         feats = s.vision_norm(x)
-        h = s.project(feats, upto=1)                          # [B, T, H] states entering layer 2
-    p, r = s.num_partial, g.radii[1]
-    band = None if r is None else s.bands[1]
-    mix = s.options.mix_partial_global
+        h = s.project(feats, upto=1)                                    # [B, T, H] states entering layer 2
+        q, kv = layer.cross_q(h), layer.cross_kv(feats)                 # [B, T, H], [B, N, 2H]
 
-    def cpp(layer, structured):
-        hh = h.clone().requires_grad_(True)
-        layer.zero_grad(set_to_none=True)
-        layer.self_attention(hh, p, s.self_masks[1], band, r, mix, structured).square().mean().backward()
+    def run(fn):
+        a, b = q.clone().requires_grad_(True), kv.clone().requires_grad_(True)
+        fn(a, b).square().mean().backward()
 
-    def pgp(layer, structured):
-        hh = h.clone().requires_grad_(True)
-        layer.zero_grad(set_to_none=True)
-        layer.cross_attention(hh, feats, p, s.cross_mask, s.window_index, s.window_partition,
-                              structured).square().mean().backward()
-
-    for name, fn in (("CPP self-attention", cpp), ("PGP cross-attention", pgp)):
-        t = interleaved({"structured": lambda: fn(layer_s, True), "dense": lambda: fn(layer_d, False)}, reps)
-        print(f"    layer-2 {name:<20} structured {t['structured'] * 1e3:7.0f} ms, dense "
-              f"{t['dense'] * 1e3:7.0f} ms -> {t['dense'] / t['structured']:.2f}x")
+    t = interleaved({"structured": lambda: run(lambda a, b: layer.windowed_attention(a, b, p, s.window_index,
+                                                                                     s.window_partition)),
+                     "dense": lambda: run(lambda a, b: layer.masked_attention(a, b, s.cross_mask))}, reps)
+    print(f"    PGP cross-attention core (one layer): structured {t['structured'] * 1e3:.0f} ms, dense "
+          f"{t['dense'] * 1e3:.0f} ms -> {t['dense'] / t['structured']:.2f}x")
+    return t["dense"]
 
 
 def main() -> None:
@@ -139,12 +140,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
     ap.add_argument("--only", help="comma-separated connectors for the table (default: every registered one)")
     ap.add_argument("--skip-table", action="store_true", help="only the ParGo structured/dense comparison")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time (with --threads 1, robust to other "
+                         "processes loading the machine)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     scale = QUICK if args.quick else FULL
     rows, cols = scale["grid"]
     print(f"scale: {rows}x{cols} = {rows * cols} patches of width {scale['vis']}, batch {scale['batch']}, "
-          f"LLM width {scale['llm']}, {args.threads} threads; pargo {scale['pargo']}")
+          f"LLM width {scale['llm']}, {args.threads} threads, {args.clock} clock; pargo {scale['pargo']}")
     if not args.skip_table:
         names = args.only.split(",") if args.only else list(CONNECTORS)
         connector_table(scale, names, args.reps)

@@ -87,10 +87,6 @@ class ParGoConnector(Connector):
         self.register_buffer("cross_mask", g.cross_mask(), persistent=False)                  # [T, N]
         self.register_buffer("self_masks", torch.stack([g.self_mask(l) for l in range(o.layers)]),
                              persistent=False)                                                # [L, T, T]
-        bands = [g.band(l) for l in range(o.layers)]
-        self.register_buffer("bands", torch.stack([torch.ones(g.num_partial, g.num_partial, dtype=torch.bool)
-                                                   if b is None else b for b in bands]), persistent=False)
-        self._band_is_all = [b is None for b in bands]
         self.window_partition = g.windows.is_partition()
 
     @staticmethod
@@ -103,18 +99,15 @@ class ParGoConnector(Connector):
     def project(self, feats: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         """Normalised patch features [B, N, D_vis] -> query states [B, P + G, H] after the first `upto`
         layers (default: all)."""
-        o, g = self.options, self.geometry
-        structured = o.attention_impl == "structured"
+        structured = self.options.attention_impl == "structured"
         h = self.query_norm(self.queries + self.query_pos)[None]                          # [1, T, H]
-        h = F.dropout(h, o.dropout, self.training)
+        h = F.dropout(h, self.options.dropout, self.training)
         if not structured:
             h = h.expand(feats.shape[0], -1, -1)                                           # [B, T, H]
         for l, layer in enumerate(self.layers[:upto]):
-            h = layer.self_attention(h, self.num_partial, self.self_masks[l],
-                                     None if self._band_is_all[l] else self.bands[l], g.radii[l],
-                                     o.mix_partial_global, structured)
+            h = layer.self_attention(h, self.self_masks[l])                                # [b, T, H]
             h = layer.cross_attention(h, feats, self.num_partial, self.cross_mask, self.window_index,
-                                      self.window_partition, structured)                         # [B, T, H]
+                                      self.window_partition, structured)               # [B, T, H]
             h = layer.feed_forward(h)
         return h
 
@@ -159,21 +152,16 @@ class ParGoConnector(Connector):
 
     def flops(self, batch: int = 1) -> int:
         """Forward FLOPs (2 per multiply-accumulate) of the path that runs: every projection and the attention
-        scores + weighted values (structured: P*K + G*N cross pairs and the self-attention blocks it computes;
-        dense: T*N and T*T). The structured path runs the first layer's self-attention and query projection
-        once per batch (they see only the learned queries). LayerNorms, softmax and the auxiliary pass are
-        not counted."""
+        scores + weighted values (cross-attention: P*K + G*N pairs structured, T*N dense; self-attention: T*T).
+        The structured path runs the first layer's self-attention and query projection once per batch (they
+        see only the learned queries). LayerNorms, softmax and the auxiliary pass are not counted."""
         o, g = self.options, self.geometry
         t, p, glob, n, k = g.num_tokens, g.num_partial, g.num_global, self.grid[0] * self.grid[1], g.windows.size
         hd, ffn = self.hidden, o.ffn_mult * self.hidden
         structured = o.attention_impl == "structured"
-        split = structured and not o.mix_partial_global
         macs = 0
         for l in range(o.layers):
-            one_to_one = split and g.radii[l] == 0
-            self_proj = 4 * t * hd * hd                                                  # q, k, v, out
-            self_pairs = ((0 if one_to_one else p * p) + glob * glob) if split else t * t
-            queries = self_proj + 2 * hd * self_pairs + t * hd * hd                      # + cross q projection
+            queries = 4 * t * hd * hd + 2 * hd * t * t + t * hd * hd      # self q, k, v, out, pairs; cross q
             cross_pairs = p * k + glob * n if structured else t * n
             per_image = 2 * n * self.vis_dim * hd + 2 * hd * cross_pairs + t * hd * hd + 2 * t * hd * ffn
             macs += queries * (1 if structured and l == 0 else batch) + per_image * batch

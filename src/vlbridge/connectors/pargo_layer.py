@@ -8,11 +8,10 @@
 ``structured`` the same function computed from the structure:
                - cross-attention: partial token i attends over its gathered window only ([B, P, K, ...],
                  O(P*K)), global tokens over all patches without a mask;
-               - self-attention: with partial<->global blocked, the partial and global groups attend
-                 separately ([P, P] band mask or none, [G, G] no mask); in the one-to-one layer (radius 0)
-                 a partial token's output is exactly its own value (softmax over one key is 1);
-               - a query batch of 1 (the image-independent learned queries before the first
-                 cross-attention) stays at batch 1 through the self-attention and the query projection.
+               - the first layer's self-attention and cross-attention query projection see only the
+                 learned queries (no image yet): they run once, at batch 1, and broadcast;
+               - the self-attention is one masked SDPA in both paths: T x T is small (304^2 at the
+                 released scale), and splitting it into band/global groups measured no faster.
 Both paths share every parameter; tests assert equal outputs and gradients.
 """
 from __future__ import annotations
@@ -49,24 +48,10 @@ class ParGoLayer(nn.Module):
         return norm(h + F.dropout(branch, self.dropout, self.training))
 
     # ---- Cascaded Partial Perception -------------------------------------------------------------------
-    def self_attention(self, h, num_partial: int, mask: torch.Tensor, band: torch.Tensor | None,
-                       radius: int | None, mix: bool, structured: bool) -> torch.Tensor:
-        """h [B, T, H] -> [B, T, H]. mask [T, T] (dense path); band [P, P] or None and radius (structured)."""
-        p = num_partial
-        if not structured:
-            q, k, v = self._heads(self.self_qkv(h), 3)                              # each [B, h, T, d]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif mix:
-            q, k, v = self._heads(self.self_qkv(h), 3)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask.all() else mask)
-        else:                                                                       # blocked: two groups
-            q, k, v = self._heads(self.self_qkv(h), 3)                              # each [b, h, T, d]
-            if radius == 0:                                                         # one-to-one: own value
-                part = v[:, :, :p]
-            else:
-                part = F.scaled_dot_product_attention(q[:, :, :p], k[:, :, :p], v[:, :, :p], attn_mask=band)
-            glob = F.scaled_dot_product_attention(q[:, :, p:], k[:, :, p:], v[:, :, p:])
-            out = torch.cat([part, glob], dim=-2)                                   # [b, h, T, d]
+    def self_attention(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h [b, T, H] -> [b, T, H] under mask [T, T] (the CPP band, the global block, partial<->global)."""
+        q, k, v = self._heads(self.self_qkv(h), 3)                                  # each [b, h, T, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bool(mask.all()) else mask)
         return self._residual(self.self_norm, h, self.self_out(self._merge(out)))
 
     # ---- Partial-Global Perception ---------------------------------------------------------------------
@@ -74,26 +59,38 @@ class ParGoLayer(nn.Module):
                         partition: bool, structured: bool) -> torch.Tensor:
         """h [b, T, H] (b = 1 or B), feats [B, N, D_vis] -> [B, T, H].
         mask [T, N] (dense); window [P, K] patch indices and partition (= window is arange(N).view(P, K))."""
-        batch, p = feats.shape[0], num_partial
-        (q,) = self._heads(self.cross_q(h))
-        q = q.expand(batch, -1, -1, -1)                                             # [B, h, T, d]
+        q = self.cross_q(h)                                                         # [b, T, H]
         kv = self.cross_kv(feats)                                                   # [B, N, 2H]
-        if not structured:
-            k, v = self._heads(kv, 2)                                               # [B, h, N, d]
-            out = self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
-            return self._residual(self.cross_norm, h, self.cross_out(out))
-        n_win, size = window.shape
+        if structured:
+            out = self.windowed_attention(q, kv, num_partial, window, partition)
+        else:
+            out = self.masked_attention(q, kv, mask)
+        return self._residual(self.cross_norm, h, self.cross_out(out))
+
+    def masked_attention(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The dense cross-attention core: q [b, T, H], kv [B, N, 2H] -> [B, T, H] under mask [T, N]."""
+        (qh,) = self._heads(q)
+        k, v = self._heads(kv, 2)                                                   # [B, h, N, d]
+        qh = qh.expand(kv.shape[0], -1, -1, -1)                                     # [B, h, T, d]
+        return self._merge(F.scaled_dot_product_attention(qh, k, v, attn_mask=mask))
+
+    def windowed_attention(self, q: torch.Tensor, kv: torch.Tensor, p: int, window: torch.Tensor,
+                           partition: bool) -> torch.Tensor:
+        """The structured cross-attention core: partial token i over its K gathered patches, global tokens
+        over all N. q [b, T, H], kv [B, N, 2H] -> [B, T, H]."""
+        batch, (n_win, size) = kv.shape[0], window.shape
         if partition:
             win = kv.view(batch, n_win, size, -1)                                   # a view: no gather
         else:
             win = kv.index_select(1, window.flatten()).view(batch, n_win, size, -1)  # [B, P, K, 2H]
         win_k, win_v = win.unflatten(-1, (2, self.heads, self.head_dim)).unbind(-3)  # [B, P, K, h, d]
-        q_p = q[:, :, :p].transpose(1, 2)[:, :, None]                               # [b, P, 1, h, d]
+        q_p = q[:, :p].unflatten(-1, (self.heads, self.head_dim))[:, :, None]       # [b, P, 1, h, d]
         scores = (q_p * win_k).sum(-1) * self.head_dim ** -0.5                      # [B, P, K, h]
         part = (scores.softmax(2)[..., None] * win_v).sum(2).flatten(-2)           # [B, P, H]
+        (q_g,) = self._heads(q[:, p:])
         k, v = self._heads(kv, 2)                                                   # [B, h, N, d]
-        glob = self._merge(F.scaled_dot_product_attention(q[:, :, p:], k, v))       # [B, G, H]
-        return self._residual(self.cross_norm, h, self.cross_out(torch.cat([part, glob], dim=1)))
+        glob = F.scaled_dot_product_attention(q_g.expand(batch, -1, -1, -1), k, v)  # [B, h, G, d]
+        return torch.cat([part, self._merge(glob)], dim=1)
 
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
         return self._residual(self.ffn_norm, h, self.ffn(h))
