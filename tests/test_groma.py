@@ -135,3 +135,14 @@ def test_det_stage_needs_a_region_connector(grounding_data, tmp_path):
     cfg.data.path = str(grounding_data)
     with pytest.raises(ValueError, match="region proposer"):
         train(cfg)
+
+
+def test_region_tokens_keep_a_fixed_scale(groma_model, grounding_data):
+    """LayerNorm on the region tokens: zero mean and unit variance per token, whatever the box."""
+    m = groma_model
+    _, hidden = encode_with_hidden_states(m.vision, pixels_of(m, grounding_data))
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.52, 0.53]])
+    with torch.no_grad():
+        feats = m.connector.encode_regions(hidden, (32, 32), [boxes])
+    assert torch.allclose(feats.mean(-1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(feats.var(-1, unbiased=False), torch.ones(3), atol=5e-3)   # up to LayerNorm eps

@@ -2,7 +2,10 @@
 
 Per level: coordinate channels + 1x1 conv to ``dim``; RoIAlign ``S x S`` on CORNER boxes (``roi_align``);
 a 3x3 conv. The levels are summed, ReLU, flattened and projected (Linear) to ``hidden``; a box-position MLP
-(4 -> hidden -> hidden) of the normalised corners is added; a final GELU + Linear maps to the LLM width.
+(4 -> hidden -> hidden) of the normalised corners is added; a final GELU + Linear maps to the LLM width, and
+a LayerNorm keeps every region token at a fixed scale. (Without it, trained through the LM loss alone, the
+tokens of a tiny LLM grew to ~150x the word-embedding norm along one shared direction — cosine 0.996 between
+any two regions — so attention could no longer tell regions apart, although a linear probe still could.)
 Shapes: maps ``[B, C_l, H_l, W_l]`` per level, boxes ``[R_b, 4]`` per image -> ``[sum R_b, D_llm]``.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ class RegionEncoder(nn.Module):
         self.conv = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in in_dims)
         self.flat = nn.Linear(dim * roi_size * roi_size, hidden)
         self.position = nn.Sequential(nn.Linear(4, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, llm_dim))
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, llm_dim), nn.LayerNorm(llm_dim))
 
     def forward(self, maps: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
         pooled = 0
