@@ -1,14 +1,17 @@
 """Multi-head attention where keys are switched on/off per image, with a straight-through gradient.
 
 Token selection is a hard 0/1 decision per key, but the selector learns from the gradient of the loss with
-respect to that decision (DynamicViT / LaVIT). ``attend`` therefore takes, besides the structural boolean
+respect to that decision (DynamicViT / LaVIT). ``forward`` therefore takes, besides the structural boolean
 mask (causality), a per-key weight ``w [B, Nk]`` whose forward value is exactly the hard decision:
 
-- without gradient (inference, frozen tokenizer): SDPA with the boolean mask ``allowed & (w > 0.5)``;
-- with gradient: SDPA over the structurally allowed keys with values extended by w, ``out = sum_j a_ij w_j
-  v_j / sum_j a_ij w_j``. For 0/1 weights this is the same attention (keys with w = 0 drop out of numerator
-  and denominator), and its gradient reaches every key's w (also dropped keys': ``a_ij (v_j - out_i) /
-  sum``), as in DynamicViT's masked softmax.
+- without gradient (inference, frozen tokenizer): SDPA with the boolean mask ``allowed & key_on``;
+- with gradient (training): DynamicViT's weighted softmax over the structurally allowed keys,
+  ``out_i = sum_j e_ij w_j v_j / sum_j e_ij w_j`` with ``e_ij = exp(s_ij - max over admitted keys)``. For 0/1
+  weights this is the same attention (keys with w = 0 drop out of numerator and denominator), and its
+  gradient reaches every key's w, dropped keys' too (``e_ij (v_j - out_i) / sum``). Written out by hand
+  rather than with SDPA because normalising by the *admitted* keys' maximum keeps the denominator >= 1:
+  when dropped keys dominate the scores, a softmax over all keys underflows the admitted mass and the
+  gradient becomes inf/NaN. Logits of non-admitted keys are capped at 20 above that maximum.
 
 An optional additive ``bias`` (e.g. the decoder's learned query-position x code-index bias) turns the mask
 into SDPA's float form (-inf outside). A query with no admitted key gets exactly zero output *after* the output projection (no bias leak): this is
@@ -52,17 +55,27 @@ class KeyMaskedAttention(nn.Module):
         admitted = allowed & key_on[:, None, :]                             # [B, Nq, Nk]
         has_key = admitted.any(-1)                                          # [B, Nq]
         q, k, v = self._split(self.q(x)), self._split(self.k(kv)), self._split(self.v(kv))
-        st = key_weight is not None and key_weight.requires_grad
-        mask = (allowed if st else admitted)[:, None]                      # [B, 1, Nq, Nk] bool
-        if bias is not None:                                               # additive form; rows without keys
-            live = mask | ~has_key[:, None, :, None]                       # keep finite logits (output zeroed)
-            mask = bias.masked_fill(~live, float("-inf"))
-        if not st:
+        if key_weight is None or not key_weight.requires_grad:
+            mask = admitted[:, None]                                       # [B, 1, Nq, Nk] bool
+            if bias is not None:                                           # additive form; rows without keys
+                live = mask | ~has_key[:, None, :, None]                   # keep finite logits (output zeroed)
+                mask = bias.masked_fill(~live, float("-inf"))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, Nq, hd]
         else:
-            w = key_weight[:, None, :, None].expand(B, self.heads, Nk, 1)  # [B, H, Nk, 1]
-            both = F.scaled_dot_product_attention(q, k, torch.cat([v * w, w], -1), attn_mask=mask)
-            num, den = both[..., :-1], both[..., -1:]                       # [B, H, Nq, hd], [B, H, Nq, 1]
-            out = num / torch.where(has_key[:, None, :, None], den, torch.ones_like(den))
+            out = self._weighted(q, k, v, allowed, admitted, key_weight, bias)
         out = self.o(out.transpose(1, 2).reshape(B, Nq, -1))                # [B, Nq, D]
         return out * has_key[..., None].to(out.dtype)
+
+    def _weighted(self, q, k, v, allowed, admitted, key_weight, bias) -> torch.Tensor:
+        """The straight-through path: softmax weighted by key_weight, normalised by the admitted keys' max."""
+        s = q @ k.transpose(-1, -2) / self.head_dim ** 0.5                  # [B, H, Nq, Nk]
+        if bias is not None:
+            s = s + bias
+        adm = admitted[:, None]                                             # [B, 1, Nq, Nk]
+        top = s.detach().masked_fill(~adm, float("-inf")).amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # rows without admitted keys
+        e = torch.exp((s - top).clamp(max=20.0)) * allowed[:, None]         # [B, H, Nq, Nk]
+        ew = e * key_weight[:, None, None, :]
+        den = ew.sum(-1, keepdim=True)
+        den = torch.where(adm.any(-1, keepdim=True), den, torch.ones_like(den))
+        return (ew @ v) / den                                               # [B, H, Nq, hd]

@@ -117,6 +117,7 @@ class Agreement:
     sizes_ok: bool             # every size the prompt names matches
     relation_ok: bool          # the named relation holds (True when none is named)
     object_recall: float       # share of prompt objects present
+    colors_present: bool       # every prompt colour is in the image (whatever the shapes): a lenient reading
 
     @property
     def full(self) -> bool:
@@ -145,4 +146,5 @@ def agreement(spec: PromptSpec, found: list[DetectedObject]) -> Agreement:
     if spec.relation is not None:
         i, name, j = spec.relation
         rel = matched[i] is not None and matched[j] is not None and relation_holds(matched[i], name, matched[j])
-    return Agreement(all(present), want == have, sizes, rel, sum(present) / len(present))
+    colours = all(any(d.color == o.color for d in found) for o in spec.objects)
+    return Agreement(all(present), want == have, sizes, rel, sum(present) / len(present), colours)

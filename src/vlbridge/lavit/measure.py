@@ -50,7 +50,8 @@ def agreement_rates(items: list[Agreement]) -> dict[str, float]:
             "sizes_ok": sum(a.sizes_ok for a in items) / n,
             "relation_ok": sum(a.relation_ok for a in items) / n,
             "full": sum(a.full for a in items) / n,
-            "object_recall": sum(a.object_recall for a in items) / n, "n": len(items)}
+            "object_recall": sum(a.object_recall for a in items) / n,
+            "colors_present": sum(a.colors_present for a in items) / n, "n": len(items)}
 
 
 def judge(prompts: list[str], images, split: float = SMALL_LARGE_SPLIT) -> list[Agreement]:
@@ -126,12 +127,15 @@ def summary_markdown(f: dict, cfg: MeasureConfig) -> str:
              "by count " + ", ".join(f"{k}: {v:.1f}" for k, v in t["kept_by_object_count"].items()),
              f"- feature cosine: continuous {t['cosine_continuous']:.3f}, quantized {t['cosine_quantized']:.3f}; "
              f"pixel L1 {t['pixel_l1']:.4f}, PSNR {t['pixel_psnr_db']:.1f} dB",
+             f"  (baselines: mean-feature cosine {t['cosine_baseline_mean_features']:.3f}, flat-background pixel L1 "
+             f"{t['pixel_l1_baseline_background']:.4f})",
              f"- codebook: perplexity {t['codebook']['perplexity']:.1f} of {t['codebook']['size']}, "
              f"used {t['codebook']['used']}, EMA-dead {t['codebook']['dead_ema']}", "",
-             "| images judged by the checker | present | exact | sizes | relation | full | n |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| images judged by the checker | colours | objects present | exact | sizes | relation | full | n |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [("real renders", f["checker_real_renders"]), ("tokenizer reconstructions", f["checker_tokenizer_reconstructions"])]
     rows += [(f"generated, CFG {s:g}", f[f"text_to_image_cfg{s:g}"]) for s in cfg.cfg_scales]
     for name, a in rows:
-        lines.append(f"| {name} | {a['objects_present']:.1%} | {a['objects_exact']:.1%} | {a['sizes_ok']:.1%} | "
+        lines.append(f"| {name} | {a['colors_present']:.1%} | {a['objects_present']:.1%} | {a['objects_exact']:.1%} | {a['sizes_ok']:.1%} | "
                      f"{a['relation_ok']:.1%} | {a['full']:.1%} | {a['n']} |")
     return "\n".join(lines)

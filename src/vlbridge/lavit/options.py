@@ -21,9 +21,13 @@ class TokenizerOptions:
     mlp_ratio: int = opt(4, "FFN hidden width = mlp_ratio * width")
     position_embedding: bool = opt(True, "add a learned raster-position embedding to the merger input (the "
                                          "tiny ResNet features carry little position; ViT features have it built in)")
+    merge_bias: bool = opt(True, "a learned bias per 2-D patch offset in the merger's cross-attention (nearby "
+                                 "dropped patches are easy to merge into a kept one; off = LaVIT's plain attention)")
+    position_weight: float = opt(1.0, "weight of the loss that teaches each kept code its patch position (the "
+                                      "feature decoder places codes by it)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")
-    ratio_weight: float = opt(50.0, "weight of the keep-ratio regulariser (mean keep rate - target)^2")
-    decisiveness: float = opt(0.05, "weight of the mean binary entropy of p(keep) (pushes decisions to 0/1 so the "
+    ratio_weight: float = opt(20.0, "weight of the keep-ratio regulariser (mean keep rate - target)^2")
+    decisiveness: float = opt(0.0, "weight of the mean binary entropy of p(keep) (pushes decisions to 0/1 so the "
                                    "deterministic argmax at inference keeps what training sampled; 0 = off)")
     min_keep: int = opt(1, "at least this many tokens are kept per image (guards 'all tokens dropped')")
     gumbel_tau: float = opt(1.0, "Gumbel-softmax temperature of the straight-through selection in training")
@@ -34,3 +38,4 @@ class TokenizerOptions:
     dead_ratio: float = opt(0.03, "a code is dead when its EMA usage is below dead_ratio x the uniform share")
     image_size: int = opt(64, "side of the images the pixel decoder produces (the vision encoder's input size)")
     pixel_channels: list[int] = opt([64, 32, 16], "pixel decoder channels, one per x2 upsampling stage")
+    pixel_palette: int = opt(16, "colours the pixel decoder chooses from per pixel (fitted to the training images)")

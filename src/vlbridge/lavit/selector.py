@@ -54,7 +54,9 @@ class TokenSelector(nn.Module):
         return F.log_softmax(self.mlp(torch.cat([local, glob], -1)), -1)   # [B, N, 2]
 
     def forward(self, x: torch.Tensor, mode: str = "argmax", tau: float = 1.0, min_keep: int = 1,
-                generator: torch.Generator | None = None) -> Selection:
+                generator: torch.Generator | None = None, noise: float = 1.0) -> Selection:
+        """noise scales the Gumbel noise in 'gumbel' mode (annealing it to 0 ends training on the argmax
+        decisions used at inference, with the straight-through gradient of softmax(log p / tau))."""
         if mode not in MODES:
             raise ValueError(f"token selector: mode must be one of {MODES}, got {mode!r}")
         logp = self.log_probs(x)
@@ -62,7 +64,7 @@ class TokenSelector(nn.Module):
         soft = None
         if mode == "gumbel":
             u = torch.rand(logp.shape, generator=generator).clamp_(1e-9, 1 - 1e-9)
-            soft = F.softmax((logp - torch.log(-torch.log(u))) / tau, -1)[..., 0]     # [B, N] soft keep
+            soft = F.softmax((logp - noise * torch.log(-torch.log(u))) / tau, -1)[..., 0]   # [B, N] soft keep
             keep = soft > 0.5                                            # = argmax of the 2-way Gumbel sample
         elif mode == "sample":
             keep = torch.rand(keep_prob.shape, generator=generator) < keep_prob.detach()
@@ -84,8 +86,12 @@ def force_min_keep(keep: torch.Tensor, score: torch.Tensor, min_keep: int) -> to
 
 
 def ratio_loss(sel: Selection, target: float, weight: float) -> torch.Tensor:
-    """weight * (mean p(keep) over the batch - target)^2."""
-    return weight * (sel.keep_prob.mean() - target) ** 2
+    """weight * (kept share of the batch - target)^2. The value is the share really kept (hard decisions); the
+    gradient goes straight to every token's keep-vs-drop logit margin (identity straight-through), so the
+    regulariser keeps acting when decisions saturate (p(keep) near 0 or 1, where dp/dlogit vanishes)."""
+    margin = sel.log_probs[..., 0] - sel.log_probs[..., 1]                  # [B, N]
+    share = (sel.keep.to(margin.dtype) + (margin - margin.detach())).mean()
+    return weight * (share - target) ** 2
 
 
 def decisiveness_loss(sel: Selection, weight: float) -> torch.Tensor:

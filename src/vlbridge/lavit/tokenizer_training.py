@@ -4,12 +4,14 @@ Phase 1 (``steps_continuous``): selector + merger + code projection + feature de
 *all* patch features from the kept tokens' continuous (unit-length) codes; loss = 1 - cosine + keep-ratio
 regulariser. The keep-ratio target starts at 1 (keep everything) and anneals linearly to ``keep_ratio`` over
 ``ratio_warmup`` steps, so the merger learns to reconstruct before the selector starts dropping (the
-"all tokens dropped early in training" failure; ``min_keep`` is the hard floor).
+"all tokens dropped early in training" failure; ``min_keep`` is the hard floor). The selector's Gumbel noise
+anneals to zero over ``noise_anneal`` steps, so training ends on the argmax decisions inference uses.
 Phase 2 (``steps_quantized``): the codebook is initialised by k-means on the codes of real images, then
 quantisation is on (EMA codebook, commitment loss, dead codes restarted every ``restart_every`` steps), as
 the LaVIT authors advise (continuous first, VQ second).
-Phase 3 (``steps_pixels``): the tokenizer is frozen and the conv pixel decoder learns (L1) to turn the features
-reconstructed *from the codes* back into the image, i.e. exactly what generation will feed it.
+Phase 3 (``steps_pixels``): the tokenizer is frozen and the conv pixel decoder learns (cross-entropy over a
+colour palette fitted to the images) to turn the features reconstructed *from the codes* back into the image,
+i.e. exactly what generation will feed it.
 
 Input: a scenes JSON (``vlbridge data shapes`` writes DATA/scenes.json; ``image`` + ``split`` per entry) and a
 vision encoder dir (``vlbridge pretrain-vision``). Output: a tokenizer dir (see ``visual_tokenizer``) with
@@ -49,6 +51,8 @@ class TokenizerTrainConfig:
     batch_size: int = opt(32, "images per step")
     lr: float = opt(3e-3, "AdamW peak learning rate (one-cycle per phase)")
     ratio_warmup: int = opt(300, "steps over which the keep-ratio target anneals from 1 to keep_ratio")
+    noise_anneal: int = opt(600, "steps (phases 1+2) over which the selector's Gumbel noise anneals from 1 to 0; "
+                                 "later steps train on the argmax decisions used at inference (0 = no annealing)")
     restart_every: int = opt(20, "phase 2: restart dead codes every this many steps (0 = never)")
     kmeans_images: int = opt(512, "images whose codes initialise the codebook by k-means")
     seed: int = opt(0, "seed")
@@ -120,7 +124,8 @@ def train_reconstruction(tok: DynamicVisualTokenizer, data: SplitData, cfg: Toke
         target = 1.0 + (tok.options.keep_ratio - 1.0) * min(1.0, step / max(cfg.ratio_warmup, 1))
         idx = torch.randint(len(data.features), (cfg.batch_size,), generator=gen)
         feats = data.features[idx]
-        out = tok(feats, "gumbel", quantize=quantize, ratio_target=target, generator=gen)
+        noise = max(0.0, 1.0 - step / cfg.noise_anneal) if cfg.noise_anneal else 1.0
+        out = tok(feats, "gumbel", quantize=quantize, ratio_target=target, generator=gen, noise=noise)
         rec = cosine_loss(out.recon, feats)
         loss = rec + sum(out.aux.values())
         opt.zero_grad(set_to_none=True)
@@ -135,7 +140,7 @@ def train_reconstruction(tok: DynamicVisualTokenizer, data: SplitData, cfg: Toke
         if i % 10 == 0 or i == steps - 1:
             bar.set_postfix(cos=f"{1 - rec.item():.3f}", kept=f"{kept:.2f}")
             log.append({"step": step, "phase": phase, "cosine": 1 - rec.item(), "kept": kept,
-                        "target": target, "restarted": restarted,
+                        "target": target, "noise": noise, "restarted": restarted,
                         **{k: float(v.detach()) for k, v in out.aux.items()}})
     return step0 + steps
 
@@ -155,27 +160,29 @@ def recon_features(tok: DynamicVisualTokenizer, feats: torch.Tensor, batch: int 
 def train_pixels(tok: DynamicVisualTokenizer, data: SplitData, cfg: TokenizerTrainConfig, gen: torch.Generator,
                  log: list[dict]) -> None:
     recon, _ = recon_features(tok, data.features)
+    tok.pixel_decoder.fit_palette(data.pixels)
     params = list(tok.pixel_decoder.parameters())
     opt, sched = one_cycle(params, cfg.lr, cfg.steps_pixels)
     tok.pixel_decoder.train()
     bar = tqdm(range(cfg.steps_pixels), desc="tokenizer[pixels]", file=sys.stderr, mininterval=1.0)
     for i in bar:
         idx = torch.randint(len(recon), (cfg.batch_size,), generator=gen)
-        loss = F.l1_loss(tok.render(recon[idx]), data.pixels[idx])
+        loss = tok.pixel_decoder.loss(recon[idx], data.pixels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if i % 10 == 0 or i == cfg.steps_pixels - 1:
-            bar.set_postfix(l1=f"{loss.item():.4f}")
-            log.append({"step": i, "phase": "pixels", "l1": loss.item()})
+            bar.set_postfix(ce=f"{loss.item():.4f}")
+            log.append({"step": i, "phase": "pixels", "cross_entropy": loss.item()})
     tok.eval()
 
 
 @torch.no_grad()
 def tokenizer_metrics(tok: DynamicVisualTokenizer, data: SplitData) -> dict:
     """Kept tokens per image (and their correlation with the object count), feature cosine (continuous and
-    quantized), pixel error, codebook usage."""
+    quantized; baseline: every patch = the split's mean feature at that position), pixel error (baseline: an
+    image of the most frequent colour), codebook usage."""
     tok.eval()
     feats = data.features
     sel = tok.select(feats, "argmax")
@@ -194,7 +201,11 @@ def tokenizer_metrics(tok: DynamicVisualTokenizer, data: SplitData) -> dict:
         "kept_vs_objects_pearson": corr, "kept_by_object_count": by_count,
         "cosine_continuous": float(F.cosine_similarity(cont, feats, dim=-1).mean()),
         "cosine_quantized": float(F.cosine_similarity(recon, feats, dim=-1).mean()),
+        "cosine_baseline_mean_features": float(F.cosine_similarity(feats.mean(0, keepdim=True).expand_as(feats),
+                                                                   feats, dim=-1).mean()),
         "pixel_l1": float((pixels - data.pixels).abs().mean()),
+        "pixel_l1_baseline_background": float((data.pixels - tok.pixel_decoder.palette[0][None, :, None, None])
+                                              .abs().mean()),
         "pixel_psnr_db": float(10 * math.log10(1 / float(((pixels - data.pixels) ** 2).mean()))),
         "codebook": {**usage(ids, tok.options.codebook_size), "dead_ema": int(tok.quantizer.dead_codes().sum()),
                      "size": tok.options.codebook_size},

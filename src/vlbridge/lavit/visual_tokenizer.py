@@ -50,12 +50,13 @@ class DynamicVisualTokenizer(nn.Module):
         self.inp = nn.Linear(vis_dim, width) if width != vis_dim else nn.Identity()
         self.selector = TokenSelector(vis_dim)
         self.merger = TokenMerger(width, options.heads, options.merger_layers, options.mlp_ratio,
-                                  n if options.position_embedding else None)
+                                  n if options.position_embedding else None, self.grid if options.merge_bias else None)
         self.quantizer = EMAQuantizer(width, options.code_dim, options.codebook_size, options.ema_decay,
                                       options.commitment, options.dead_ratio)
-        self.decoder = FeatureDecoder(options.code_dim, width, vis_dim, n, options.heads, options.decoder_layers,
-                                      options.mlp_ratio)
-        self.pixel_decoder = PixelDecoder(vis_dim, self.grid, options.image_size, options.pixel_channels)
+        self.decoder = FeatureDecoder(options.code_dim, width, vis_dim, self.grid, options.heads,
+                                      options.decoder_layers, options.mlp_ratio)
+        self.pixel_decoder = PixelDecoder(vis_dim, self.grid, options.image_size, options.pixel_channels,
+                                          options.pixel_palette)
 
     @property
     def n_patches(self) -> int:
@@ -66,16 +67,18 @@ class DynamicVisualTokenizer(nn.Module):
             raise ValueError(f"lavit tokenizer: expected features [B, {self.n_patches}, {self.vis_dim}] (grid "
                              f"{self.grid}), got {list(features.shape)}; CLS tokens must not be kept")
 
-    def select(self, features: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> Selection:
-        return self.selector(features, mode, self.options.gumbel_tau, self.options.min_keep, generator)
+    def select(self, features: torch.Tensor, mode: str, generator: torch.Generator | None = None,
+               noise: float = 1.0) -> Selection:
+        return self.selector(features, mode, self.options.gumbel_tau, self.options.min_keep, generator, noise)
 
     def merge(self, features: torch.Tensor, sel: Selection) -> Merged:
         return self.merger(self.inp(features), sel)                       # tokens [B, M_max, width]
 
     def forward(self, features: torch.Tensor, mode: str = "gumbel", quantize: bool = True,
-                ratio_target: float | None = None, generator: torch.Generator | None = None) -> TokenizerOutput:
+                ratio_target: float | None = None, generator: torch.Generator | None = None,
+                noise: float = 1.0) -> TokenizerOutput:
         self._check(features)
-        sel = self.select(features, mode, generator)
+        sel = self.select(features, mode, generator, noise)
         merged = self.merge(features, sel)
         aux = {}
         if mode == "gumbel":
@@ -94,6 +97,10 @@ class DynamicVisualTokenizer(nn.Module):
             codes = self.quantizer.encode(merged.full)                     # continuous unit vectors [B, N, C]
         seq_index = (sel.keep.long().cumsum(1) - 1).clamp(min=0)           # [B, N]
         recon = self.decoder(codes, sel.keep, seq_index, sel.weight)       # [B, N, D_vis]
+        # each kept code learns to tell where it sits (the decoder places codes by it)
+        where = self.decoder.locate(codes)                                 # [B, N, 2]
+        err = ((where - self.decoder.query_pos) ** 2).sum(-1)              # [B, N]
+        aux["position"] = self.options.position_weight * (err * sel.keep).sum() / sel.keep.sum().clamp_min(1)
         return TokenizerOutput(sel, merged, qz, recon, aux)
 
     @torch.no_grad()

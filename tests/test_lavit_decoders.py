@@ -1,0 +1,79 @@
+"""LaVIT decoders: the feature decoder's training layout (all positions + keep mask + straight-through weights)
+equals decoding the gathered codes; codes learn their position; the merger's offset bias; the palette pixel
+decoder."""
+from __future__ import annotations
+
+import torch
+
+from vlbridge.lavit.feature_decoder import grid_positions
+from vlbridge.lavit.merger import RelativeBias
+from vlbridge.lavit.options import TokenizerOptions
+from vlbridge.lavit.pixel_decoder import PixelDecoder
+from vlbridge.lavit.visual_tokenizer import DynamicVisualTokenizer
+
+GRID, D = (4, 4), 16
+
+
+def tokenizer() -> DynamicVisualTokenizer:
+    torch.manual_seed(0)
+    opts = TokenizerOptions(width=16, heads=2, merger_layers=1, decoder_layers=2, codebook_size=8, image_size=16,
+                            pixel_channels=[8, 8], pixel_palette=4)
+    return DynamicVisualTokenizer(opts, D, GRID).eval()
+
+
+def test_training_layout_equals_decoding_gathered_codes():
+    tok = tokenizer()
+    x = torch.randn(3, 16, D)
+    out = tok(x, "argmax", quantize=False)                             # all positions, keep mask
+    gathered = tok.quantizer.encode(out.merged.tokens)                 # [B, M, C] kept codes in raster order
+    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid), atol=1e-5)
+    soft = torch.rand(3, 16, requires_grad=True)
+    weight = out.selection.keep.float() + (soft - soft.detach())      # straight-through weights, same values
+    seq = (out.selection.keep.long().cumsum(1) - 1).clamp(min=0)
+    st = tok.decoder(tok.quantizer.encode(out.merged.full), out.selection.keep, seq, weight)
+    assert torch.allclose(st, out.recon, atol=1e-5)
+    st.sum().backward()
+    assert soft.grad.abs().sum() > 0                                   # every keep decision gets a gradient
+
+
+def test_position_loss_is_measured_on_kept_codes_and_trains_the_read_out():
+    tok = tokenizer().train()
+    x = torch.randn(8, 16, D)
+    opt = torch.optim.Adam(tok.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        out = tok(x, "gumbel", quantize=False, noise=0.0)
+        loss = out.aux["position"]
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.3 * first                                   # codes learn where they sit
+    pos = grid_positions(GRID)
+    assert torch.allclose(pos[5], torch.tensor([1.5 / 4, 1.5 / 4]))    # raster (y, x) patch centres
+
+
+def test_relative_bias_depends_only_on_the_offset():
+    rb = RelativeBias(2, (3, 3))
+    with torch.no_grad():
+        rb.table.normal_()
+    b = rb()[0]                                                        # [H, 9, 9]
+    assert b.shape == (2, 9, 9)
+    assert torch.equal(b[:, 0, 4], b[:, 4, 8])                         # offset (+1, +1) twice
+    assert not torch.equal(b[:, 0, 4], b[:, 4, 0])                     # (+1, +1) vs (-1, -1)
+
+
+def test_palette_pixel_decoder():
+    dec = PixelDecoder(D, GRID, 16, [8, 8], palette=4)
+    pixels = torch.zeros(2, 3, 16, 16)
+    pixels[:, 0, :4, :4] = 1.0                                         # a red square on black
+    pixels[0, 2, 8:, 8:] = 1.0                                         # a blue one in image 0
+    assert dec.fit_palette(pixels) == 3
+    assert {tuple(c) for c in dec.palette.tolist()} == {(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)}
+    black = [i for i, c in enumerate(dec.palette.tolist()) if c == [0.0, 0.0, 0.0]][0]
+    rare = [i for i, c in enumerate(dec.palette.tolist()) if c == [0.0, 0.0, 1.0]][0]
+    assert dec.class_weight[black] == 1.0 and dec.class_weight[rare] > 1.0   # rarer colours weigh more
+    assert torch.equal(dec.targets(pixels)[0, 0, 0], dec.targets(pixels)[1, 0, 0])
+    out = dec(torch.randn(2, 16, D))
+    assert out.shape == (2, 3, 16, 16)
+    assert all(tuple(c) in {tuple(p) for p in dec.palette.tolist()} for c in out.permute(0, 2, 3, 1).reshape(-1, 3).tolist())
