@@ -30,7 +30,8 @@ OPTIONS = {"linear": {"bias": False}, "mlp": {"depth": 3, "hidden": 24},
                        "instruction_aware": True},
            "resampler": {"num_latents": 5, "layers": 2, "heads": 2, "head_dim": 8, "pos_embed": "learned"},
            "cabstractor": {"depth": 1, "hidden": 16, "grid_out": [2, 3]},
-           "pixel_shuffle": {"factor": 2, "depth": 1, "norm": False}}
+           "pixel_shuffle": {"factor": 2, "depth": 1, "norm": False},
+           "lavit": {"image_size": 32}}          # its pixel decoder upsamples the 4x4 test grid to the 32-px input
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
