@@ -9,7 +9,8 @@
                - cross-attention: partial token i attends over its gathered window only ([B, P, K, ...],
                  O(P*K)), global tokens over all patches without a mask;
                - the first layer's self-attention and cross-attention query projection see only the
-                 learned queries (no image yet): they run once, at batch 1, and broadcast;
+                 learned queries (no image yet): they run once, at batch 1, and broadcast (with dropout > 0
+                 their dropout mask is then shared by the images of a batch);
                - the self-attention is one masked SDPA in both paths: T x T is small (304^2 at the
                  released scale), and splitting it into band/global groups measured no faster.
 Both paths share every parameter; tests assert equal outputs and gradients.
