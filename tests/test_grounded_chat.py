@@ -111,3 +111,15 @@ def test_single_turn_tasks_get_their_own_records(tmp_path) -> None:
     assert all(len(q) == len(set(q)) <= 3 for q in per_image.values())
     with pytest.raises(ValueError, match="single_turn"):
         ShapesWorldConfig(single_turn_tasks=["rec"])
+
+
+def test_single_turn_negatives_never_outnumber_the_objects(tmp_path) -> None:
+    from vlbridge.data.shapes import ShapesWorldConfig, generate
+    generate(ShapesWorldConfig(n=40, seed=4, image_size=32, max_objects=2, extra_tasks=["rec_neg"], train_turns=1,
+                               single_turn_tasks=["rec", "rec_neg"], single_turn_records=6), tmp_path)
+    scenes = {s["image"]: len(s["objects"]) for s in json.loads((tmp_path / "scenes.json").read_text())}
+    negatives = {}
+    for r in json.loads((tmp_path / "train.json").read_text()):
+        if r["task"] == "rec_neg":
+            negatives[r["image"]] = negatives.get(r["image"], 0) + 1
+    assert negatives and all(n <= scenes[image] for image, n in negatives.items())

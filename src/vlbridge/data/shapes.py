@@ -547,9 +547,15 @@ def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
 
 def _single_turn_records(stem: str, image: str, scene: Scene, rng: random.Random, balancer: YesNoBalancer,
                          cfg: ShapesWorldConfig) -> list[dict[str, Any]]:
-    """Up to ``single_turn_records`` one-question records of the single-turn tasks (distinct questions)."""
+    """Up to ``single_turn_records`` one-question records of the single-turn tasks (distinct questions).
+
+    Absent-object questions (rec_neg) never outnumber the scene's objects, so that how many objects (or
+    proposed regions) a scene has does not predict "not present".
+    """
     weight = {**TRAIN_TASK_WEIGHTS, **cfg.task_weights}
     pool = {t: questions_for(scene, t, rng) for t in cfg.single_turn_tasks}
+    if "rec_neg" in pool:
+        pool["rec_neg"] = pool["rec_neg"][:len(scene.objects)]
     records = []
     for k in range(cfg.single_turn_records):
         open_tasks = [t for t in cfg.single_turn_tasks if pool[t] and weight[t] > 0]
