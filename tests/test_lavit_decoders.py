@@ -77,3 +77,13 @@ def test_palette_pixel_decoder():
     out = dec(torch.randn(2, 16, D))
     assert out.shape == (2, 3, 16, 16)
     assert all(tuple(c) in {tuple(p) for p in dec.palette.tolist()} for c in out.permute(0, 2, 3, 1).reshape(-1, 3).tolist())
+
+
+def test_keep_ratio_calibration_hits_the_budget_and_keeps_per_image_variation():
+    from vlbridge.lavit.tokenizer_training import calibrate_keep_ratio
+    tok = tokenizer()
+    x = torch.randn(40, 16, D) * torch.rand(40, 1, 1) * 3              # images of different "busyness"
+    calibrate_keep_ratio(tok, x, 0.25)
+    sel = tok.select(x, "argmax")
+    assert abs(float(sel.keep.float().mean()) - 0.25) <= 1 / (40 * 16) + 1e-6
+    assert sel.lengths.float().std() > 0

@@ -7,6 +7,18 @@
         model (tiny-cpu LLM + lavit connector holding the trained tokenizer) for `vlbridge train --init-from`
     vlbridge lavit measure --model RUN/final --data DATA --out DIR
         the closing-note figures: kept tokens, reconstruction, codebook, text->image agreement, sample grid
+
+The whole pipeline on ShapesWorld (CPU, one thread):
+
+    vlbridge data shapes --out DATA --n 3000
+    vlbridge pretrain-vision --annotations DATA/scenes.json --out RUN/vision
+    vlbridge lavit tokenizer --annotations DATA/scenes.json --vision RUN/vision --out RUN/tok
+    vlbridge lavit prepare --tokenizer RUN/tok --data DATA --out RUN/init --captions_per_image 1
+    vlbridge train --init-from RUN/init --data DATA --data.train_file lavit_train.json \
+        --train.train_vision false --steps 400 --out RUN/unified
+    vlbridge eval --model RUN/unified/final --data DATA/test.json
+    vlbridge lavit measure --model RUN/unified/final --data DATA --out RUN/measure
+    vlbridge generate-image --model RUN/unified/final --prompt "a red circle above a small blue square" --out img.png
 """
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ from .args import add_config_args, apply_overrides
 def add_parser(sub) -> None:
     from ..lavit.tokenizer_training import TokenizerTrainConfig
     p = sub.add_parser("lavit", help="LaVIT: train the dynamic visual tokenizer, prepare generation data, measure",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
 
     tok = steps.add_parser("tokenizer", help="train the dynamic visual tokenizer and its pixel decoder",

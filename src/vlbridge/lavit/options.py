@@ -26,9 +26,7 @@ class TokenizerOptions:
     position_weight: float = opt(1.0, "weight of the loss that teaches each kept code its patch position (the "
                                       "feature decoder places codes by it)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")
-    ratio_weight: float = opt(20.0, "weight of the keep-ratio regulariser (mean keep rate - target)^2")
-    decisiveness: float = opt(0.0, "weight of the mean binary entropy of p(keep) (pushes decisions to 0/1 so the "
-                                   "deterministic argmax at inference keeps what training sampled; 0 = off)")
+    ratio_weight: float = opt(20.0, "weight of the keep-ratio regulariser (kept share - target)^2")
     min_keep: int = opt(1, "at least this many tokens are kept per image (guards 'all tokens dropped')")
     gumbel_tau: float = opt(1.0, "Gumbel-softmax temperature of the straight-through selection in training")
     code_dim: int = opt(32, "dimension of the l2-normalised codes")

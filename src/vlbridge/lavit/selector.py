@@ -93,8 +93,3 @@ def ratio_loss(sel: Selection, target: float, weight: float) -> torch.Tensor:
     share = (sel.keep.to(margin.dtype) + (margin - margin.detach())).mean()
     return weight * (share - target) ** 2
 
-
-def decisiveness_loss(sel: Selection, weight: float) -> torch.Tensor:
-    """weight * mean binary entropy of p(keep): low when every decision is near 0 or 1."""
-    p = sel.keep_prob.clamp(1e-6, 1 - 1e-6)
-    return weight * -(p * p.log() + (1 - p) * (1 - p).log()).mean()

@@ -22,7 +22,7 @@ from .merger import Merged, TokenMerger
 from .options import TokenizerOptions
 from .pixel_decoder import PixelDecoder
 from .quantizer import EMAQuantizer, Quantized
-from .selector import Selection, TokenSelector, decisiveness_loss, ratio_loss
+from .selector import Selection, TokenSelector, ratio_loss
 
 CONFIG_TYPE = "vlbridge-lavit-tokenizer"
 
@@ -84,8 +84,6 @@ class DynamicVisualTokenizer(nn.Module):
         if mode == "gumbel":
             target = self.options.keep_ratio if ratio_target is None else ratio_target
             aux["keep_ratio"] = ratio_loss(sel, target, self.options.ratio_weight)
-            if self.options.decisiveness:
-                aux["decisiveness"] = decisiveness_loss(sel, self.options.decisiveness)
         # Codes of every position (dropped ones too); the decoder admits the kept ones, by their index in the
         # kept sequence, with the selector's straight-through weights: forward = decoding the gathered codes.
         qz = None
