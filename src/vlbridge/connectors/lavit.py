@@ -8,8 +8,10 @@ code to the vocabulary (``added_tokens``) so the same LLM can also *write* image
 
 The whole visual tokenizer (selector, merger, quantizer, feature and pixel decoders) lives inside the
 connector so a saved model carries everything generation needs. It is trained in the `tokenizer` stage
-(``vlbridge lavit tokenizer``) and, by default, stays frozen in the LLM stages (``train_tokenizer=false``):
-its codes are then fixed targets for the generation loss, and the selection is deterministic (argmax).
+(``vlbridge lavit tokenizer``). In the LLM stages the selection is deterministic (argmax; ``sample`` as an
+option) and the selector, quantizer and decoders stay frozen: the code ids in the generation records are
+fixed targets, and the codebook + decoders that paint them do not move. ``train_merger`` lets the merger
+learn from the LLM loss (LaVIT's understanding recipe trains LLM, merger and projection).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import nn
 
 from ..config import opt
 from ..lavit.options import TokenizerOptions
-from ..lavit.selector import MODES, ratio_loss
+from ..lavit.selector import MODES
 from ..lavit.visual_tokenizer import DynamicVisualTokenizer, tokenizer_options
 from ..lavit.vocabulary import IMG_CLOSE, IMG_OPEN, added_tokens
 from .base import Connector, ConnectorOutput, VisualFeatures
@@ -29,9 +31,9 @@ from .base import Connector, ConnectorOutput, VisualFeatures
 @dataclass
 class LavitOptions(TokenizerOptions):
     proj_depth: int = opt(2, "Linear layers of the projection to the LLM width (GELU between)")
-    train_tokenizer: bool = opt(False, "train selector + merger through the LLM loss (Gumbel selection, "
-                                       "keep-ratio aux loss); false = frozen tokenizer, deterministic selection")
-    selection: str = opt("argmax", "selection when not training the tokenizer: 'argmax' or 'sample'")
+    train_merger: bool = opt(False, "train the merger (and its input projection) through the LLM loss, as in "
+                                    "LaVIT's understanding stage; false = the whole tokenizer stays frozen")
+    selection: str = opt("argmax", "token selection: 'argmax' (deterministic) or 'sample'")
 
 
 class LavitConnector(Connector):
@@ -61,17 +63,12 @@ class LavitConnector(Connector):
     def forward(self, feats: VisualFeatures) -> ConnectorOutput:
         tok, x = self.visual_tokenizer, feats.features                  # x [B, N, D_vis]
         tok._check(x)
-        aux = {}
-        if self.training and self.options.train_tokenizer:
-            sel = tok.select(x, "gumbel")
-            merged = tok.merge(x, sel)
-            aux["keep_ratio"] = ratio_loss(sel, self.options.keep_ratio, self.options.ratio_weight)
-        else:
-            with torch.no_grad():
-                sel = tok.select(x, self.options.selection)
-                merged = tok.merge(x, sel)
+        with torch.no_grad():
+            sel = tok.select(x, self.options.selection)                  # the selector is never trained here
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.options.train_merger):
+            merged = tok.merge(x, sel)                                   # tokens [B, M_max, width]
         tokens = self.proj(merged.tokens)                                # [B, M_max, D_llm]
-        return ConnectorOutput(tokens=tokens, lengths=merged.lengths, aux_losses=aux,
+        return ConnectorOutput(tokens=tokens, lengths=merged.lengths,
                                extras={"positions": merged.positions, "keep_prob": sel.keep_prob})
 
     def num_tokens(self) -> int:

@@ -49,6 +49,8 @@ class PrepareConfig:
     captions_per_image: int = opt(2, "generation records per training image (different captions)")
     uncond_share: float = opt(0.1, "share of generation records with no caption (for classifier-free guidance)")
     understanding: bool = opt(True, "also copy the understanding records of train.json into train_file")
+    train_merger: bool = opt(False, "the model's connector trains its merger through the LLM loss (LaVIT's "
+                                    "understanding recipe); the rest of the tokenizer stays frozen")
     seed: int = opt(0, "seed of captions and record order")
 
 
@@ -92,7 +94,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     run = get_preset(cfg.preset)
     model_cfg = run.model
     model_cfg.vision = VisionConfig(name_or_path=meta["vision"], feature_layers=model_cfg.vision.feature_layers)
-    model_cfg.connector = ConnectorConfig("lavit", dataclasses.asdict(tok.options))
+    model_cfg.connector = ConnectorConfig("lavit", {**dataclasses.asdict(tok.options), "train_merger": cfg.train_merger})
     texts = [t.text.replace("<image>", "") for r in load_records(data / "train.json") for t in r.turns]
     texts += [r["conversations"][0]["value"] for r in gen]
     torch.manual_seed(cfg.seed)
