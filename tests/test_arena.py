@@ -181,4 +181,23 @@ def test_help_and_print_config_show_the_preset(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["preset"] == "arena-cpu" and cfg["steps"] == 7
     assert cfg["shapes"]["max_objects"] == 5 and cfg["shapes"]["glyph_scale"] == 2
-    assert set(cfg["connector_options"]) <= set(cfg["connectors"])
+    # options for every default connector, plus groma's (a row when listed: `--connectors mlp,groma`)
+    assert set(cfg["connector_options"]) <= set(cfg["connectors"]) | {"groma"}
+
+
+def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, shapes_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(arena_argv(base_json, shapes_dir, out, connectors=("groma",), extra=("--det_steps", "2"))) == 0
+    det = out / "groma-det"
+    assert (det / "final" / "model.safetensors").is_file() and (det / "det_metrics.json").is_file()
+    run = load_run_config(out / "configs" / "groma.json")
+    assert run.train.init_from == str(det / "final") and run.train.stage == "instruct"
+    # the LLM stage started from the trained proposer, and left it frozen
+    trained = load_file(det / "final" / "model.safetensors")
+    final = load_file(out / "groma" / "final" / "model.safetensors")
+    proposer = [k for k in trained if ".proposer." in k]
+    assert proposer and all(torch.equal(trained[k], final[k]) for k in proposer)
+    result = json.loads((out / "groma" / "result.json").read_text())
+    assert result["det_seconds"] > 0 and "rec" in result["metrics"]
+    rows = list(csv.DictReader((out / "arena.csv").open()))
+    assert [r["connector"] for r in rows] == ["groma"] and float(rows[0]["visual_tokens"]) >= 16

@@ -208,3 +208,16 @@ def test_empty_stop_list_generates_full_length(model, prompts):
     ids, pixels = prompts
     out = generate(model, ids, torch.cat(pixels), GenerationConfig(max_new_tokens=MAX_NEW), stop_token_ids=[])
     assert_full_length(out, len(ids))
+
+
+def test_shared_image_positions_cached_batched_and_effective(model, prompts, never):
+    """With every image at one position id: the cache and left padding still change nothing, and the
+    position ids do reach the LLM (the answers differ from the sequential ones)."""
+    shared = copy.deepcopy(model)
+    shared.cfg.llm.image_positions = "shared"
+    ids, pixels = prompts
+    cached = run(shared, ids, pixels, never, use_cache=True)
+    assert_full_length(cached, len(ids))
+    assert cached == run(shared, ids, pixels, never, use_cache=False)
+    assert [run(shared, [i], [p], never)[0] for i, p in zip(ids, pixels)] == cached
+    assert cached != run(model, ids, pixels, never)

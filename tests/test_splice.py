@@ -214,3 +214,20 @@ def test_forward_without_padding_mask_scores_each_sample_as_if_alone(tiny_model)
         alone = [model(Batch(ids[i:i + 1], labels[i:i + 1], pixels[i:i + 1], [1])) for i in range(2)]
     assert len(ids[0]) != len(ids[1])                          # the batch really is padded
     torch.testing.assert_close(both.lm_loss_sum, sum(a.lm_loss_sum for a in alone), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_image_positions_put_each_image_at_one_position():
+    emb = torch.nn.Embedding(10, 4)
+    ids = [torch.tensor([7, IMG, 2, 3, IMG, 4]), torch.tensor([5, 6])]
+    visual = [torch.randn(3, 4), torch.randn(2, 4)]
+    seq = splice(emb, ids, None, visual, IMG)
+    shared = splice(emb, ids, None, visual, IMG, image_positions="shared")
+    assert seq.position_ids[0].tolist() == list(range(9))
+    #                                        7  v  v  v  2  3  v  v  4
+    assert shared.position_ids[0, :9].tolist() == [0, 1, 1, 1, 2, 3, 4, 4, 5]
+    assert shared.position_ids[1, :2].tolist() == [0, 1]                   # text-only row: unchanged
+    left = splice(emb, ids, None, visual, IMG, padding_side="left", image_positions="shared")
+    assert left.position_ids[0].tolist()[-9:] == [0, 1, 1, 1, 2, 3, 4, 4, 5]
+    assert torch.equal(shared.inputs_embeds, seq.inputs_embeds)
+    with pytest.raises(ValueError, match="image_positions"):
+        splice(emb, ids, None, visual, IMG, image_positions="2d")

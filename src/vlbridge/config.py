@@ -50,6 +50,8 @@ class LLMConfig:
     tokenizer_vocab: int = opt(640, "vocabulary size when a tokenizer is trained in-process")
     chat_template: str = opt("plain", "chat template name (see `vlbridge.data.template.TEMPLATES`)")
     max_length: int = opt(512, "longest sequence (text + visual tokens) the model accepts")
+    image_positions: str = opt("sequential", "position ids of visual tokens: 'sequential' (LLaVA) or 'shared' (all "
+                                             "of an image's tokens at one position; text continues after it)")
 
 
 @dataclass

@@ -34,6 +34,9 @@ class ArenaConfig:
     vision_steps: int = opt(400, "vision pretraining steps (when `vision` is None)")
     vision_attributes: list[str] = opt(["shape", "color"], "object attributes the encoder's patches learn "
                                                            "in pretraining (add 'glyph' to make glyphs legible)")
+    det_steps: int = opt(300, "proposer (`det` stage) steps before the LLM stage, for region-token connectors "
+                              "(groma); not counted in `steps`")
+    det_lr: float = opt(2e-3, "proposer learning rate in the `det` stage")
     eval_limit: int | None = opt(100, "test records per task (None = the whole test split)")
     eval_batch_size: int = opt(64, "records per generation batch in evaluation")
     max_new_tokens: int = opt(40, "generation budget per answer")
@@ -63,6 +66,8 @@ def tiny_connector_options() -> dict:
         "cabstractor": {"grid_out": [4, 4], "depth": 2},
         "pixel_shuffle": {"factor": 2},
         "pargo": {"layers": 2, "num_global": 4, "tile": [2, 2]},
+        # not in the default list (it needs a `det` stage first); `--connectors mlp,groma` adds it as a row
+        "groma": {"proposer_layers": [-2, -1], "region_layers": [-2, -1], "tag_features": True},
     }
 
 

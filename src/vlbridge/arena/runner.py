@@ -91,7 +91,19 @@ def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Pat
     tc.resume, tc.stop_after = False, None
     rc.out = str(out / name)
     rc.preset = f"arena:{name}"
+    if CONNECTORS[name].proposes_regions:                       # the LLM stage starts from the trained proposer
+        tc.init_from = str(Path(det_run_config(cfg, rc).out) / "final")
     return rc
+
+
+def det_run_config(cfg: ArenaConfig, run: RunConfig) -> RunConfig:
+    """The `det` stage (region proposer alone, encoder frozen) that precedes a region-token connector's run."""
+    det = copy.deepcopy(run)
+    det.out = f"{run.out}-det"
+    det.train.stage, det.train.init_from, det.train.steps, det.train.lr = "det", None, cfg.det_steps, cfg.det_lr
+    det.train.warmup_steps = min(det.train.warmup_steps, cfg.det_steps // 10)
+    det.preset = f"{run.preset}:det"
+    return det
 
 
 def rerun_commands(config_file: Path, run: RunConfig, test_file: Path, limit: int | None) -> str:
@@ -115,6 +127,16 @@ def train_tokens_per_s(log_file: Path) -> float | None:
     rates = [json.loads(line).get("tokens_per_s") for line in log_file.read_text().splitlines() if line.strip()]
     rates = [r for r in rates if r is not None]
     return rates[-1] if rates else None
+
+
+def train_proposer(det: RunConfig) -> float:
+    """Run the `det` stage unless its final model exists (it is short and has no resume); returns seconds."""
+    if (Path(det.out) / "final" / "model.safetensors").is_file():
+        return 0.0
+    log(f"{det.model.connector.name}: training the region proposer ({det.train.steps} det steps) into {det.out}")
+    t0 = time.perf_counter()
+    train(det)
+    return time.perf_counter() - t0
 
 
 def train_connector(run: RunConfig) -> tuple[float, int]:
@@ -200,10 +222,11 @@ def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) 
     if result_file.is_file():
         log(f"{name}: finished earlier ({result_file}); not retrained")
         return json.loads(result_file.read_text())
+    det_seconds = train_proposer(det_run_config(cfg, run)) if CONNECTORS[name].proposes_regions else None
     seconds, steps_run = train_connector(run)
     log(f"{name}: evaluating on {test_file}")
     result = {"connector": name, "options": run.model.connector.options,
-              "train_seconds": seconds, "train_steps_run": steps_run,
+              "train_seconds": seconds, "train_steps_run": steps_run, "det_seconds": det_seconds,
               "train_ms_per_step": 1000 * seconds / steps_run if steps_run else None,
               "train_tokens_per_s": train_tokens_per_s(run_dir / "log.jsonl"),
               **evaluate_connector(cfg, run, test_file),

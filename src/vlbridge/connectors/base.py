@@ -46,6 +46,7 @@ class Connector(nn.Module):
 
     Options: ClassVar[type] = None
     dynamic: ClassVar[bool] = False        # True when M varies per image (num_tokens is then an upper bound)
+    proposes_regions: ClassVar[bool] = False   # True for region-token connectors (groma): a `det` stage first
 
     def __init__(self, options, vis_dim: int, llm_dim: int, grid: tuple[int, int]):
         super().__init__()

@@ -4,6 +4,11 @@ Each sample is a 1-D list of token ids where every image is ONE ``image_token_id
 tokens ``[M_i, D]`` replace that id at that position (so images stay where the user put them, several
 images per sample and text-only samples work, and M_i may differ per image). Visual and padding positions
 get label -100. Padding is on the right for training and on the left for batched generation.
+
+Position ids count real tokens (``image_positions="sequential"``, the LLaVA convention). With ``"shared"``
+all of an image's tokens take the position of its first token and the text after it continues one
+further: rotary embeddings then rotate every visual token of an image alike, so a question's attention to
+them is by content alone (the order of the tokens stays visible to the causal mask).
 """
 from __future__ import annotations
 
@@ -13,31 +18,37 @@ import torch
 
 from ..data.template import IGNORE_INDEX
 
+IMAGE_POSITIONS = ("sequential", "shared")
+
 
 @dataclass
 class Spliced:
     inputs_embeds: torch.Tensor     # [B, T, D]
     attention_mask: torch.Tensor    # [B, T] 1 = real token
-    position_ids: torch.Tensor      # [B, T] 0.. over real tokens
+    position_ids: torch.Tensor      # [B, T] 0.. over real tokens (each image one position if "shared")
     labels: torch.Tensor | None     # [B, T] or None
     visual_mask: torch.Tensor       # [B, T] True where a visual token sits
 
 
 def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tensor] | None,
-           visual: list[torch.Tensor], image_token_id: int, padding_side: str = "right") -> Spliced:
+           visual: list[torch.Tensor], image_token_id: int, padding_side: str = "right",
+           image_positions: str = "sequential") -> Spliced:
     """input_ids[b]: [L_b]; visual: one [M_i, D] per image, in sample order then position order."""
+    if image_positions not in IMAGE_POSITIONS:
+        raise ValueError(f"image_positions {image_positions!r}: choose from {IMAGE_POSITIONS}")
     lengths = [len(x) for x in input_ids]
     text = embed_tokens(torch.cat(input_ids)).split(lengths)          # each [L_b, D]
-    rows, label_rows, vis_rows = [], [], []
+    rows, label_rows, vis_rows, step_rows = [], [], [], []
     next_image = 0
     for b, ids in enumerate(input_ids):
         where = (ids == image_token_id).nonzero().flatten().tolist()
-        parts, lab, vis = [], [], []
+        parts, lab, vis, step = [], [], [], []
         start = 0
         for pos in where + [len(ids)]:
             parts.append(text[b][start:pos])
             lab.append(labels[b][start:pos] if labels is not None else ids[start:pos])
             vis.append(torch.zeros(pos - start, dtype=torch.bool))
+            step.append(torch.ones(pos - start, dtype=torch.long))
             if pos == len(ids):
                 break
             if next_image >= len(visual):
@@ -47,10 +58,15 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
             parts.append(v.to(text[b].dtype))
             lab.append(torch.full((len(v),), IGNORE_INDEX, dtype=torch.long))
             vis.append(torch.ones(len(v), dtype=torch.bool))
+            advance = torch.ones(len(v), dtype=torch.long)        # position step of each visual token
+            if image_positions == "shared":
+                advance[1:] = 0
+            step.append(advance)
             start = pos + 1
         rows.append(torch.cat(parts))
         label_rows.append(torch.cat(lab))
         vis_rows.append(torch.cat(vis))
+        step_rows.append(torch.cat(step))
     if next_image != len(visual):
         raise ValueError(f"{len(visual)} images for {next_image} image placeholders")
 
@@ -59,8 +75,9 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
     mask = torch.zeros(B, T, dtype=torch.long)
     out_labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     vis_mask = torch.zeros(B, T, dtype=torch.bool)
-    for b, (r, l, v) in enumerate(zip(rows, label_rows, vis_rows)):
+    steps = torch.zeros(B, T, dtype=torch.long)
+    for b, (r, l, v, st) in enumerate(zip(rows, label_rows, vis_rows, step_rows)):
         sl = slice(T - len(r), T) if padding_side == "left" else slice(0, len(r))
-        embeds[b, sl], mask[b, sl], out_labels[b, sl], vis_mask[b, sl] = r, 1, l, v
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
+        embeds[b, sl], mask[b, sl], out_labels[b, sl], vis_mask[b, sl], steps[b, sl] = r, 1, l, v, st
+    positions = (steps.cumsum(1) - 1).clamp(min=0)                   # [B, T]
     return Spliced(embeds, mask, positions, out_labels if labels is not None else None, vis_mask)

@@ -67,6 +67,9 @@ class VLBridgeModel(nn.Module):
         self.image_token_id = self.builder.image_token_id
         self.lora: dict | None = None
         self.regions = attach_regions(self)     # region tokens for connectors that propose regions (groma)
+        if self.regions is not None and cfg.llm.image_positions != "sequential":
+            raise ValueError(f"connector {cfg.connector.name!r} lists regions after the image tokens and needs "
+                             f"llm.image_positions 'sequential' (got {cfg.llm.image_positions!r})")
 
     # ---- construction -------------------------------------------------------------------------------
     @property
@@ -121,7 +124,8 @@ class VLBridgeModel(nn.Module):
             text = self.image_instructions(input_ids) if getattr(self.connector, "wants_text", False) else None
             out = self.encode_images(pixel_values, text)
             visual, aux = self._wrap_images(out.per_image()), out.aux_losses
-        spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side)
+        spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side,
+                         self.cfg.llm.image_positions)
         return spliced, aux
 
     def _wrap_images(self, visual: list[torch.Tensor]) -> list[torch.Tensor]:
