@@ -231,3 +231,29 @@ def test_shared_image_positions_put_each_image_at_one_position():
     assert torch.equal(shared.inputs_embeds, seq.inputs_embeds)
     with pytest.raises(ValueError, match="image_positions"):
         splice(emb, ids, None, visual, IMG, image_positions="2d")
+
+
+def test_training_forward_with_shared_positions_attends_over_the_whole_prefix(tiny_model):
+    """With shared image positions the training forward must still be one causal sequence per sample: its
+    logits equal a forward with the explicit mask, and the answer depends on every visual token (transformers
+    would read the repeated position ids as packed-sequence boundaries if no mask were given)."""
+    model = copy.deepcopy(tiny_model).eval()
+    model.cfg.llm.image_positions = "shared"
+    with torch.no_grad():
+        for p in model.llm.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    ids, labels = model.builder.build([Turn("user", "<image>\nWhat color is the circle?"), Turn("assistant", "red")])
+    batch = Batch([torch.tensor(ids)], [torch.tensor(labels)],
+                  torch.randn(1, 3, model.vision.image_size, model.vision.image_size), [1])
+    with torch.no_grad():
+        out = model(batch, return_logits=True)
+        s, _ = model.embed(batch.input_ids, batch.labels, batch.pixel_values)
+        ref = model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                        position_ids=s.position_ids).logits
+        torch.testing.assert_close(out.logits, ref)
+        first_visual = int(s.visual_mask[0].nonzero()[0])
+        embeds = s.inputs_embeds.clone()
+        embeds[0, first_visual] += 1.0                            # change only the FIRST visual token
+        moved = model.llm(inputs_embeds=embeds, attention_mask=s.attention_mask, position_ids=s.position_ids).logits
+    assert not torch.allclose(moved[0, -1], ref[0, -1])

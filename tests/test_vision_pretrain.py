@@ -46,3 +46,20 @@ def test_missing_attribute_is_a_clear_error(tmp_path):
     cfg = VisionPretrainConfig(annotations=str(ann), out=str(tmp_path / "o"), vision=tiny_model_config().vision)
     with pytest.raises(ValueError, match="lacks \\['color'\\]"):
         pretrain_vision(cfg)
+
+
+def test_joint_attribute_labels_the_combination(shapes_dir, tmp_path):
+    vocab = {"<background>": 0, "red+circle": 1, "blue+circle": 2}
+    objects = [{"box": [0.0, 0.0, 0.5, 0.5], "shape": "circle", "color": "blue"}]
+    labels = patch_labels(objects, (2, 2), "color+shape", vocab)
+    assert labels.tolist() == [2, 0, 0, 0]
+    cfg = VisionPretrainConfig(annotations=str(shapes_dir / "scenes.json"), out=str(tmp_path / "vision"), steps=2,
+                               batch_size=4, attributes=["shape", "color+shape"], vision=tiny_model_config().vision)
+    meta = json.loads((pretrain_vision(cfg) / "vision_pretrain.json").read_text())
+    joint = meta["vocabularies"]["color+shape"]
+    scenes = json.loads((shapes_dir / "scenes.json").read_text())
+    assert set(joint) - {"<background>"} == {f"{o['color']}+{o['shape']}" for s in scenes for o in s["objects"]}
+    bad = VisionPretrainConfig(annotations=str(shapes_dir / "scenes.json"), out=str(tmp_path / "v2"),
+                               attributes=["color+size_px"], vision=tiny_model_config().vision)
+    with pytest.raises(ValueError, match="lacks \\['size_px'\\]"):
+        pretrain_vision(bad)

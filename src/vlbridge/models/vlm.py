@@ -141,7 +141,10 @@ class VLBridgeModel(nn.Module):
         s, aux = self.embed(batch.input_ids, batch.labels, batch.pixel_values)
         # Right padding: under a causal mask no real position ever sees a pad, so the padding mask changes
         # nothing that is scored and can be dropped; attention then takes the mask-free causal kernel.
-        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=None,
+        # Not with shared image positions: without a mask, transformers reads every position id that does not
+        # step by +1 as the start of a new packed sequence and would cut attention there.
+        mask = None if self.cfg.llm.image_positions == "sequential" else s.attention_mask
+        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=mask,
                           position_ids=s.position_ids, use_cache=False).logits    # [B, T, V]
         targets = s.labels[:, 1:]                                                 # next-token targets [B, T-1]
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,

@@ -5,7 +5,8 @@ from-scratch encoder learns object shapes far too slowly through the LLM's loss 
 1,100 instruct steps a 2-layer LLM still answered shape questions at chance, while the same encoder learns
 per-patch shapes in a few hundred steps of direct supervision. This stage stands in for that pretraining:
 every patch predicts the attributes (e.g. shape, colour) of the object whose box contains the patch centre,
-or "background". It writes a Hugging Face vision-model directory that ``--model.vision.name_or_path``
+or "background". A joint attribute ``color+shape`` predicts the combination as one label (24 classes on
+ShapesWorld), so each object's features also carry a code of the conjunction, not only of each part. It writes a Hugging Face vision-model directory that ``--model.vision.name_or_path``
 loads like any downloaded checkpoint.
 
 Annotations: a JSON list of ``{"image": "rel/path.png", "split": "train", "objects": [{"box": [x1, y1,
@@ -35,13 +36,23 @@ BACKGROUND = "<background>"
 class VisionPretrainConfig:
     annotations: str = opt("", "scenes JSON with boxes and attributes (e.g. DATA/scenes.json)")
     out: str = opt("", "output dir: a Hugging Face vision model + preprocessor_config.json")
-    attributes: list[str] = opt(["shape", "color"], "object attributes each patch learns to predict")
+    attributes: list[str] = opt(["shape", "color"], "object attributes each patch learns to predict; 'a+b' = the "
+                                                    "joint label of attributes a and b (e.g. color+shape)")
     split: str = opt("train", "annotation split to train on ('val' is used for the held-out accuracy)")
     steps: int = opt(400, "optimizer steps")
     batch_size: int = opt(32, "images per step")
     lr: float = opt(2e-3, "AdamW learning rate")
     seed: int = opt(0, "seed")
     vision: VisionConfig = field(default_factory=VisionConfig)
+
+
+def attribute_value(obj: dict, attribute: str) -> str:
+    """The object's label for `attribute`; a joint attribute 'a+b' gives 'value_a+value_b'."""
+    return "+".join(str(obj[part]) for part in attribute.split("+"))
+
+
+def attribute_parts(attributes: list[str]) -> list[str]:
+    return [part for a in attributes for part in a.split("+")]
 
 
 def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, vocab: dict[str, int]) -> torch.Tensor:
@@ -53,7 +64,7 @@ def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, voc
     for obj in sorted(objects, key=lambda o: -(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])):
         x1, y1, x2, y2 = obj["box"]
         inside = ((cy >= y1) & (cy <= y2))[:, None] & ((cx >= x1) & (cx <= x2))[None, :]
-        labels[inside] = vocab[str(obj[attribute])]                    # smaller boxes drawn last win
+        labels[inside] = vocab[attribute_value(obj, attribute)]                    # smaller boxes drawn last win
     return labels.flatten()
 
 
@@ -83,10 +94,10 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     scenes = load_annotations(ann_path)
     for i, s in enumerate(scenes):
         for obj in s.get("objects", []):
-            missing = [a for a in cfg.attributes if a not in obj]
+            missing = [a for a in attribute_parts(cfg.attributes) if a not in obj]
             if missing or "box" not in obj:
                 raise ValueError(f"{ann_path}: scene #{i} ({s.get('image')}): object lacks {missing or ['box']}")
-    vocabs = {a: {BACKGROUND: 0, **{v: i + 1 for i, v in enumerate(sorted({str(o[a]) for s in scenes
+    vocabs = {a: {BACKGROUND: 0, **{v: i + 1 for i, v in enumerate(sorted({attribute_value(o, a) for s in scenes
                                                                             for o in s["objects"]}))}}
               for a in cfg.attributes}
     tower = VisionTower(cfg.vision)
