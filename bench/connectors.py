@@ -30,9 +30,11 @@ import torch
 from vlbridge.connectors import CONNECTORS, VisualFeatures, build_connector
 
 FULL = dict(grid=(24, 24), vis=1024, llm=4096, batch=8,
-            pargo=dict(windows="raster", num_partial=288, num_global=16, hidden=768, heads=12, layers=4))
+            pargo=dict(windows="raster", num_partial=288, num_global=16, hidden=768, heads=12, layers=4),
+            lavit=dict(image_size=384, pixel_channels=[64, 32, 16, 8]))     # its pixel decoder: 24 -> 384 px
 QUICK = dict(grid=(12, 12), vis=256, llm=512, batch=4,
-             pargo=dict(windows="raster", num_partial=72, num_global=8, hidden=192, heads=4, layers=4))
+             pargo=dict(windows="raster", num_partial=72, num_global=8, hidden=192, heads=4, layers=4),
+             lavit=dict(image_size=192, pixel_channels=[64, 32, 16, 8]))
 
 
 def fwd_bwd(connector, feats: VisualFeatures) -> None:
