@@ -37,7 +37,7 @@ def test_region_prompts() -> None:
         parse_region("1,2,3", (64, 64))
     box = (0.1, 0.2, 0.5, 0.6)
     assert grounded_prompt(None, None) == GCAP_QUESTION
-    assert grounded_prompt(None, box) == "What is the object at [0.100,0.200,0.500,0.600]?"
+    assert grounded_prompt(None, box) == "What is the object at [0.100,0.200,0.500,0.600]?\nAnswer the question using a single word or phrase."
     assert grounded_prompt("Is <region> red?", box) == "Is [0.100,0.200,0.500,0.600] red?"
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.shapes import SHORT_ANSWER_SUFFIX
 from .boxes import Box, format_box, parse_box
 from .phrases import grounded_phrases
 
 GROUNDED_PROMPT = "Describe the image briefly, with a box for each object."     # ShapesWorld's gcap question
-REGION_PROMPT = "What is the object at {region}?"
+REGION_PROMPT = "What is the object at {region}?\n" + SHORT_ANSWER_SUFFIX     # ShapesWorld's reg question
 REGION_PLACEHOLDER = "<region>"
 PALETTE = [(0, 255, 0), (255, 64, 255), (0, 200, 255), (255, 200, 0), (255, 80, 80), (160, 160, 255)]
 
