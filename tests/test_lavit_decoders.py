@@ -87,3 +87,57 @@ def test_keep_ratio_calibration_hits_the_budget_and_keeps_per_image_variation():
     sel = tok.select(x, "argmax")
     assert abs(float(sel.keep.float().mean()) - 0.25) <= 1 / (40 * 16) + 1e-6
     assert sel.lengths.float().std() > 0
+
+
+def test_salience_weights_favour_patches_unlike_the_background():
+    from vlbridge.lavit.visual_tokenizer import cosine_loss, salience_weights
+    torch.manual_seed(0)
+    background = torch.randn(D)
+    feats = background.repeat(2, 16, 1) + 0.01 * torch.randn(2, 16, D)
+    objects = torch.tensor([3, 7, 12])
+    feats[:, objects] = torch.randn(2, 3, D)                          # three object patches per image
+    w = salience_weights(feats, background, floor=0.25)               # [2, 16]
+    assert torch.allclose(w.mean(1), torch.ones(2), atol=1e-5)        # mean 1 per image
+    others = torch.ones(16, dtype=torch.bool)
+    others[objects] = False
+    assert w[:, objects].min() > 3 * w[:, others].max() and w.min() >= 0.25 - 1e-6
+    # a reconstruction right on the objects and wrong on the background is cheap under salience weights,
+    # and the other way round is expensive: the loss follows the objects
+    good_objects = background.repeat(2, 16, 1).neg()
+    good_objects[:, objects] = feats[:, objects]
+    good_background = feats.clone()
+    good_background[:, objects] = -feats[:, objects]
+    assert cosine_loss(good_objects, feats, w) < cosine_loss(good_background, feats, w)
+    assert cosine_loss(good_objects, feats) > cosine_loss(good_background, feats)   # uniform: the opposite
+    assert torch.allclose(cosine_loss(feats, feats, w), torch.tensor(0.0), atol=1e-6)
+
+
+def test_attribute_probe_tells_kept_semantics_from_a_generic_object():
+    from vlbridge.lavit.tokenizer_training import SplitData, attribute_probe
+    from vlbridge.train.vision_pretrain import patch_labels
+    gen = torch.Generator().manual_seed(0)
+    colors, shapes = ["red", "blue", "green"], ["circle", "square"]
+
+    def split(n):
+        scenes, feats = [], []
+        for _ in range(n):
+            c, s = colors[int(torch.randint(3, (1,), generator=gen))], shapes[int(torch.randint(2, (1,), generator=gen))]
+            x0 = float(torch.randint(3, (1,), generator=gen)) / 4
+            scenes.append({"objects": [{"color": c, "shape": s, "box": [x0, x0, x0 + 0.4, x0 + 0.4]}]})
+            f = 0.1 * torch.randn(16, D, generator=gen)
+            inside = patch_labels(scenes[-1]["objects"], GRID, "color", {c: 1}) > 0
+            f[inside, colors.index(c)] += 3.0                       # attribute directions on the object's patches
+            f[inside, 3 + shapes.index(s)] += 3.0
+            f[inside, 8] += 5.0                                     # and a large component all objects share
+            feats.append(f)
+        feats = torch.stack(feats)
+        return SplitData(feats, torch.zeros(n, 3, 4, 4), torch.ones(n), scenes)
+
+    train, held = split(60), split(20)
+    perfect = attribute_probe(train, held, held.features, GRID)
+    assert perfect["color"]["reconstructed"] == perfect["color"]["real_features"] > 0.95
+    generic = held.features.clone()
+    generic[..., :5] = 0                                           # objects come back as "an object"
+    lossy = attribute_probe(train, held, generic, GRID)
+    assert lossy["color"]["reconstructed"] < 0.5 and lossy["shape"]["reconstructed"] < 0.6
+    assert lossy["color"]["chance"] == 1 / 3

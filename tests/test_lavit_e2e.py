@@ -31,6 +31,7 @@ def test_lavit_pipeline_from_the_cli(shapes_dir, tmp_path, capsys):
     metrics = json.loads((tok_dir / "metrics.json").read_text())
     assert metrics["split"] == "val" and 1 <= metrics["kept_mean"] <= 16
     assert metrics["codebook"]["size"] == 16 and -1 <= metrics["cosine_quantized"] <= 1
+    assert set(metrics["object_attribute_probe"]) == {"color", "shape"}
     DynamicVisualTokenizer.load(tok_dir)
 
     assert main(["lavit", "prepare", "--tokenizer", str(tok_dir), "--data", str(data), "--out", str(init),

@@ -125,7 +125,10 @@ def summary_markdown(f: dict, cfg: MeasureConfig) -> str:
              f"- tokens kept per image: mean {t['kept_mean']:.1f} (share {t['kept_share']:.2f}), sd {t['kept_std']:.1f}, "
              f"range {t['kept_min']}-{t['kept_max']}; Pearson r with object count {t['kept_vs_objects_pearson']:.2f}; "
              "by count " + ", ".join(f"{k}: {v:.1f}" for k, v in t["kept_by_object_count"].items()),
-             f"- feature cosine: continuous {t['cosine_continuous']:.3f}, quantized {t['cosine_quantized']:.3f}; "
+             f"- kept share: object patches {t['kept_share_object_patches']:.2f}, background patches "
+             f"{t['kept_share_background_patches']:.2f}",
+             f"- feature cosine: continuous {t['cosine_continuous']:.3f}, quantized {t['cosine_quantized']:.3f} "
+             f"(object patches {t['cosine_quantized_object_patches']:.3f}); "
              f"pixel L1 {t['pixel_l1']:.4f}, PSNR {t['pixel_psnr_db']:.1f} dB",
              f"  (baselines: mean-feature cosine {t['cosine_baseline_mean_features']:.3f}, flat-background pixel L1 "
              f"{t['pixel_l1_baseline_background']:.4f})",

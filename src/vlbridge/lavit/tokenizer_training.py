@@ -38,9 +38,10 @@ from tqdm import tqdm
 from ..config import VisionConfig, opt
 from ..data.records import load_image
 from ..models.vision import VisionTower
+from ..train.vision_pretrain import object_patches, patch_labels
 from .options import TokenizerOptions
 from .quantizer import usage
-from .visual_tokenizer import DynamicVisualTokenizer, cosine_loss
+from .visual_tokenizer import DynamicVisualTokenizer, cosine_loss, salience_weights
 
 
 @dataclass
@@ -58,6 +59,12 @@ class TokenizerTrainConfig:
                                  "later steps train on the argmax decisions used at inference (0 = no annealing)")
     restart_every: int = opt(20, "phase 2: restart dead codes every this many steps (0 = never)")
     kmeans_images: int = opt(512, "images whose codes initialise the codebook by k-means")
+    recon_weighting: str = opt("salience", "per-patch weights of the cosine loss: 'uniform' (LaVIT: every patch "
+                                           "alike) or 'salience' (patches far from the mean feature count more; "
+                                           "on sparse scenes uniform weights let the background dominate)")
+    salience_floor: float = opt(0.25, "salience weighting: the weight share every patch gets regardless")
+    centred: bool = opt(True, "cosine between reconstruction and target after subtracting the training set's mean "
+                              "feature: the part that tells objects apart counts, not the component all patches share")
     seed: int = opt(0, "seed")
     options: TokenizerOptions = field(default_factory=TokenizerOptions)
 
@@ -121,6 +128,7 @@ def train_reconstruction(tok: DynamicVisualTokenizer, data: SplitData, cfg: Toke
     frozen = ("pixel_decoder.", "selector.") if quantize else ("pixel_decoder.",)
     params = [p for n, p in tok.named_parameters() if not n.startswith(frozen)]
     opt, sched = one_cycle(params, cfg.lr, steps)
+    mean_feature = data.features.mean((0, 1))                               # [D]
     tok.train()
     phase = "vq" if quantize else "continuous"
     bar = tqdm(range(steps), desc=f"tokenizer[{phase}]", file=sys.stderr, mininterval=1.0)
@@ -129,10 +137,14 @@ def train_reconstruction(tok: DynamicVisualTokenizer, data: SplitData, cfg: Toke
         target = 1.0 + (tok.options.keep_ratio - 1.0) * min(1.0, step / max(cfg.ratio_warmup, 1))
         idx = torch.randint(len(data.features), (cfg.batch_size,), generator=gen)
         feats = data.features[idx]
+        weight = None
+        if cfg.recon_weighting == "salience":
+            weight = salience_weights(feats, mean_feature, cfg.salience_floor)
         noise = max(0.0, 1.0 - step / cfg.noise_anneal) if cfg.noise_anneal else 1.0
         mode = "argmax" if quantize else "gumbel"
         out = tok(feats, mode, quantize=quantize, ratio_target=target, generator=gen, noise=noise)
-        rec = cosine_loss(out.recon, feats)
+        shift = mean_feature if cfg.centred else 0.0
+        rec = cosine_loss(out.recon - shift, feats - shift, weight)
         loss = rec + sum(out.aux.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,6 +227,7 @@ def tokenizer_metrics(tok: DynamicVisualTokenizer, data: SplitData) -> dict:
     by_count = {int(k): float(kept[n_obj == k].mean()) for k in n_obj.unique()}
     cont = tok(feats, "argmax", quantize=False).recon
     recon, codes = recon_features(tok, feats)
+    on_object = torch.stack([object_patches(s.get("objects", []), tok.grid) for s in data.scenes])   # [n, N]
     pixels = torch.cat([tok.render(recon[i:i + 256]) for i in range(0, len(recon), 256)])
     ids = torch.tensor([c for seq in codes for c in seq])
     return {
@@ -222,8 +235,11 @@ def tokenizer_metrics(tok: DynamicVisualTokenizer, data: SplitData) -> dict:
         "kept_mean": float(kept.mean()), "kept_std": float(kept.std()), "kept_min": int(kept.min()),
         "kept_max": int(kept.max()), "kept_share": float(kept.mean()) / tok.n_patches,
         "kept_vs_objects_pearson": corr, "kept_by_object_count": by_count,
+        "kept_share_object_patches": float(sel.keep[on_object].float().mean()),
+        "kept_share_background_patches": float(sel.keep[~on_object].float().mean()),
         "cosine_continuous": float(F.cosine_similarity(cont, feats, dim=-1).mean()),
         "cosine_quantized": float(F.cosine_similarity(recon, feats, dim=-1).mean()),
+        "cosine_quantized_object_patches": float(F.cosine_similarity(recon, feats, dim=-1)[on_object].mean()),
         "cosine_baseline_mean_features": float(F.cosine_similarity(feats.mean(0, keepdim=True).expand_as(feats),
                                                                    feats, dim=-1).mean()),
         "pixel_l1": float((pixels - data.pixels).abs().mean()),
@@ -235,9 +251,46 @@ def tokenizer_metrics(tok: DynamicVisualTokenizer, data: SplitData) -> dict:
     }
 
 
+def attribute_probe(train: SplitData, held_out: SplitData, recon: torch.Tensor, grid: tuple[int, int],
+                    attributes: tuple[str, ...] = ("color", "shape"), steps: int = 300) -> dict[str, dict[str, float]]:
+    """Does reconstruction keep what the objects are? A linear probe per attribute (patch -> the attribute of
+    the object under it, or background), fitted on the training split's real features, scores the held-out
+    object patches: real features (what the encoder knows) against features reconstructed from the codes.
+    A high cosine alone can hide this loss: most of a feature is what all patches share."""
+    out = {}
+    for attr in attributes:
+        values = sorted({str(o[attr]) for s in train.scenes + held_out.scenes for o in s.get("objects", []) if attr in o})
+        if not values:
+            continue
+        vocab = {v: i + 1 for i, v in enumerate(values)}
+
+        def labels(scenes):
+            return torch.stack([patch_labels(s.get("objects", []), grid, attr, vocab) for s in scenes]).flatten()
+
+        x, y = train.features.flatten(0, 1), labels(train.scenes)
+        probe = torch.nn.Linear(x.shape[1], len(values) + 1)
+        opt = torch.optim.Adam(probe.parameters(), 1e-2)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = F.cross_entropy(probe(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        y_held = labels(held_out.scenes)
+        on_object = y_held > 0
+        with torch.no_grad():
+            real = probe(held_out.features.flatten(0, 1)).argmax(1) == y_held
+            rec = probe(recon.flatten(0, 1)).argmax(1) == y_held
+        out[attr] = {"real_features": float(real[on_object].float().mean()),
+                     "reconstructed": float(rec[on_object].float().mean()), "chance": 1 / len(values)}
+    return out
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     if not cfg.annotations or not cfg.vision or not cfg.out:
         raise ValueError("the tokenizer stage needs --annotations, --vision and --out")
+    if cfg.recon_weighting not in ("uniform", "salience"):
+        raise ValueError(f"--recon_weighting must be 'uniform' or 'salience', got {cfg.recon_weighting!r}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -257,6 +310,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     train_pixels(tok, train, cfg, gen, log)
     held_out = splits.get("val", train)
     metrics = {"split": "val" if "val" in splits else "train", **tokenizer_metrics(tok, held_out),
+               "object_attribute_probe": attribute_probe(train, held_out, recon_features(tok, held_out.features)[0],
+                                                         tok.grid),
                "train_seconds": round(time.perf_counter() - t0, 1)}
     out = Path(cfg.out)
     tok.save(out, extra={"vision": str(Path(cfg.vision).resolve()), "train_config": dataclasses.asdict(cfg)})

@@ -160,6 +160,21 @@ def read_config(path: Path) -> dict:
     return meta
 
 
-def cosine_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean cosine similarity over all patches."""
-    return 1 - F.cosine_similarity(recon, target, dim=-1).mean()
+def cosine_loss(recon: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - mean cosine similarity over all patches (weighted mean with ``weight`` [B, N] if given)."""
+    cos = F.cosine_similarity(recon, target, dim=-1)                      # [B, N]
+    if weight is None:
+        return 1 - cos.mean()
+    return 1 - (weight * cos).sum() / weight.sum()
+
+
+def salience_weights(features: torch.Tensor, reference: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per-patch loss weights [B, N] that follow how far each patch is from ``reference`` (the mean feature of
+    the training set: on ShapesWorld, plain background), rescaled to mean 1 per image, mixed with ``floor``.
+
+    With uniform weights the 1-cosine loss is dominated by the background, which covers most of a scene:
+    the tokenizer then learns the layout and loses the objects' colours (measured: 18.5% of reconstructions
+    keep every colour of the scene). Weighting by salience needs no labels."""
+    dist = 1 - F.cosine_similarity(features, reference.expand_as(features), dim=-1)   # [B, N]
+    dist = dist / dist.mean(1, keepdim=True).clamp_min(1e-6)
+    return floor + (1 - floor) * dist

@@ -55,16 +55,28 @@ def attribute_parts(attributes: list[str]) -> list[str]:
     return [part for a in attributes for part in a.split("+")]
 
 
-def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, vocab: dict[str, int]) -> torch.Tensor:
-    """[rows*cols] class ids: the attribute of the smallest box containing each patch centre (0 = background)."""
+def centres_inside(box: list[float], grid: tuple[int, int]) -> torch.Tensor:
+    """[rows, cols] bool: which patch centres lie in the normalised box [x1, y1, x2, y2]."""
     rows, cols = grid
     cy = (torch.arange(rows) + 0.5) / rows
     cx = (torch.arange(cols) + 0.5) / cols
-    labels = torch.zeros(rows, cols, dtype=torch.long)
+    x1, y1, x2, y2 = box
+    return ((cy >= y1) & (cy <= y2))[:, None] & ((cx >= x1) & (cx <= x2))[None, :]
+
+
+def object_patches(objects: list[dict], grid: tuple[int, int]) -> torch.Tensor:
+    """[rows*cols] bool: patches whose centre lies in some object's box."""
+    mask = torch.zeros(grid, dtype=torch.bool)
+    for obj in objects:
+        mask |= centres_inside(obj["box"], grid)
+    return mask.flatten()
+
+
+def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, vocab: dict[str, int]) -> torch.Tensor:
+    """[rows*cols] class ids: the attribute of the smallest box containing each patch centre (0 = background)."""
+    labels = torch.zeros(grid, dtype=torch.long)
     for obj in sorted(objects, key=lambda o: -(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])):
-        x1, y1, x2, y2 = obj["box"]
-        inside = ((cy >= y1) & (cy <= y2))[:, None] & ((cx >= x1) & (cx <= x2))[None, :]
-        labels[inside] = vocab[attribute_value(obj, attribute)]                    # smaller boxes drawn last win
+        labels[centres_inside(obj["box"], grid)] = vocab[attribute_value(obj, attribute)]   # smaller boxes last win
     return labels.flatten()
 
 
