@@ -23,7 +23,7 @@ class TokenizerOptions:
                                          "tiny ResNet features carry little position; ViT features have it built in)")
     merge_bias: bool = opt(True, "a learned bias per 2-D patch offset in the merger's cross-attention (nearby "
                                  "dropped patches are easy to merge into a kept one; off = LaVIT's plain attention)")
-    position_weight: float = opt(1.0, "weight of the loss that teaches each kept code its patch position (the "
+    position_weight: float = opt(20.0, "weight of the loss that teaches each kept code its patch position (the "
                                       "feature decoder places codes by it)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")
     ratio_weight: float = opt(20.0, "weight of the keep-ratio regulariser (kept share - target)^2")

@@ -63,7 +63,7 @@ class TokenizerTrainConfig:
                                            "alike) or 'salience' (patches far from the mean feature count more; "
                                            "on sparse scenes uniform weights let the background dominate)")
     salience_floor: float = opt(0.25, "salience weighting: the weight share every patch gets regardless")
-    centred: bool = opt(True, "cosine between reconstruction and target after subtracting the training set's mean "
+    centred: bool = opt(False, "cosine between reconstruction and target after subtracting the training set's mean "
                               "feature: the part that tells objects apart counts, not the component all patches share")
     seed: int = opt(0, "seed")
     options: TokenizerOptions = field(default_factory=TokenizerOptions)
