@@ -15,6 +15,8 @@ must if the LLM is to draw layouts with it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,10 +33,10 @@ def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, distance_scale: float = 55.0):
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_ffn = (nn.LayerNorm(dim) for _ in range(3))
-        self.log_scale = nn.Parameter(torch.full((heads,), 4.0))          # distance scale e^4 ~ 55 per head
+        self.log_scale = nn.Parameter(torch.full((heads,), math.log(distance_scale)))   # learned, per head
         self.self_attn = KeyMaskedAttention(dim, heads)
         self.cross_attn = KeyMaskedAttention(dim, heads)
         self.ffn = FeedForward(dim, mlp_ratio * dim)
@@ -51,7 +53,7 @@ class DecoderBlock(nn.Module):
 
 class FeatureDecoder(nn.Module):
     def __init__(self, code_dim: int, dim: int, out_dim: int, grid: tuple[int, int], heads: int, layers: int,
-                 mlp_ratio: int):
+                 mlp_ratio: int, distance_scale: float = 55.0):
         super().__init__()
         n = grid[0] * grid[1]
         self.register_buffer("query_pos", grid_positions(grid), persistent=False)   # [N, 2]
@@ -59,7 +61,7 @@ class FeatureDecoder(nn.Module):
         self.seq_pos = nn.Parameter(torch.randn(n, dim) * 0.02)             # index of a code in its sequence
         self.queries = nn.Parameter(torch.randn(n, dim) * 0.02)             # one per patch
         self.where = nn.Sequential(nn.Linear(code_dim, dim), nn.GELU(), nn.Linear(dim, 2), nn.Sigmoid())
-        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, mlp_ratio, distance_scale) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, out_dim))
 

@@ -23,6 +23,9 @@ class TokenizerOptions:
                                          "tiny ResNet features carry little position; ViT features have it built in)")
     merge_bias: bool = opt(True, "a learned bias per 2-D patch offset in the merger's cross-attention (nearby "
                                  "dropped patches are easy to merge into a kept one; off = LaVIT's plain attention)")
+    decoder_distance_scale: float = opt(55.0, "initial scale s of the feature decoder's cross-attention bias "
+                                              "-s * |query position - code position|^2 (learned per head; positions "
+                                              "in [0, 1], so one patch of an 8x8 grid away costs s/64)")
     position_weight: float = opt(20.0, "weight of the loss that teaches each kept code its patch position (the "
                                       "feature decoder places codes by it)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")

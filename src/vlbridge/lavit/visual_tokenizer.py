@@ -54,7 +54,7 @@ class DynamicVisualTokenizer(nn.Module):
         self.quantizer = EMAQuantizer(width, options.code_dim, options.codebook_size, options.ema_decay,
                                       options.commitment, options.dead_ratio)
         self.decoder = FeatureDecoder(options.code_dim, width, vis_dim, self.grid, options.heads,
-                                      options.decoder_layers, options.mlp_ratio)
+                                      options.decoder_layers, options.mlp_ratio, options.decoder_distance_scale)
         self.pixel_decoder = PixelDecoder(vis_dim, self.grid, options.image_size, options.pixel_channels,
                                           options.pixel_palette)
 
