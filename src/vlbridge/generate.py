@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 
@@ -22,6 +24,14 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     use_cache: bool = True
+
+
+def cache_kwargs(llm, cache) -> dict:
+    """The KV-cache keyword of this transformers version: ``cache`` (5.x; ``past_key_values`` is deprecated
+    there) or ``past_key_values`` (4.x)."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm        # through a peft wrapper
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -54,7 +64,7 @@ def generate(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tenso
     finished = torch.zeros(B, dtype=torch.bool)
     for _ in range(gen.max_new_tokens):
         out = model.llm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
-                        past_key_values=cache, use_cache=gen.use_cache)
+                        use_cache=gen.use_cache, **cache_kwargs(model.llm, cache))
         logits = out.logits[:, -1].float()                                       # [B, V]
         for proc in logits_processors:
             logits = proc(logits, generated)

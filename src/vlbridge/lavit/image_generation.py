@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from ..data.records import Turn
-from ..generate import filter_logits
+from ..generate import cache_kwargs, filter_logits
 from .prepare import generation_prompt
 from .vocabulary import ModalityMask, VisualVocab
 
@@ -64,7 +64,7 @@ def generate_codes(model, captions: list[str], gen: ImageGenConfig = ImageGenCon
     step_embeds, step_pos = embeds, pos
     for _ in range(max_tokens + 1):
         logits = model.llm(inputs_embeds=step_embeds, attention_mask=attn, position_ids=step_pos,
-                           past_key_values=cache, use_cache=True).logits[:, -1].float()          # [R, V]
+                           use_cache=True, **cache_kwargs(model.llm, cache)).logits[:, -1].float()          # [R, V]
         if guided:
             cond, uncond = logits[:B], logits[B:]
             logits = uncond + gen.cfg_scale * (cond - uncond)                                   # [B, V]
