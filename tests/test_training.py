@@ -21,15 +21,18 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 
 
-def test_resume_equals_uninterrupted(shapes_dir, tmp_path):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_resume_equals_uninterrupted(shapes_dir, tmp_path, group_by_length):
     """N steps + resume + N steps gives bit-identical weights to 2N steps straight."""
     n = 3
     straight = tiny_run_config(shapes_dir, tmp_path / "straight", steps=2 * n)
     straight.train.grad_accum = 2            # exercise accumulation and the data position too
+    straight.train.group_by_length = group_by_length
     final_a = train(straight)
 
     split = tiny_run_config(shapes_dir, tmp_path / "split", steps=2 * n)
     split.train.grad_accum = 2
+    split.train.group_by_length = group_by_length
     split.train.stop_after = n
     stopped = train(split)
     assert stopped.name == f"step_{n:06d}" and not (tmp_path / "split" / "final").exists()

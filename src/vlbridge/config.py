@@ -105,6 +105,9 @@ class TrainConfig:
     stop_after: int | None = opt(None, "stop (with a checkpoint) after this many steps in this invocation; "
                                        "--resume continues the same schedule (for jobs split across sessions)")
     num_workers: int = opt(0, "DataLoader worker processes for image decoding")
+    group_by_length: bool = opt(False, "batch records of similar length (less padding; HF Trainer's "
+                                       "group_by_length): each epoch's shuffled order is cut into groups of "
+                                       "50 batches, each group sorted by length, then the batches shuffled")
 
 
 @dataclass

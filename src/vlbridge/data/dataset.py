@@ -41,7 +41,7 @@ class InstructionDataset(torch.utils.data.Dataset):
                  image_modes: str = "convert", max_pixels: int | None = None, for_generation: bool = False):
         self.builder, self.transform, self.report = builder, transform, report
         self.on_error, self.image_modes, self.max_pixels = on_error, image_modes, max_pixels
-        self.for_generation = for_generation
+        self.for_generation, self.visual_tokens_per_image = for_generation, visual_tokens_per_image
         self.items: list[tuple[Record, list[int], list[int]]] = []
         for rec in records:
             ids, labels = builder.build(rec.turns, for_generation=for_generation)
@@ -52,6 +52,11 @@ class InstructionDataset(torch.utils.data.Dataset):
                                     f"limit of {max_length}", "too_long"))
                 continue
             self.items.append((rec, ids, labels))
+
+    def length(self, i: int) -> int:
+        """Sequence length of item i with its images expanded (what the model will run)."""
+        rec, ids, _ = self.items[i]
+        return len(ids) + len(rec.images) * (self.visual_tokens_per_image - 1)
 
     def _bad(self, err: DataError) -> None:
         if self.on_error != "skip":

@@ -44,6 +44,30 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+GROUP_BATCHES = 50      # batches per length-sorted group (as HF's LengthGroupedSampler's mega-batches)
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """One epoch's batches of dataset indices (the ragged tail dropped), deterministic by (seed, epoch).
+
+    With ``group_by_length`` the shuffled order is cut into groups of GROUP_BATCHES batches, each group is
+    sorted by length so a batch holds records of similar length (less padding), and the batches are then
+    shuffled so the epoch does not run short-to-long.
+    """
+    order = epoch_order(len(lengths), seed, epoch)
+    n_batches = len(order) // batch_size
+    order = order[:n_batches * batch_size]
+    if group_by_length:
+        group = GROUP_BATCHES * batch_size
+        order = [i for start in range(0, len(order), group)
+                 for i in sorted(order[start:start + group], key=lambda i: -lengths[i])]
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    if group_by_length:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+        batches = [batches[i] for i in torch.randperm(n_batches, generator=g).tolist()]
+    return batches
+
+
 class BatchStream:
     """Endless micro-batches; ``position`` = (epoch, batches consumed in it) after each one."""
 
@@ -60,9 +84,10 @@ class BatchStream:
         return self.epoch, self.batch_in_epoch
 
     def _epoch_loader(self):
-        order = epoch_order(len(self.dataset), self.cfg.seed, self.epoch)
-        n_batches = len(order) // self.batch_size                           # drop the ragged tail
-        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.batch_in_epoch, n_batches)]
+        lengths = [self.dataset.length(i) for i in range(len(self.dataset))] if self.cfg.group_by_length else \
+            [0] * len(self.dataset)
+        batches = epoch_batches(lengths, self.batch_size, self.cfg.seed, self.epoch,
+                                self.cfg.group_by_length)[self.batch_in_epoch:]
         return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
                                                 num_workers=self.cfg.num_workers))
 
