@@ -73,7 +73,8 @@ def assert_full_length(out, n_rows):
     assert len(out) == n_rows
     assert all(len(row) == MAX_NEW for row in out), [len(r) for r in out]
     # guard against a degenerate model that repeats one token: then equalities would prove nothing
-    assert all(len(set(row)) >= 4 for row in out), out
+    assert all(len(set(row)) >= 3 for row in out), out
+    assert len({tuple(row) for row in out}) == n_rows, out       # and the rows follow their own prompts
 
 
 def test_prompts_end_with_the_assistant_prefix(model, prompts):

@@ -275,6 +275,14 @@ def test_answers_agree_with_metadata(data) -> None:
             assert BOX_RE.match(box)
             (obj,) = [o for o in objs if format_box(o["box"]) == box]
             assert answer == f"a {obj['size']} {obj['color']} {obj['shape']}"
+        elif task == "inventory":      # shape then colour, left to right
+            assert question == "List the objects from left to right, each as its shape and color."
+            parts = [f"{o['shape']} {o['color']}" for o in sorted(objs, key=center)]
+            assert answer == (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+        elif task == "inventory_color":      # colour then shape, by colour name
+            assert question == "List the objects by color, each with its shape."
+            parts = sorted(f"{o['color']} {o['shape']}" for o in objs)
+            assert answer == (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
         checked[task] += 1
     assert set(checked) == set(TASKS)
 

@@ -22,7 +22,8 @@ def tiny_llm() -> LLMConfig:
 
 def tiny_train(steps: int = 600) -> TrainConfig:
     return TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=16, lr=1e-3,
-                       warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200)
+                       warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200,
+                       group_by_length=True)       # ShapesWorld records vary 241-345 tokens: -12% padding
 
 
 def tiny_cpu() -> RunConfig:

@@ -11,7 +11,7 @@ from .args import add_config_args, apply_overrides
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="generate built-in datasets")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    shapes = kinds.add_parser("shapes", help="ShapesWorld: procedural scenes with nine VQA/grounding tasks",
+    shapes = kinds.add_parser("shapes", help="ShapesWorld: procedural scenes with eleven VQA/grounding tasks",
                               description="Write ShapesWorld (images/*.png, train.json, val.json, test.json, "
                                           "scenes.json) into --out. Deterministic by seed.")
     shapes.add_argument("--out", required=True, help="output directory (also the image folder)")

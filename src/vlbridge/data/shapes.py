@@ -3,9 +3,10 @@
 Each scene is a small flat-coloured image with 1-4 non-overlapping filled shapes
 (circle, square, triangle, diamond) in six colours and two size classes. Some large
 objects carry a tiny 3x5 bitmap glyph ("0"-"9", "A", "E", "H", "K", "X") that can only
-be read by looking closely. From the scene metadata we derive questions for nine
+be read by looking closely. From the scene metadata we derive questions for eleven
 tasks (captioning, attributes, counting, existence/hallucination, spatial relations,
-glyph reading, referring-expression boxes and region description) and write them as
+glyph reading, referring-expression boxes, region description and two attribute
+inventories: every object as "shape color" and as "color shape") and write them as
 LLaVA-style conversation JSON next to the PNG images.
 
 Everything is derived from string seeds of the form ``"{seed}-{split}-{index}"``, so
@@ -44,7 +45,7 @@ LIGHT_COLORS: frozenset[str] = frozenset({"yellow", "orange", "green"})
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 SIZES: tuple[str, ...] = ("small", "large")
 TASKS: tuple[str, ...] = (
-    "caption", "color", "shape", "count", "exist", "spatial", "glyph", "rec", "reg",
+    "caption", "color", "shape", "count", "exist", "spatial", "glyph", "rec", "reg", "inventory", "inventory_color",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Optional tasks (``ShapesWorldConfig.extra_tasks``): grounded captions (every object with its box) and
@@ -75,7 +76,8 @@ GLYPH_FIT_FACTOR = 9         # a glyph is drawn only if object side >= factor * 
 # are the most frequent so that a tiny model learns them first.
 TRAIN_TASK_WEIGHTS: dict[str, float] = {
     "caption": 0.7, "color": 6.0, "shape": 4.0, "count": 1.0, "exist": 1.5,
-    "spatial": 1.0, "glyph": 1.0, "rec": 0.7, "reg": 0.7, "gcap": 0.5, "rec_neg": 0.35,
+    "spatial": 1.0, "glyph": 1.0, "rec": 0.7, "reg": 0.7, "inventory": 2.5, "inventory_color": 1.0,
+    "gcap": 0.5, "rec_neg": 0.35,
 }
 
 # Hand-written 3x5 bitmap font; "#" is ink.
@@ -424,6 +426,29 @@ def _gcap(scene: Scene) -> list[QA]:
     return [(GCAP_QUESTION, _join([f"{o.description} {format_box(o.box)}" for o in ordered]) + ".")]
 
 
+# The inventories list every object's two attributes in both orders. Captions and region descriptions always
+# name the colour before the shape ("a small green circle"), so next-token training teaches a tiny LLM to look an
+# object up by its colour at once, but never by its shape: the colour question ("What color is the circle?") then
+# has to discover that lookup through a single answer token per question, and on the demo budget it did not
+# (75% on colour questions: in 2-object scenes, chance). Naming the shape first ("circle green") trains the
+# shape-keyed lookup directly, token by token; with both inventories in the mix the demo reaches ~99% on colour
+# and shape questions (README, "What the demo learns").
+INVENTORY_QUESTION = "List the objects from left to right, each as its shape and color."
+COLOR_INVENTORY_QUESTION = "List the objects by color, each with its shape."
+
+
+def _inventory(scene: Scene) -> list[QA]:
+    """Every object as "shape color", left to right (the shape named first, then its colour)."""
+    ordered = sorted(scene.objects, key=lambda o: (o.center[0], o.center[1]))
+    return [(INVENTORY_QUESTION, _join([f"{o.shape} {o.color}" for o in ordered]))]
+
+
+def _color_inventory(scene: Scene) -> list[QA]:
+    """Every object as "color shape", sorted by colour name (then shape)."""
+    pairs = sorted((o.color, o.shape) for o in scene.objects)
+    return [(COLOR_INVENTORY_QUESTION, _join([f"{c} {s}" for c, s in pairs]))]
+
+
 def _rec_neg(scene: Scene, rng: random.Random) -> list[QA]:
     """REC questions about absent objects (one per kind: colour present, shape present, neither)."""
     pairs = {(o.color, o.shape) for o in scene.objects}
@@ -455,6 +480,8 @@ def questions_for(scene: Scene, task: str, rng: random.Random) -> list[QA]:
         "reg": lambda: _reg(scene),
         "gcap": lambda: _gcap(scene),
         "rec_neg": lambda: _rec_neg(scene, rng),
+        "inventory": lambda: _inventory(scene),
+        "inventory_color": lambda: _color_inventory(scene),
     }
     if task not in builders:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS + EXTRA_TASKS}")

@@ -150,7 +150,7 @@ METRICS: dict[str, MetricFn] = {
 TASK_METRICS: dict[str, str] = {
     "caption": "captioning", "color": "vqa", "shape": "vqa", "count": "counting", "exist": "pope",
     "spatial": "vqa", "glyph": "exact_match", "rec": "rec", "reg": "reg",
-    "gcap": "grounded_caption", "rec_neg": "absent",
+    "inventory": "exact_match", "inventory_color": "exact_match", "gcap": "grounded_caption", "rec_neg": "absent",
 }
 DEFAULT_METRIC = "vqa"
 
