@@ -431,8 +431,9 @@ def _gcap(scene: Scene) -> list[QA]:
 # object up by its colour at once, but never by its shape: the colour question ("What color is the circle?") then
 # has to discover that lookup through a single answer token per question, and on the demo budget it did not
 # (75% on colour questions: in 2-object scenes, chance). Naming the shape first ("circle green") trains the
-# shape-keyed lookup directly, token by token; with both inventories in the mix the demo reaches ~99% on colour
-# and shape questions (README, "What the demo learns").
+# shape-keyed lookup directly, token by token; with both inventories in the mix colour and shape questions reach
+# ~99% once the lookup forms, which within the demo's 600 steps depends on the seed (README, "What the demo
+# learns").
 INVENTORY_QUESTION = "List the objects from left to right, each as its shape and color."
 COLOR_INVENTORY_QUESTION = "List the objects by color, each with its shape."
 
