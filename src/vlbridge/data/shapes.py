@@ -432,8 +432,8 @@ def _gcap(scene: Scene) -> list[QA]:
 # has to discover that lookup through a single answer token per question, and on the demo budget it did not
 # (75% on colour questions: in 2-object scenes, chance). Naming the shape first ("circle green") trains the
 # shape-keyed lookup directly, token by token; with both inventories in the mix colour and shape questions reach
-# ~99% once the lookup forms, which within the demo's 600 steps depends on the seed (README, "What the demo
-# learns").
+# ~99% once the lookup forms: at 600 steps in some runs and not others, at 900 in the demo's (README, "What the
+# demo learns").
 INVENTORY_QUESTION = "List the objects from left to right, each as its shape and color."
 COLOR_INVENTORY_QUESTION = "List the objects by color, each with its shape."
 
