@@ -228,6 +228,22 @@ def test_train_records_multi_turn(data) -> None:
     assert "color" in top and "shape" in top
 
 
+@pytest.mark.parametrize("hint", ["first", "every"])
+def test_format_hint_in_training_records(tmp_path, hint) -> None:
+    """'every': each short-answer question carries the suffix (LLaVA); 'first': only a record's first one."""
+    generate(ShapesWorldConfig(n=60, seed=2, format_hint=hint), tmp_path)
+    for rec in load(tmp_path, "train.json"):
+        short = [t in SHORT_TASKS for t in rec["tasks"]]
+        hinted = [m["value"].endswith("\n" + SHORT_ANSWER_SUFFIX) for m in rec["conversations"][::2]]
+        if hint == "every":
+            assert hinted == short
+        else:
+            first = short.index(True) if any(short) else None
+            assert hinted == [i == first for i in range(len(short))]
+    for rec in load(tmp_path, "test.json"):      # evaluation questions always carry it
+        assert rec["conversations"][0]["value"].endswith(SHORT_ANSWER_SUFFIX) == (rec["task"] in SHORT_TASKS)
+
+
 def test_answers_agree_with_metadata(data) -> None:
     out, _ = data
     scenes = scenes_by_image(out)

@@ -79,7 +79,7 @@ class TrainConfig:
     train_vision: bool = opt(False, "also train the vision encoder in the instruct stage")
     init_from: str | None = opt(None, "start from this saved model dir (e.g. the align stage's output)")
     steps: int = opt(1000, "optimizer steps")
-    batch_size: int = opt(16, "records per micro-batch")
+    batch_size: int = opt(16, "records per micro-batch (per process under torchrun)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(1e-3, "peak learning rate")
     lr_vision: float | None = opt(None, "vision encoder learning rate (None = lr)")
@@ -105,6 +105,10 @@ class TrainConfig:
     stop_after: int | None = opt(None, "stop (with a checkpoint) after this many steps in this invocation; "
                                        "--resume continues the same schedule (for jobs split across sessions)")
     num_workers: int = opt(0, "DataLoader worker processes for image decoding")
+    ddp_find_unused_parameters: bool = opt(True, "under torchrun: let DDP tolerate trainable parameters that get "
+                                                  "no gradient in a step (an encoder's unused final norm, optional "
+                                                  "connector branches); HF Trainer's default. False saves a "
+                                                  "graph walk per step when every parameter is used")
     group_by_length: bool = opt(False, "batch records of similar length (less padding; HF Trainer's "
                                        "group_by_length): each epoch's shuffled order is cut into groups of "
                                        "50 batches, each group sorted by length, then the batches shuffled")

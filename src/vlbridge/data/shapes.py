@@ -121,6 +121,10 @@ class ShapesWorldConfig:
     glyph_scale: int = opt(1, "pixel scale of the 3x5 bitmap glyphs (1 = 3x5 px: fine detail)")
     splits: list[float] = opt([0.8, 0.1, 0.1], "train,val,test fractions of n")
     train_turns: int = opt(8, "QA turns per training record (one image, several questions)")
+    format_hint: str = opt("first", "where training records carry the short-answer instruction: 'every' "
+                                    "short-answer question (LLaVA-1.5's mix) or only the 'first' one of a record "
+                                    "(it holds for the conversation; a fifth fewer tokens). Val/test questions "
+                                    "always carry it")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
     single_turn_tasks: list[str] = opt([], "tasks written as their own single-turn training records instead of turns "
@@ -143,6 +147,8 @@ class ShapesWorldConfig:
             raise ValueError("splits must be non-negative with a positive sum")
         if self.n < 0 or self.image_size < 8 or self.glyph_scale < 1 or self.train_turns < 1:
             raise ValueError("invalid n, image_size, glyph_scale or train_turns")
+        if self.format_hint not in ("every", "first"):
+            raise ValueError(f"format_hint must be 'every' or 'first', not {self.format_hint!r}")
         self.extra_tasks = list(self.extra_tasks)
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
@@ -522,10 +528,13 @@ def _pick(task: str, candidates: list[QA], rng: random.Random, balancer: YesNoBa
     return rng.choice(candidates)
 
 
-def _conversation(turns: list[tuple[str, QA]]) -> list[dict[str, str]]:
+def _conversation(turns: list[tuple[str, QA]], hint_once: bool = False) -> list[dict[str, str]]:
+    """Human/gpt messages; ``hint_once``: only the first short-answer question carries the suffix."""
     messages: list[dict[str, str]] = []
+    hinted = False
     for k, (task, (question, answer)) in enumerate(turns):
-        text = prompt_for(task, question)
+        text = question if hint_once and hinted else prompt_for(task, question)
+        hinted = hinted or task in SHORT_ANSWER_TASKS
         if k == 0:
             text = f"{IMAGE_TOKEN}\n{text}"
         messages.append({"from": "human", "value": text})
@@ -549,7 +558,7 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
                   balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS,
-                  weights: dict[str, float] | None = None) -> dict[str, Any]:
+                  weights: dict[str, float] | None = None, hint_once: bool = False) -> dict[str, Any]:
     """One multi-turn record of up to ``n_turns`` distinct questions about one image.
 
     Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (updated by ``weights``; a task of weight 0 is
@@ -570,7 +579,7 @@ def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
         chosen.append(task)
         turns.append((task, qa))
     return {"id": f"{stem}_mixed", "image": image, "task": "mixed", "tasks": chosen,
-            "conversations": _conversation(turns)}
+            "conversations": _conversation(turns, hint_once)}
 
 
 def _single_turn_records(stem: str, image: str, scene: Scene, rng: random.Random, balancer: YesNoBalancer,
@@ -631,7 +640,7 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
             if split == "train":
                 mixed_weights = {**cfg.task_weights, **{t: 0 for t in cfg.single_turn_tasks}}
                 records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks(),
-                                             mixed_weights))
+                                             mixed_weights, hint_once=cfg.format_hint == "first"))
                 if cfg.single_turn_records:
                     records.extend(_single_turn_records(stem, image, scene, rng, balancer, cfg))
             else:

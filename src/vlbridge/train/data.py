@@ -12,6 +12,7 @@ import torch
 from ..config import DataConfig, TrainConfig
 from ..data.dataset import Batch, InstructionDataset, collate
 from ..data.records import SkipReport, load_records
+from .distributed import DistContext, rank_slice
 
 
 def data_files(cfg: DataConfig) -> tuple[Path, Path | None]:
@@ -69,14 +70,21 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
 
 
 class BatchStream:
-    """Endless micro-batches; ``position`` = (epoch, batches consumed in it) after each one."""
+    """Endless micro-batches; ``position`` = (epoch, batches consumed in it) after each one.
 
-    def __init__(self, dataset: InstructionDataset, cfg: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0):
+    Distributed (``ctx.world`` > 1), the order is cut into global batches of ``batch_size x world`` and
+    this rank gets its slice of each, so the position is the same on every rank.
+    """
+
+    def __init__(self, dataset: InstructionDataset, cfg: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0,
+                 ctx: DistContext = DistContext()):
         if len(dataset) == 0:
             raise ValueError("the training set is empty (see the skipped-records summary above)")
-        self.dataset, self.cfg = dataset, cfg
+        if len(dataset) < ctx.world:
+            raise ValueError(f"{len(dataset)} training record(s) cannot feed {ctx.world} processes")
+        self.dataset, self.cfg, self.ctx = dataset, cfg, ctx
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
-        self.batch_size = min(cfg.batch_size, len(dataset))
+        self.batch_size = min(cfg.batch_size * ctx.world, len(dataset))     # the global batch
         self._iter = None
 
     @property
@@ -88,6 +96,7 @@ class BatchStream:
             [0] * len(self.dataset)
         batches = epoch_batches(lengths, self.batch_size, self.cfg.seed, self.epoch,
                                 self.cfg.group_by_length)[self.batch_in_epoch:]
+        batches = [rank_slice(b, self.ctx) for b in batches]
         return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
                                                 num_workers=self.cfg.num_workers))
 

@@ -2,12 +2,16 @@
 
 AdamW with per-module learning rates, linear warm-up + cosine decay, gradient clipping, gradient
 accumulation (the LM loss is averaged over all supervised tokens of the optimizer step), a progress bar
-with loss and tokens/s, periodic validation, atomic checkpoints and exact resume.
+with loss and tokens/s, periodic validation, atomic checkpoints and exact resume. Under ``torchrun`` the
+same loop runs data-parallel (``distributed.py``): the forward goes through DDP, and rank 0 alone logs,
+validates and saves.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -26,6 +30,7 @@ from ..models.loss_weights import answer_weights
 from ..models.vlm import VLBridgeModel
 from .checkpoint import TrainerState, latest_checkpoint, load_training_state, save_checkpoint
 from .data import BatchStream, data_files, load_split, make_dataset
+from .distributed import barrier, check_same_everywhere, init_from_env, shutdown, sum_across, wrap
 from .schedule import warmup_cosine
 from .stages import apply_stage, format_counts, make_optimizer
 
@@ -51,17 +56,24 @@ class Trainer:
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
         self.report = SkipReport()
+        self.ctx = init_from_env()
+
+    def log(self, msg: str) -> None:
+        if self.ctx.is_main:
+            log(msg)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
         resume_from = latest_checkpoint(self.ckpt_root) if tc.resume else None
         if tc.resume and resume_from is None:
-            log(f"--resume: no checkpoint in {self.ckpt_root}; starting from scratch")
+            self.log(f"--resume: no checkpoint in {self.ckpt_root}; starting from scratch")
         if not tc.resume and latest_checkpoint(self.ckpt_root) is not None:
             raise SystemExit(f"{self.ckpt_root} already holds checkpoints: pass --resume to continue, or use another --out")
+        barrier(self.ctx)                     # every rank has checked the run dir before rank 0 writes to it
         self.out.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, self.out / "config.json")
+        if self.ctx.is_main:
+            save_json(cfg, self.out / "config.json")
         seed_everything(tc.seed)
 
         train_file, val_file = data_files(cfg.data)
@@ -75,17 +87,22 @@ class Trainer:
         else:
             texts = (t.text.replace("<image>", "") for r in train_records for t in r.turns)
             model = build_model(cfg.model, texts)
+        check_same_everywhere("tokenizer", model.tokenizer.backend_tokenizer.to_str(), self.ctx)
         if tc.lora_r and tc.stage == "instruct" and model.lora is None:
             model.apply_lora(tc.lora_r, tc.lora_alpha, tc.lora_targets)
         self.model = model.train()
-        log(format_counts(apply_stage(model, tc), tc.stage))
+        self.log(format_counts(apply_stage(model, tc), tc.stage))
+        self.forward = wrap(model, self.ctx, tc.ddp_find_unused_parameters)     # DDP when distributed
+        if self.ctx.enabled:
+            self.log(f"distributed: {self.ctx.world} processes x batch {tc.batch_size} = global batch "
+                     f"{tc.batch_size * self.ctx.world} records per micro-batch")
 
         self.train_set = make_dataset(train_records, model, cfg.data, self.report)
         self.val_set = make_dataset(val_records, model, cfg.data, self.report) if val_records else None
-        log(f"data: {len(self.train_set)} training records from {train_file}"
+        self.log(f"data: {len(self.train_set)} training records from {train_file}"
             + (f", {len(self.val_set)} validation records from {val_file}" if self.val_set else ""))
         if self.report.entries:
-            log("data: " + self.report.summary(self.n_records))
+            self.log("data: " + self.report.summary(self.n_records))
 
         self.optimizer = make_optimizer(model, tc)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -93,23 +110,29 @@ class Trainer:
         self.state = TrainerState()
         if resume_from is not None:
             self.state = load_training_state(resume_from, self.optimizer, self.scheduler)
-            log(f"resumed from {resume_from} at step {self.state.step}")
-        self.stream = BatchStream(self.train_set, tc, self.state.epoch, self.state.batch_in_epoch)
+            self.log(f"resumed from {resume_from} at step {self.state.step}")
+        self.stream = BatchStream(self.train_set, tc, self.state.epoch, self.state.batch_in_epoch, self.ctx)
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def train_step(self) -> dict:
         tc = self.cfg.train
         micro = [next(self.stream) for _ in range(tc.grad_accum)]
-        norm = max(sum(loss_weight_total(b, tc.loss_weighting) for b in micro), 1e-8)
+        # Normalise by the supervised weight of the whole (global) step; DDP then averages over ranks, so
+        # scaling by the world size makes the gradient that of one process over the global batch.
+        norm = max(sum_across([sum(loss_weight_total(b, tc.loss_weighting) for b in micro)], self.ctx)[0], 1e-8)
+        scale = self.ctx.world / norm
         self.optimizer.zero_grad(set_to_none=True)
         lm_sum, positions, aux_total = 0.0, 0, 0.0
-        for batch in micro:
-            out = self.model(batch, loss_weighting=tc.loss_weighting)
-            aux = sum(out.aux_losses.values(), torch.zeros(())) / tc.grad_accum
-            (out.lm_loss_sum / norm + aux).backward()
+        for k, batch in enumerate(micro):
+            sync = k == len(micro) - 1 or not self.ctx.enabled
+            with contextlib.nullcontext() if sync else self.forward.no_sync():    # all-reduce once per step
+                out = self.forward(batch, loss_weighting=tc.loss_weighting)
+                aux = sum(out.aux_losses.values(), torch.zeros(())) / tc.grad_accum
+                (out.lm_loss_sum * scale + aux).backward()
             lm_sum += float(out.lm_loss_sum.detach())
             aux_total += float(aux.detach())
             positions += out.n_positions
+        lm_sum, aux_total, positions = sum_across([lm_sum, aux_total / self.ctx.world, positions], self.ctx)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
         self.optimizer.step()
@@ -117,7 +140,7 @@ class Trainer:
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = self.stream.position
         self.state.tokens_seen += positions
-        return {"loss": lm_sum / norm, "aux": aux_total, "grad_norm": float(grad_norm), "positions": positions}
+        return {"loss": lm_sum / norm, "aux": aux_total, "grad_norm": float(grad_norm), "positions": int(positions)}
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -135,17 +158,22 @@ class Trainer:
         return total / max(n, 1)
 
     def checkpoint(self) -> Path:
-        return save_checkpoint(self.ckpt_root, self.model, self.optimizer, self.scheduler, self.state,
-                               self.cfg.train.keep_checkpoints)
+        """Rank 0 writes; every rank waits until the checkpoint is complete."""
+        path = self.ckpt_root / f"step_{self.state.step:06d}"
+        if self.ctx.is_main:
+            path = save_checkpoint(self.ckpt_root, self.model, self.optimizer, self.scheduler, self.state,
+                                   self.cfg.train.keep_checkpoints)
+        barrier(self.ctx)
+        return path
 
     # ---- the loop -------------------------------------------------------------------------------------
     def train(self) -> Path:
         self.setup()
         tc = self.cfg.train
-        log_file = (self.out / "log.jsonl").open("a")
+        log_file = (self.out / "log.jsonl").open("a") if self.ctx.is_main else open(os.devnull, "w")
         stop_at = min(tc.steps, self.state.step + tc.stop_after) if tc.stop_after else tc.steps
         bar = tqdm(total=tc.steps, initial=self.state.step, desc=f"train[{tc.stage}]", mininterval=1.0,
-                   dynamic_ncols=True, file=sys.stderr)
+                   dynamic_ncols=True, file=sys.stderr, disable=not self.ctx.is_main)
         t0, pos0, smooth = time.perf_counter(), 0, None
         try:
             while self.state.step < stop_at:
@@ -161,7 +189,7 @@ class Trainer:
                     log_file.write(json.dumps({"step": step, "loss": m["loss"], "aux": m["aux"], "lr": lr,
                                                "grad_norm": m["grad_norm"], "tokens_per_s": tok_s}) + "\n")
                     log_file.flush()
-                if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+                if ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps) and self.ctx.is_main:
                     val = self.validate()
                     if val is not None:
                         self.state.history.append({"step": step, "val_loss": val})
@@ -172,20 +200,22 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             path = self.checkpoint()
-            log(f"interrupted: checkpoint {path} written; continue with --resume")
+            self.log(f"interrupted: checkpoint {path} written; continue with --resume")
             raise
         finally:
             bar.close()
             log_file.close()
-        if self.report.entries or self.report.notes:
+        if (self.report.entries or self.report.notes) and self.ctx.is_main:
             self.report.write_jsonl(self.out / "skipped_records.jsonl")
-        log("data: " + self.report.summary(self.n_records))
+        self.log("data: " + self.report.summary(self.n_records))
         if self.state.step < tc.steps:
-            log(f"stopped at step {self.state.step} of {tc.steps} (--stop_after); continue with --resume")
+            self.log(f"stopped at step {self.state.step} of {tc.steps} (--stop_after); continue with --resume")
             return self.ckpt_root / f"step_{self.state.step:06d}"
         final = self.out / "final"
-        self.model.save_pretrained(final)
-        log(f"saved {final}")
+        if self.ctx.is_main:
+            self.model.save_pretrained(final)
+        barrier(self.ctx)
+        self.log(f"saved {final}")
         return final
 
 
@@ -193,4 +223,8 @@ def train(cfg: RunConfig) -> Path:
     if cfg.train.stage == "det":                 # a region proposer's own loop (grounding models)
         from ..grounding.det_stage import train_det
         return train_det(cfg)
-    return Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        shutdown(trainer.ctx)

@@ -1,0 +1,6 @@
+"""``python -m vlbridge …`` (and ``torchrun -m vlbridge train …``): the same CLI as the ``vlbridge`` command."""
+import sys
+
+from .cli.main import main
+
+sys.exit(main())
