@@ -244,6 +244,39 @@ def test_format_hint_in_training_records(tmp_path, hint) -> None:
         assert rec["conversations"][0]["value"].endswith(SHORT_ANSWER_SUFFIX) == (rec["task"] in SHORT_TASKS)
 
 
+def test_sentence_answers_name_the_object_and_agree_with_the_scene(tmp_path) -> None:
+    """sentence_answers=1: every training colour/shape question loses the instruction and gets a sentence."""
+    generate(ShapesWorldConfig(n=60, seed=4, sentence_answers=1.0), tmp_path)
+    scenes = {s["image"]: s for s in load(tmp_path, "scenes.json")}
+    seen = 0
+    for rec in load(tmp_path, "train.json"):
+        objects = scenes[rec["image"]]["objects"]
+        for task, (q, a) in zip(rec["tasks"], zip(rec["conversations"][::2], rec["conversations"][1::2])):
+            question, answer = q["value"].replace("<image>\n", ""), a["value"]
+            if task == "color":
+                shape = re.fullmatch(r"What color is the (\w+)\?", question)[1]
+                (color,) = [o["color"] for o in objects if o["shape"] == shape]
+                assert answer == f"The {shape} is {color}."
+            elif task == "shape":
+                color = re.fullmatch(r"What shape is the (\w+) object\?", question)[1]
+                (shape,) = [o["shape"] for o in objects if o["color"] == color]
+                assert answer == f"The {color} object is {'an' if shape[0] in 'aeiou' else 'a'} {shape}."
+            else:
+                assert "The " not in answer[:4] or task == "caption"
+                continue
+            seen += 1
+    assert seen > 50
+    for rec in load(tmp_path, "test.json"):            # evaluation stays short-answer
+        if rec["task"] in ("color", "shape"):
+            assert rec["conversations"][0]["value"].endswith(SHORT_ANSWER_SUFFIX)
+            assert " " not in rec["conversations"][1]["value"]
+
+
+def test_sentence_answers_need_the_instruction_everywhere() -> None:
+    with pytest.raises(ValueError, match="format_hint"):
+        ShapesWorldConfig(sentence_answers=0.5, format_hint="first")
+
+
 def test_answers_agree_with_metadata(data) -> None:
     out, _ = data
     scenes = scenes_by_image(out)

@@ -121,12 +121,16 @@ class ShapesWorldConfig:
     glyph_scale: int = opt(1, "pixel scale of the 3x5 bitmap glyphs (1 = 3x5 px: fine detail)")
     splits: list[float] = opt([0.8, 0.1, 0.1], "train,val,test fractions of n")
     train_turns: int = opt(8, "QA turns per training record (one image, several questions)")
-    format_hint: str = opt("first", "where training records carry the short-answer instruction: 'every' "
+    format_hint: str = opt("every", "where training records carry the short-answer instruction: 'every' "
                                     "short-answer question (LLaVA-1.5's mix) or only the 'first' one of a record "
                                     "(it holds for the conversation; a fifth fewer tokens). Val/test questions "
                                     "always carry it")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
+    sentence_answers: float = opt(0.0, "share of training colour/shape questions asked without the short-answer "
+                                       "instruction and answered with a sentence naming the object ('The circle "
+                                       "is red.'), as LLaVA-1.5 mixes conversation and VQA answers; val/test stay "
+                                       "short")
     single_turn_tasks: list[str] = opt([], "tasks written as their own single-turn training records instead of turns "
                                            "of the mixed record, so no answer can be copied from another turn about "
                                            "the same image (e.g. a box from a grounded caption)")
@@ -149,6 +153,11 @@ class ShapesWorldConfig:
             raise ValueError("invalid n, image_size, glyph_scale or train_turns")
         if self.format_hint not in ("every", "first"):
             raise ValueError(f"format_hint must be 'every' or 'first', not {self.format_hint!r}")
+        if not 0 <= self.sentence_answers <= 1:
+            raise ValueError(f"sentence_answers must be in [0, 1], not {self.sentence_answers}")
+        if self.sentence_answers and self.format_hint == "first":
+            raise ValueError("sentence_answers needs format_hint 'every': a question without the short-answer "
+                             "instruction must mean a sentence answer")
         self.extra_tasks = list(self.extra_tasks)
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
@@ -495,6 +504,21 @@ def questions_for(scene: Scene, task: str, rng: random.Random) -> list[QA]:
     return builders[task]()
 
 
+SENTENCE_SUFFIX = ":sentence"    # a turn's task name with this suffix: asked without the instruction, sentence answer
+
+
+def as_sentence(task: str, qa: QA) -> QA:
+    """The long form of a colour/shape question: the same question, answered with a sentence naming the object."""
+    question, answer = qa
+    if task == "color":
+        thing = question.removeprefix("What color is the ").removesuffix("?")
+        return question, f"The {thing} is {answer}."
+    if task == "shape":
+        thing = question.removeprefix("What shape is the ").removesuffix("?")
+        return question, f"The {thing} is {article(answer)} {answer}."
+    raise ValueError(f"no sentence form for task {task!r}")
+
+
 def prompt_for(task: str, question: str) -> str:
     """Question text as shown to the model (short-answer tasks get the suffix)."""
     return f"{question}\n{SHORT_ANSWER_SUFFIX}" if task in SHORT_ANSWER_TASKS else question
@@ -558,7 +582,8 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
                   balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS,
-                  weights: dict[str, float] | None = None, hint_once: bool = False) -> dict[str, Any]:
+                  weights: dict[str, float] | None = None, hint_once: bool = False,
+                  sentence_share: float = 0.0) -> dict[str, Any]:
     """One multi-turn record of up to ``n_turns`` distinct questions about one image.
 
     Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (updated by ``weights``; a task of weight 0 is
@@ -577,6 +602,8 @@ def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
         qa = _pick(task, pool[task], rng, balancer)
         pool[task] = [c for c in pool[task] if c[0] != qa[0]]      # never the same question twice
         chosen.append(task)
+        if sentence_share and task in ("color", "shape") and rng.random() < sentence_share:
+            task, qa = task + SENTENCE_SUFFIX, as_sentence(task, qa)
         turns.append((task, qa))
     return {"id": f"{stem}_mixed", "image": image, "task": "mixed", "tasks": chosen,
             "conversations": _conversation(turns, hint_once)}
@@ -640,7 +667,8 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
             if split == "train":
                 mixed_weights = {**cfg.task_weights, **{t: 0 for t in cfg.single_turn_tasks}}
                 records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks(),
-                                             mixed_weights, hint_once=cfg.format_hint == "first"))
+                                             mixed_weights, hint_once=cfg.format_hint == "first",
+                                             sentence_share=cfg.sentence_answers))
                 if cfg.single_turn_records:
                     records.extend(_single_turn_records(stem, image, scene, rng, balancer, cfg))
             else:
