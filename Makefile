@@ -6,6 +6,8 @@ TORCH   := torch==2.13.0
 DEMO    ?= runs/demo
 DATA    ?= data/shapes
 STAMP   := $(VENV)/.installed
+# Training processes (torchrun, the cores shared out as threads); the global batch stays 16.
+NPROC   ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -21,12 +23,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# ShapesWorld -> pretrain the tiny vision encoder (no CLIP to download) -> train the MLLM (resumes if
-# interrupted) -> evaluate on the test split -> a figure of answers.
+# ShapesWorld -> pretrain the tiny vision encoder (no CLIP to download) -> train the MLLM data-parallel
+# (resumes if interrupted) -> evaluate on the test split -> a figure of answers.
 demo: $(STAMP)
 	$(BIN)/vlbridge data shapes --out $(DATA) --n 3000 --seed 0
 	$(BIN)/vlbridge pretrain-vision --preset tiny-cpu --annotations $(DATA)/scenes.json --out $(DEMO)/vision
-	$(BIN)/vlbridge train --preset tiny-cpu --model.vision.name_or_path $(DEMO)/vision --train.train_vision false \
+	OMP_NUM_THREADS=$$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 )) $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m vlbridge train --preset tiny-cpu \
+		--batch-size $$((16 / $(NPROC))) --model.vision.name_or_path $(DEMO)/vision --train.train_vision false \
 		--data $(DATA) --out $(DEMO) --resume
 	$(BIN)/vlbridge eval --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/eval
 	$(BIN)/vlbridge viz answers --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/answers.png
@@ -37,6 +40,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/data_parallel.py
 
 clean:
 	rm -rf $(VENV) runs data

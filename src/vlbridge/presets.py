@@ -25,7 +25,8 @@ def tiny_train(steps: int = 900) -> TrainConfig:
     formed in some runs and not in others (README, "What the demo learns")."""
     return TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=16, lr=1e-3,
                        warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200,
-                       group_by_length=True)       # ShapesWorld records vary 241-345 tokens: -12% padding
+                       group_by_length=True,       # ShapesWorld records vary 241-345 tokens: -12% padding
+                       ddp_find_unused_parameters=False)   # under torchrun: every trainable parameter is used
 
 
 def tiny_cpu() -> RunConfig:

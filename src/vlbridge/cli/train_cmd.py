@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from ..config import RunConfig, load_run_config
@@ -46,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..train.trainer import train
     final = train(cfg)
-    print(f"model: {final}")
+    if os.environ.get("RANK", "0") == "0":           # under torchrun, one line from rank 0
+        print(f"model: {final}")
     return 0

@@ -1,0 +1,64 @@
+"""Throughput of the tiny-cpu training run: one process using every core vs torchrun with one process per core.
+
+Both runs train the same global batch (16 records) on the same data for the same number of steps, one after
+the other in this invocation (timings here are noisy; the ratio is what to read). Real tokens/s is taken from
+each run's own log (the trainer's progress figure: LLM positions per second over the timed steps).
+
+    python bench/data_parallel.py [--steps 60] [--procs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from vlbridge.data.shapes import ShapesWorldConfig, generate
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], threads: int, out: Path) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--procs", type=int, default=2, help="torchrun processes (one thread each)")
+    ap.add_argument("--global-batch", type=int, default=16)
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="vlbridge-bench-ddp-"))
+    generate(ShapesWorldConfig(n=600, seed=0), tmp / "data")
+    common = ["train", "--preset", "tiny-cpu", "--train.train_vision", "false", "--data", str(tmp / "data"),
+              "--steps", str(args.steps),
+              "--train.eval_every", "0", "--train.save_every", "0", "--train.log_every", str(args.steps)]
+    single = run([sys.executable, "-m", "vlbridge", *common, "--batch-size", str(args.global_batch),
+                  "--out", str(tmp / "single")], cores, tmp / "single")
+    ddp = run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.procs}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "vlbridge", *common,
+               "--batch-size", str(args.global_batch // args.procs), "--out", str(tmp / "ddp")],
+              max(1, cores // args.procs), tmp / "ddp")
+    print(f"tiny-cpu, global batch {args.global_batch}, {args.steps} steps, {cores} cores")
+    print(f"1 process x {cores} threads        {single:8,.0f} tokens/s")
+    print(f"{args.procs} processes x {max(1, cores // args.procs)} thread(s) (DDP) {ddp:8,.0f} tokens/s")
+    print(f"data-parallel speed-up          {ddp / single:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
