@@ -51,6 +51,7 @@ def tiny_cpu_vit() -> RunConfig:
                                               num_hidden_layers=3, num_attention_heads=4, image_size=64,
                                               patch_size=8), feature_layers=[-1])
     cfg.preset = "tiny-cpu-vit"
+    cfg.train.ddp_find_unused_parameters = True     # the CLIP encoder's final norm is not in the feature path
     return cfg
 
 
