@@ -231,7 +231,7 @@ def test_train_records_multi_turn(data) -> None:
 @pytest.mark.parametrize("hint", ["first", "every"])
 def test_format_hint_in_training_records(tmp_path, hint) -> None:
     """'every': each short-answer question carries the suffix (LLaVA); 'first': only a record's first one."""
-    generate(ShapesWorldConfig(n=60, seed=2, format_hint=hint), tmp_path)
+    generate(ShapesWorldConfig(n=60, seed=2, format_hint=hint, sentence_answers=0.0), tmp_path)
     for rec in load(tmp_path, "train.json"):
         short = [t in SHORT_TASKS for t in rec["tasks"]]
         hinted = [m["value"].endswith("\n" + SHORT_ANSWER_SUFFIX) for m in rec["conversations"][::2]]
@@ -274,7 +274,7 @@ def test_sentence_answers_name_the_object_and_agree_with_the_scene(tmp_path) -> 
 
 def test_sentence_answers_need_the_instruction_everywhere() -> None:
     with pytest.raises(ValueError, match="format_hint"):
-        ShapesWorldConfig(sentence_answers=0.5, format_hint="first")
+        ShapesWorldConfig(format_hint="first")
 
 
 def test_answers_agree_with_metadata(data) -> None:

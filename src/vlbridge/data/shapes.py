@@ -127,7 +127,7 @@ class ShapesWorldConfig:
                                     "always carry it")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
-    sentence_answers: float = opt(0.0, "share of training colour/shape questions asked without the short-answer "
+    sentence_answers: float = opt(0.5, "share of training colour/shape questions asked without the short-answer "
                                        "instruction and answered with a sentence naming the object ('The circle "
                                        "is red.'), as LLaVA-1.5 mixes conversation and VQA answers; val/test stay "
                                        "short")
@@ -156,8 +156,8 @@ class ShapesWorldConfig:
         if not 0 <= self.sentence_answers <= 1:
             raise ValueError(f"sentence_answers must be in [0, 1], not {self.sentence_answers}")
         if self.sentence_answers and self.format_hint == "first":
-            raise ValueError("sentence_answers needs format_hint 'every': a question without the short-answer "
-                             "instruction must mean a sentence answer")
+            raise ValueError("format_hint 'first' needs sentence_answers 0 (a question without the short-answer "
+                             "instruction would mean a sentence answer)")
         self.extra_tasks = list(self.extra_tasks)
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
