@@ -1,7 +1,8 @@
 """Named presets: complete RunConfigs that CLI flags then override.
 
-- ``tiny-cpu``: a tiny ResNet encoder + MLP connector + 4-layer Llama-style LM, all built from configs and
-  trained from scratch on ShapesWorld in a few minutes on a laptop CPU (nothing to download);
+- ``tiny-cpu``: a tiny ResNet encoder + pixel-shuffle connector (2x2 patches per token, InternVL) + 4-layer
+  Llama-style LM, all built from configs and trained from scratch on ShapesWorld in a few minutes on a laptop
+  CPU (nothing to download);
   ``tiny-cpu-vit``: the same with a CLIP-style ViT encoder.
 - ``clip-qwen2`` / ``siglip-llama``: real checkpoints given by path (``--model.vision.name_or_path``,
   ``--model.llm.name_or_path``); LLaVA-1.5 recipe: align (connector only, lr 1e-3), then instruct.
@@ -14,23 +15,28 @@ from .config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainCon
 
 
 def tiny_llm() -> LLMConfig:
-    return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+    # intermediate 344 = Llama's 8/3 x width (rounded to 8): 16% faster steps than 4x on CPU
+    return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                                tie_word_embeddings=True, rms_norm_eps=1e-5),
                      chat_template="plain", max_length=512)
 
 
 def tiny_train(steps: int = 900) -> TrainConfig:
-    """900 steps: the shape-keyed lookup that colour questions need formed by then in the demo's run; at 600 it
-    formed in some runs and not in others (README, "What the demo learns")."""
+    """900 steps: by then the lookups that colour and shape questions need had formed in every run with
+    ShapesWorld's sentence answers; at 750 colour was at 84% (README, "What the demo learns")."""
     return TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=16, lr=1e-3,
                        warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200,
-                       group_by_length=True,       # ShapesWorld records vary 241-345 tokens: -12% padding
+                       group_by_length=True,       # ShapesWorld records vary in length: less padding
                        ddp_find_unused_parameters=False)   # under torchrun: every trainable parameter is used
 
 
 def tiny_cpu() -> RunConfig:
-    """A tiny ResNet (conv inductive bias: learns shapes fast from scratch) + MLP + 4-layer Llama.
+    """A tiny ResNet (conv inductive bias: learns shapes fast from scratch) + pixel shuffle + 4-layer Llama.
+
+    Pixel shuffle turns the 8x8 patch grid into 16 tokens without discarding anything (each token holds a 2x2
+    block's features), so a record is ~20% shorter than with the MLP's 64 tokens; at 900 steps both reached
+    ~98% on colour and shape (README, "What the demo learns").
 
     For the demo the encoder is first pretrained with ``vlbridge pretrain-vision`` (there is no CLIP to
     download), passed as ``--model.vision.name_or_path`` and frozen (``--train.train_vision false``), as in
@@ -40,7 +46,7 @@ def tiny_cpu() -> RunConfig:
     vision = VisionConfig(arch=dict(model_type="resnet", num_channels=3, embedding_size=32, hidden_sizes=[64, 128],
                                     depths=[1, 1], layer_type="basic", downsample_in_first_stage=False),
                           image_size=64, feature_layers=[-1])
-    return RunConfig(model=ModelConfig(vision, ConnectorConfig("mlp"), tiny_llm()), train=tiny_train(),
+    return RunConfig(model=ModelConfig(vision, ConnectorConfig("pixel_shuffle"), tiny_llm()), train=tiny_train(),
                      preset="tiny-cpu")
 
 
