@@ -141,3 +141,64 @@ def test_attribute_probe_tells_kept_semantics_from_a_generic_object():
     lossy = attribute_probe(train, held, generic, GRID)
     assert lossy["color"]["reconstructed"] < 0.5 and lossy["shape"]["reconstructed"] < 0.6
     assert lossy["color"]["chance"] == 1 / 3
+
+
+def test_placement_true_puts_codes_at_their_patches_and_detached_readout_blocks_the_gradient():
+    tok = tokenizer().train()
+    x = torch.randn(3, 16, D)
+    out = tok(x, "argmax", quantize=False, placement="true")
+    gathered = tok.quantizer.encode(out.merged.tokens)                 # [B, M, C] kept codes, raster order
+    true_pos = grid_positions(GRID)[out.merged.positions.clamp(min=0)]  # [B, M, 2] their patch centres
+    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid, positions=true_pos), atol=1e-5)
+    readout = tok(x, "argmax", quantize=False)                         # default: the codes' own read-out
+    assert not torch.allclose(readout.recon, out.recon, atol=1e-4)     # (untrained read-out: elsewhere)
+    for placement, flows in (("readout", True), ("readout_detached", False), ("true", False)):
+        tok.zero_grad()
+        tok(x, "argmax", quantize=False, placement=placement).recon.sum().backward()
+        grad = tok.decoder.where[0].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == flows, placement
+    try:
+        tok(x, "argmax", quantize=False, placement="nowhere")
+        raise AssertionError("an unknown placement must be rejected")
+    except ValueError:
+        pass
+
+
+def test_salience_prior_teaches_the_selector_to_keep_the_patches_unlike_the_background():
+    from vlbridge.lavit.tokenizer_training import salience_prior_loss
+    tok = tokenizer().train()
+    torch.manual_seed(1)
+    background = torch.randn(D)
+    feats = background.repeat(32, 16, 1) + 0.05 * torch.randn(32, 16, D)
+    objects = torch.rand(32, 16) < 0.25                                # a quarter of the patches, anywhere
+    feats[objects] = 3 * torch.randn(int(objects.sum()), D)
+    opt = torch.optim.Adam(tok.selector.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = salience_prior_loss(tok.selector.log_probs(feats), feats, feats.mean((0, 1)), 0.25)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    keep = tok.select(feats, "argmax").keep
+    assert float(keep[objects].float().mean()) > 0.9 and float(keep[~objects].float().mean()) < 0.1
+
+
+def test_attribute_probe_ignores_the_length_of_the_reconstruction():
+    """The tokenizer learns with a cosine loss, so a reconstruction's length is arbitrary: a perfect
+    direction at a hundredth of the length must read as well as the real features."""
+    from vlbridge.lavit.tokenizer_training import SplitData, attribute_probe
+    gen = torch.Generator().manual_seed(0)
+    colors = ["red", "blue", "green"]
+
+    def split(n):
+        scenes, feats = [], []
+        for _ in range(n):
+            c = colors[int(torch.randint(3, (1,), generator=gen))]
+            scenes.append({"objects": [{"color": c, "box": [0.0, 0.0, 0.45, 0.45]}]})
+            f = 0.1 * torch.randn(16, D, generator=gen) + 2.0
+            f[[0, 1, 4, 5], colors.index(c)] += 3.0
+            feats.append(f)
+        return SplitData(torch.stack(feats), torch.zeros(n, 3, 4, 4), torch.ones(n), scenes)
+
+    train, held = split(40), split(20)
+    scaled = attribute_probe(train, held, held.features * 0.01, GRID, attributes=("color",))
+    assert scaled["color"]["reconstructed"] == scaled["color"]["real_features"] > 0.95

@@ -70,8 +70,11 @@ class FeatureDecoder(nn.Module):
         return self.where(codes)
 
     def forward(self, codes: torch.Tensor, valid: torch.Tensor, seq_index: torch.Tensor | None = None,
-                key_weight: torch.Tensor | None = None) -> torch.Tensor:
+                key_weight: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """codes [B, M, C] (M <= N), valid [B, M] bool -> features [B, N, out_dim].
+
+        ``positions`` [B, M, 2] places the codes (tokenizer training passes the kept tokens' true patch
+        positions); None = each code's own read-out ``locate(codes)``, the only option at generation time.
 
         Training passes every patch position's code (M = N) with ``valid`` = the keep decision, ``seq_index``
         = each kept code's index in the kept sequence and ``key_weight`` = the selector's straight-through
@@ -83,7 +86,7 @@ class FeatureDecoder(nn.Module):
         if seq_index is None:
             seq_index = torch.arange(M).expand(B, M)                        # gathered codes: 0..M-1
         c = self.inp(codes) + self.seq_pos[seq_index]                       # [B, M, D]
-        where = self.locate(codes)                                          # [B, M, 2]
+        where = self.locate(codes) if positions is None else positions     # [B, M, 2]
         dist2 = ((self.query_pos[None, :, None, :] - where[:, None, :, :]) ** 2).sum(-1)   # [B, N, M]
         h = self.queries.expand(B, -1, -1)                                  # [B, N, D]
         for block in self.blocks:
