@@ -26,7 +26,8 @@ def test_training_layout_equals_decoding_gathered_codes():
     x = torch.randn(3, 16, D)
     out = tok(x, "argmax", quantize=False)                             # all positions, keep mask
     gathered = tok.quantizer.encode(out.merged.tokens)                 # [B, M, C] kept codes in raster order
-    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid), atol=1e-5)
+    raw = tok.decoder.locate(gathered)                                 # training places by the raw read-out
+    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid, positions=raw), atol=1e-5)
     soft = torch.rand(3, 16, requires_grad=True)
     weight = out.selection.keep.float() + (soft - soft.detach())      # straight-through weights, same values
     seq = (out.selection.keep.long().cumsum(1) - 1).clamp(min=0)
@@ -202,3 +203,22 @@ def test_attribute_probe_ignores_the_length_of_the_reconstruction():
     train, held = split(40), split(20)
     scaled = attribute_probe(train, held, held.features * 0.01, GRID, attributes=("color",))
     assert scaled["color"]["reconstructed"] == scaled["color"]["real_features"] > 0.95
+
+
+def test_align_snaps_read_out_positions_to_increasing_patches():
+    tok = tokenizer()
+    pos = grid_positions(GRID)
+    torch.manual_seed(0)
+    index = torch.tensor([[0, 3, 5, 6, 15], [1, 2, 3, 4, 0]])
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]).bool()
+    read = pos[index] + 0.03 * torch.randn(2, 5, 2)                    # within a fifth of a patch
+    snapped = tok.decoder.align(read, valid)
+    assert torch.equal(snapped[0], pos[index[0]]) and torch.equal(snapped[1, :4], pos[index[1, :4]])
+    assert torch.equal(snapped[1, 4], read[1, 4])                      # padding untouched
+    same = tok.decoder.align(pos[[[5, 5, 5]]], torch.ones(1, 3, dtype=torch.bool))   # three codes, one patch
+    rows = (same[0] * 4 - 0.5).round().long()
+    raster = rows[:, 0] * 4 + rows[:, 1]
+    assert bool((raster[1:] > raster[:-1]).all()) and 5 in raster.tolist()   # forced apart, in raster order
+    codes = torch.randn(2, 5, tok.options.code_dim)
+    assert torch.allclose(tok.decoder(codes, valid), tok.decoder(codes, valid, positions=tok.decoder.align(
+        tok.decoder.locate(codes), valid)))                               # decoding ids snaps by default
