@@ -31,7 +31,8 @@ def test_training_layout_equals_decoding_gathered_codes():
     soft = torch.rand(3, 16, requires_grad=True)
     weight = out.selection.keep.float() + (soft - soft.detach())      # straight-through weights, same values
     seq = (out.selection.keep.long().cumsum(1) - 1).clamp(min=0)
-    st = tok.decoder(tok.quantizer.encode(out.merged.full), out.selection.keep, seq, weight)
+    full = tok.quantizer.encode(out.merged.full)
+    st = tok.decoder(full, out.selection.keep, seq, weight, positions=tok.decoder.locate(full))
     assert torch.allclose(st, out.recon, atol=1e-5)
     st.sum().backward()
     assert soft.grad.abs().sum() > 0                                   # every keep decision gets a gradient
@@ -215,7 +216,7 @@ def test_align_snaps_read_out_positions_to_increasing_patches():
     snapped = tok.decoder.align(read, valid)
     assert torch.equal(snapped[0], pos[index[0]]) and torch.equal(snapped[1, :4], pos[index[1, :4]])
     assert torch.equal(snapped[1, 4], read[1, 4])                      # padding untouched
-    same = tok.decoder.align(pos[[[5, 5, 5]]], torch.ones(1, 3, dtype=torch.bool))   # three codes, one patch
+    same = tok.decoder.align(pos[torch.tensor([[5, 5, 5]])], torch.ones(1, 3, dtype=torch.bool))   # three codes, one patch
     rows = (same[0] * 4 - 0.5).round().long()
     raster = rows[:, 0] * 4 + rows[:, 1]
     assert bool((raster[1:] > raster[:-1]).all()) and 5 in raster.tolist()   # forced apart, in raster order
