@@ -19,8 +19,10 @@ from the reconstruction) leaves the decoder on a blurred routing where object pa
 object" (object-patch cosine 0.69, colour probe 18%), though the codes themselves carry colour and shape
 (a per-patch read-out of the same codes: cosine 0.96, probe 99%); placing them at their true positions gives
 cosine 0.96, probe 99%. So tokenizer training places the kept codes at their true patch positions
-(``positions``; teacher forcing) and then, once quantized, at their detached read-out, which is all
-generation has.
+(``positions``; teacher forcing) in both phases (training phase 2 on the detached read-out wrecked the
+decoder: probe 0-1%), and decoding code ids places them at their read-out snapped to strictly increasing
+patch centres (``align``): kept tokens are written in raster order, one per patch. This placement aid is a
+CPU-scale deviation; LaVIT's decoder has only the codes and their sequence index.
 """
 from __future__ import annotations
 
