@@ -66,7 +66,8 @@ class TokenizerTrainConfig:
     vision: str = opt("", "vision encoder dir (e.g. the output of `vlbridge pretrain-vision`)")
     out: str = opt("", "output tokenizer dir")
     steps_continuous: int = opt(500, "phase 1 steps: reconstruction without quantisation")
-    steps_quantized: int = opt(500, "phase 2 steps: with the EMA vector quantizer")
+    steps_quantized: int = opt(1500, "phase 2 steps: with the EMA vector quantizer (the decoder learns the objects "
+                                     "here, on the frozen selection: 500 steps gave shape 61%, 1500 gave 91%)")
     steps_pixels: int = opt(400, "phase 3 steps: the pixel decoder on features reconstructed from codes")
     batch_size: int = opt(32, "images per step")
     lr: float = opt(3e-3, "AdamW peak learning rate (one-cycle per phase)")
