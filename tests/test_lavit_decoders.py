@@ -26,11 +26,13 @@ def test_training_layout_equals_decoding_gathered_codes():
     x = torch.randn(3, 16, D)
     out = tok(x, "argmax", quantize=False)                             # all positions, keep mask
     gathered = tok.quantizer.encode(out.merged.tokens)                 # [B, M, C] kept codes in raster order
-    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid), atol=1e-5)
+    raw = tok.decoder.locate(gathered)                                 # training places by the raw read-out
+    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid, positions=raw), atol=1e-5)
     soft = torch.rand(3, 16, requires_grad=True)
     weight = out.selection.keep.float() + (soft - soft.detach())      # straight-through weights, same values
     seq = (out.selection.keep.long().cumsum(1) - 1).clamp(min=0)
-    st = tok.decoder(tok.quantizer.encode(out.merged.full), out.selection.keep, seq, weight)
+    full = tok.quantizer.encode(out.merged.full)
+    st = tok.decoder(full, out.selection.keep, seq, weight, positions=tok.decoder.locate(full))
     assert torch.allclose(st, out.recon, atol=1e-5)
     st.sum().backward()
     assert soft.grad.abs().sum() > 0                                   # every keep decision gets a gradient
@@ -141,3 +143,83 @@ def test_attribute_probe_tells_kept_semantics_from_a_generic_object():
     lossy = attribute_probe(train, held, generic, GRID)
     assert lossy["color"]["reconstructed"] < 0.5 and lossy["shape"]["reconstructed"] < 0.6
     assert lossy["color"]["chance"] == 1 / 3
+
+
+def test_placement_true_puts_codes_at_their_patches_and_detached_readout_blocks_the_gradient():
+    tok = tokenizer().train()
+    x = torch.randn(3, 16, D)
+    out = tok(x, "argmax", quantize=False, placement="true")
+    gathered = tok.quantizer.encode(out.merged.tokens)                 # [B, M, C] kept codes, raster order
+    true_pos = grid_positions(GRID)[out.merged.positions.clamp(min=0)]  # [B, M, 2] their patch centres
+    assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid, positions=true_pos), atol=1e-5)
+    readout = tok(x, "argmax", quantize=False)                         # default: the codes' own read-out
+    assert not torch.allclose(readout.recon, out.recon, atol=1e-4)     # (untrained read-out: elsewhere)
+    for placement, flows in (("readout", True), ("readout_detached", False), ("true", False)):
+        tok.zero_grad()
+        tok(x, "argmax", quantize=False, placement=placement).recon.sum().backward()
+        grad = tok.decoder.where[0].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == flows, placement
+    try:
+        tok(x, "argmax", quantize=False, placement="nowhere")
+        raise AssertionError("an unknown placement must be rejected")
+    except ValueError:
+        pass
+
+
+def test_salience_prior_teaches_the_selector_to_keep_the_patches_unlike_the_background():
+    from vlbridge.lavit.tokenizer_training import salience_prior_loss
+    tok = tokenizer().train()
+    torch.manual_seed(1)
+    background = torch.randn(D)
+    feats = background.repeat(32, 16, 1) + 0.05 * torch.randn(32, 16, D)
+    objects = torch.rand(32, 16) < 0.25                                # a quarter of the patches, anywhere
+    feats[objects] = 3 * torch.randn(int(objects.sum()), D)
+    opt = torch.optim.Adam(tok.selector.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = salience_prior_loss(tok.selector.log_probs(feats), feats, feats.mean((0, 1)), 0.25)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    keep = tok.select(feats, "argmax").keep
+    assert float(keep[objects].float().mean()) > 0.9 and float(keep[~objects].float().mean()) < 0.1
+
+
+def test_attribute_probe_ignores_the_length_of_the_reconstruction():
+    """The tokenizer learns with a cosine loss, so a reconstruction's length is arbitrary: a perfect
+    direction at a hundredth of the length must read as well as the real features."""
+    from vlbridge.lavit.tokenizer_training import SplitData, attribute_probe
+    gen = torch.Generator().manual_seed(0)
+    colors = ["red", "blue", "green"]
+
+    def split(n):
+        scenes, feats = [], []
+        for _ in range(n):
+            c = colors[int(torch.randint(3, (1,), generator=gen))]
+            scenes.append({"objects": [{"color": c, "box": [0.0, 0.0, 0.45, 0.45]}]})
+            f = 0.1 * torch.randn(16, D, generator=gen) + 2.0
+            f[[0, 1, 4, 5], colors.index(c)] += 3.0
+            feats.append(f)
+        return SplitData(torch.stack(feats), torch.zeros(n, 3, 4, 4), torch.ones(n), scenes)
+
+    train, held = split(40), split(20)
+    scaled = attribute_probe(train, held, held.features * 0.01, GRID, attributes=("color",))
+    assert scaled["color"]["reconstructed"] == scaled["color"]["real_features"] > 0.95
+
+
+def test_align_snaps_read_out_positions_to_increasing_patches():
+    tok = tokenizer()
+    pos = grid_positions(GRID)
+    torch.manual_seed(0)
+    index = torch.tensor([[0, 3, 5, 6, 15], [1, 2, 3, 4, 0]])
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]).bool()
+    read = pos[index] + 0.03 * torch.randn(2, 5, 2)                    # within a fifth of a patch
+    snapped = tok.decoder.align(read, valid)
+    assert torch.equal(snapped[0], pos[index[0]]) and torch.equal(snapped[1, :4], pos[index[1, :4]])
+    assert torch.equal(snapped[1, 4], read[1, 4])                      # padding untouched
+    same = tok.decoder.align(pos[torch.tensor([[5, 5, 5]])], torch.ones(1, 3, dtype=torch.bool))   # three codes, one patch
+    rows = (same[0] * 4 - 0.5).round().long()
+    raster = rows[:, 0] * 4 + rows[:, 1]
+    assert bool((raster[1:] > raster[:-1]).all()) and 5 in raster.tolist()   # forced apart, in raster order
+    codes = torch.randn(2, 5, tok.options.code_dim)
+    assert torch.allclose(tok.decoder(codes, valid), tok.decoder(codes, valid, positions=tok.decoder.align(
+        tok.decoder.locate(codes), valid)))                               # decoding ids snaps by default

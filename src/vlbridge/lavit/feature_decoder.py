@@ -12,6 +12,17 @@ token's real raster position; the cross-attention logits get ``-scale_h * |query
 (a learned scale per head). At CPU scale, routing by content alone stayed at the "mean image" for the whole
 training budget; with the position read-out the codes learn to carry where they are, as the code vocabulary
 must if the LLM is to draw layouts with it.
+
+How the decoder is trained to place codes matters more than anything else here (measured, issue 6, every
+patch kept, no quantisation): routing by the read-out *while it is being learnt* (its gradient flowing back
+from the reconstruction) leaves the decoder on a blurred routing where object patches come back as "an
+object" (object-patch cosine 0.69, colour probe 18%), though the codes themselves carry colour and shape
+(a per-patch read-out of the same codes: cosine 0.96, probe 99%); placing them at their true positions gives
+cosine 0.96, probe 99%. So tokenizer training places the kept codes at their true patch positions
+(``positions``; teacher forcing) in both phases (training phase 2 on the detached read-out wrecked the
+decoder: probe 0-1%), and decoding code ids places them at their read-out snapped to strictly increasing
+patch centres (``align``): kept tokens are written in raster order, one per patch. This placement aid is a
+CPU-scale deviation; LaVIT's decoder has only the codes and their sequence index.
 """
 from __future__ import annotations
 
@@ -53,8 +64,9 @@ class DecoderBlock(nn.Module):
 
 class FeatureDecoder(nn.Module):
     def __init__(self, code_dim: int, dim: int, out_dim: int, grid: tuple[int, int], heads: int, layers: int,
-                 mlp_ratio: int, distance_scale: float = 55.0):
+                 mlp_ratio: int, distance_scale: float = 55.0, snap: bool = True):
         super().__init__()
+        self.snap = snap
         n = grid[0] * grid[1]
         self.register_buffer("query_pos", grid_positions(grid), persistent=False)   # [N, 2]
         self.inp = nn.Linear(code_dim, dim)
@@ -69,9 +81,42 @@ class FeatureDecoder(nn.Module):
         """Each code's patch position (y, x) in [0, 1]: [B, M, C] -> [B, M, 2]."""
         return self.where(codes)
 
+    @torch.no_grad()
+    def align(self, where: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Snap read-out positions [B, M, 2] of gathered codes (raster order, ``valid`` [B, M] a prefix) to
+        patch centres: the strictly increasing raster indices closest (squared distance, summed) to them,
+        by dynamic programming. Kept tokens are written in raster order, one per patch, so this is the
+        placement they can have; a read-out off by less than half a patch comes back exact."""
+        B, M, _ = where.shape
+        N = self.query_pos.shape[0]
+        out = where.clone()
+        for b in range(B):
+            m = int(valid[b].sum())
+            if m == 0 or m > N:
+                continue
+            cost = ((where[b, :m, None, :] - self.query_pos[None]) ** 2).sum(-1)      # [m, N]
+            total = torch.full((m, N), float("inf"))
+            back = torch.zeros(m, N, dtype=torch.long)
+            total[0] = cost[0]
+            for i in range(1, m):
+                best, arg = torch.cummin(total[i - 1], 0)                 # best over k <= j
+                total[i, 1:] = cost[i, 1:] + best[:-1]                    # k < j
+                back[i, 1:] = arg[:-1]
+            j = int(total[m - 1].argmin())
+            index = [j]
+            for i in range(m - 1, 0, -1):
+                j = int(back[i, j])
+                index.append(j)
+            out[b, :m] = self.query_pos[torch.tensor(index[::-1])]
+        return out
+
     def forward(self, codes: torch.Tensor, valid: torch.Tensor, seq_index: torch.Tensor | None = None,
-                key_weight: torch.Tensor | None = None) -> torch.Tensor:
+                key_weight: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """codes [B, M, C] (M <= N), valid [B, M] bool -> features [B, N, out_dim].
+
+        ``positions`` [B, M, 2] places the codes (tokenizer training passes the kept tokens' true patch
+        positions); None = each code's own read-out ``locate(codes)``, the only option at generation time,
+        snapped to increasing patch centres (``align``) when ``snap`` (gathered codes in raster order).
 
         Training passes every patch position's code (M = N) with ``valid`` = the keep decision, ``seq_index``
         = each kept code's index in the kept sequence and ``key_weight`` = the selector's straight-through
@@ -83,7 +128,11 @@ class FeatureDecoder(nn.Module):
         if seq_index is None:
             seq_index = torch.arange(M).expand(B, M)                        # gathered codes: 0..M-1
         c = self.inp(codes) + self.seq_pos[seq_index]                       # [B, M, D]
-        where = self.locate(codes)                                          # [B, M, 2]
+        if positions is None:
+            positions = self.locate(codes)                                  # [B, M, 2]
+            if self.snap:
+                positions = self.align(positions, valid)
+        where = positions
         dist2 = ((self.query_pos[None, :, None, :] - where[:, None, :, :]) ** 2).sum(-1)   # [B, N, M]
         h = self.queries.expand(B, -1, -1)                                  # [B, N, D]
         for block in self.blocks:

@@ -26,6 +26,9 @@ class TokenizerOptions:
     decoder_distance_scale: float = opt(55.0, "initial scale s of the feature decoder's cross-attention bias "
                                               "-s * |query position - code position|^2 (learned per head; positions "
                                               "in [0, 1], so one patch of an 8x8 grid away costs s/64)")
+    snap_positions: bool = opt(True, "the feature decoder snaps the codes' read-out positions to strictly "
+                                     "increasing patch centres (kept tokens come in raster order, one per patch) "
+                                     "before placing them; false = the raw read-out")
     position_weight: float = opt(20.0, "weight of the loss that teaches each kept code its patch position (the "
                                       "feature decoder places codes by it)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")

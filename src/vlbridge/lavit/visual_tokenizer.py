@@ -25,6 +25,7 @@ from .quantizer import EMAQuantizer, Quantized
 from .selector import Selection, TokenSelector, ratio_loss
 
 CONFIG_TYPE = "vlbridge-lavit-tokenizer"
+PLACEMENTS = ("readout", "readout_detached", "true")
 
 
 @dataclass
@@ -54,7 +55,8 @@ class DynamicVisualTokenizer(nn.Module):
         self.quantizer = EMAQuantizer(width, options.code_dim, options.codebook_size, options.ema_decay,
                                       options.commitment, options.dead_ratio)
         self.decoder = FeatureDecoder(options.code_dim, width, vis_dim, self.grid, options.heads,
-                                      options.decoder_layers, options.mlp_ratio, options.decoder_distance_scale)
+                                      options.decoder_layers, options.mlp_ratio, options.decoder_distance_scale,
+                                      options.snap_positions)
         self.pixel_decoder = PixelDecoder(vis_dim, self.grid, options.image_size, options.pixel_channels,
                                           options.pixel_palette)
 
@@ -76,9 +78,19 @@ class DynamicVisualTokenizer(nn.Module):
 
     def forward(self, features: torch.Tensor, mode: str = "gumbel", quantize: bool = True,
                 ratio_target: float | None = None, generator: torch.Generator | None = None,
-                noise: float = 1.0) -> TokenizerOutput:
+                noise: float = 1.0, placement: str = "readout", straight_through: bool = True,
+                position_into_codes: bool = True) -> TokenizerOutput:
+        """placement: where the feature decoder puts the kept codes. 'readout' = each code's own position
+        read-out (as at generation time, the default); 'readout_detached' = the same without a gradient from
+        the reconstruction into the read-out; 'true' = the kept tokens' real patch positions (teacher forcing:
+        tokenizer training uses it so the decoder learns to route by position from the first step).
+        straight_through=False: the reconstruction sends no gradient to the keep/drop decisions (the selector
+        then learns from its regularisers only). position_into_codes=False: the position loss trains the
+        read-out head only, not the codes it reads."""
         self._check(features)
         sel = self.select(features, mode, generator, noise)
+        if not straight_through:
+            sel = dataclasses.replace(sel, weight=sel.weight.detach())
         merged = self.merge(features, sel)
         aux = {}
         if mode == "gumbel":
@@ -94,9 +106,13 @@ class DynamicVisualTokenizer(nn.Module):
         else:
             codes = self.quantizer.encode(merged.full)                     # continuous unit vectors [B, N, C]
         seq_index = (sel.keep.long().cumsum(1) - 1).clamp(min=0)           # [B, N]
-        recon = self.decoder(codes, sel.keep, seq_index, sel.weight)       # [B, N, D_vis]
-        # each kept code learns to tell where it sits (the decoder places codes by it)
-        where = self.decoder.locate(codes)                                 # [B, N, 2]
+        # each kept code learns to tell where it sits (the decoder places generated codes by it)
+        where = self.decoder.locate(codes if position_into_codes else codes.detach())   # [B, N, 2]
+        if placement not in PLACEMENTS:
+            raise ValueError(f"lavit tokenizer: placement must be one of {PLACEMENTS}, got {placement!r}")
+        place = {"true": self.decoder.query_pos.expand_as(where), "readout": where,
+                 "readout_detached": where.detach()}[placement]
+        recon = self.decoder(codes, sel.keep, seq_index, sel.weight, place)     # [B, N, D_vis]
         err = ((where - self.decoder.query_pos) ** 2).sum(-1)              # [B, N]
         aux["position"] = self.options.position_weight * (err * sel.keep).sum() / sel.keep.sum().clamp_min(1)
         return TokenizerOutput(sel, merged, qz, recon, aux)
