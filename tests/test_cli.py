@@ -10,8 +10,17 @@ from vlbridge.cli.main import build_parser, main
 from vlbridge.config import save_json
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["data", "shapes", "--help"], ["train", "--help"], ["eval", "--help"],
-                                  ["chat", "--help"], ["viz", "answers", "--help"]])
+def _command_paths(parser, path=()):
+    """Every command and subcommand of the CLI, e.g. (), ("train",), ("lavit", "tokenizer")."""
+    yield list(path)
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield from _command_paths(sub, (*path, name))
+
+
+@pytest.mark.parametrize("argv", [p + ["--help"] for p in _command_paths(build_parser())],
+                         ids=lambda a: " ".join(a[:-1]) or "vlbridge")
 def test_help_explains_every_option(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

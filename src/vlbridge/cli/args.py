@@ -57,7 +57,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "",
             continue
         convert, is_bool = _converter(kind)
         default = getattr(defaults, f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {json.dumps(default)})"
+        help_text = f"{f.metadata.get('help', '')} (default: {json.dumps(default)})".replace("%", "%%")   # argparse formats help with %
         flags = [f"--{dest}"] + aliases.get(dest, [])
         extra = {"nargs": "?", "const": True} if is_bool else {"metavar": f.name.upper()}
         parser.add_argument(*flags, dest=dest, type=convert, default=argparse.SUPPRESS, help=help_text, **extra)
