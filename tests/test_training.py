@@ -114,6 +114,27 @@ def test_align_stage_trains_only_the_connector(shapes_dir, tmp_path):
     assert {g["name"].split(".")[0] for g in trainer.optimizer.param_groups} == {"connector"}
 
 
+def test_frozen_batchnorm_encoder_stays_unchanged(shapes_dir, tmp_path):
+    """A frozen ResNet keeps its BatchNorm statistics: it runs in eval mode through training and validation."""
+    cfg = tiny_run_config(shapes_dir, tmp_path / "run", steps=3)
+    cfg.model.vision.arch = dict(model_type="resnet", num_channels=3, embedding_size=16, hidden_sizes=[16, 32],
+                                 depths=[1, 1], layer_type="basic", downsample_in_first_stage=False)
+    cfg.model.vision.image_size = 32
+    cfg.train.train_vision, cfg.train.eval_batches = False, 1
+    trainer = Trainer(cfg)
+    trainer.setup()
+    vision = trainer.model.vision
+    before = {k: v.clone() for k, v in vision.state_dict().items()}
+    llm_before = {k: v.clone() for k, v in trainer.model.llm.state_dict().items()}
+    assert any("running_mean" in k for k in before)
+    trainer.train_step()
+    trainer.validate()                                   # eval() then train() again
+    trainer.train_step()
+    assert not vision.training and trainer.model.llm.training and trainer.model.connector.training
+    assert all(torch.equal(before[k], v) for k, v in vision.state_dict().items())
+    assert any(not torch.equal(llm_before[k], v) for k, v in trainer.model.llm.state_dict().items())  # LLM trained
+
+
 def test_per_module_learning_rates_and_schedule(shapes_dir, tmp_path):
     cfg = tiny_run_config(shapes_dir, tmp_path / "run", steps=10)
     cfg.train.lr, cfg.train.lr_vision, cfg.train.lr_llm = 1e-3, 1e-4, 5e-4

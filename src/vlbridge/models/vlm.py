@@ -105,6 +105,17 @@ class VLBridgeModel(nn.Module):
                                                        lora_dropout=0.0, bias="none"))
         self.lora = {"r": r, "alpha": alpha, "targets": list(targets)}
 
+    def train(self, mode: bool = True) -> "VLBridgeModel":
+        """Training mode, except for a module with nothing to train: a frozen encoder stays in eval mode, so its
+        BatchNorm statistics are neither used per batch nor updated and dropout stays off (frozen = unchanged)."""
+        super().train(mode)
+        if mode:
+            for name in MODULES:
+                module = self.module_named(name)
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
     # ---- forward --------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, text=None) -> ConnectorOutput:
         feats = self.vision(pixel_values)                  # features [n_img, N, D_vis]

@@ -90,8 +90,8 @@ class Trainer:
         check_same_everywhere("tokenizer", model.tokenizer.backend_tokenizer.to_str(), self.ctx)
         if tc.lora_r and tc.stage == "instruct" and model.lora is None:
             model.apply_lora(tc.lora_r, tc.lora_alpha, tc.lora_targets)
-        self.model = model.train()
         self.log(format_counts(apply_stage(model, tc), tc.stage))
+        self.model = model.train()            # after freezing: frozen modules stay in eval mode
         self.forward = wrap(model, self.ctx, tc.ddp_find_unused_parameters)     # DDP when distributed
         if self.ctx.enabled:
             self.log(f"distributed: {self.ctx.world} processes x batch {tc.batch_size} = global batch "
