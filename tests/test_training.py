@@ -182,3 +182,57 @@ def test_lora_instruct_stage_trains_adapters_and_round_trips(shapes_dir, tmp_pat
     assert again.lora == {"r": 4, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
     a, b = trainer.model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _frozen_resnet_config(shapes_dir, out, steps: int):
+    cfg = tiny_run_config(shapes_dir, out, steps=steps)
+    cfg.model.vision.arch = dict(model_type="resnet", num_channels=3, embedding_size=16, hidden_sizes=[16, 32],
+                                 depths=[1, 1], layer_type="basic", downsample_in_first_stage=False)
+    cfg.model.vision.image_size = 32
+    cfg.train.train_vision = False
+    return cfg
+
+
+def test_frozen_feature_cache_changes_nothing_but_the_work(shapes_dir, tmp_path):
+    """Training with the frozen encoder's features cached gives the same losses and weights as without; each
+    image is encoded once; a trainable encoder gets no cache."""
+    runs = {}
+    for mb in (0.0, 64.0):
+        cfg = _frozen_resnet_config(shapes_dir, tmp_path / f"run{mb}", steps=40)
+        cfg.train.cache_vision_features = mb
+        trainer = Trainer(cfg)
+        trainer.setup()
+        losses = [trainer.train_step()["loss"] for _ in range(40)]     # 40 x 4 records: several epochs
+        runs[mb] = losses, trainer.model.state_dict(), trainer.model.vision.cache
+    (plain, w_plain, none), (cached, w_cached, cache) = runs[0.0], runs[64.0]
+    assert none is None and cache is not None
+    assert cached == plain
+    assert all(torch.equal(w_plain[k], w_cached[k]) for k in w_plain)
+    assert cache.misses == len(cache.store) and cache.hits > cache.misses     # later epochs were lookups
+    trainable = tiny_run_config(shapes_dir, tmp_path / "trainable", steps=2)  # train_vision=True
+    trainer = Trainer(trainable)
+    trainer.setup()
+    assert trainer.model.vision.cache is None
+
+
+def test_feature_cache_keys_by_pixels_and_stays_within_its_budget():
+    from vlbridge.connectors.base import VisualFeatures
+    from vlbridge.models.feature_cache import FeatureCache
+    calls = []
+
+    def encode(px):                                    # a stand-in encoder: features = mean pixel per channel
+        calls.append(len(px))
+        f = px.mean((2, 3))[:, None, :].expand(-1, 4, -1).clone()          # [B, 4, 3]
+        return VisualFeatures(features=f, grid=(2, 2), layers=[f])
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    cache = FeatureCache(max_mb=1.0)
+    first = cache.features(a, encode)
+    again = cache.features(torch.cat([a[1:], b, a[:1]]), encode)
+    assert calls == [2, 1]                               # only the new image was encoded
+    assert torch.equal(again.features[0], first.features[1]) and torch.equal(again.features[2], first.features[0])
+    assert torch.equal(again.features[1], encode(b).features[0])
+    tiny = FeatureCache(max_mb=1e-4)                     # 104 bytes: room for one 48-byte entry (x2 tensors)
+    tiny.features(a, encode)
+    assert len(tiny.store) == 1 and tiny.bytes <= 1e-4 * 2 ** 20
+    out = tiny.features(a, encode)                       # the uncached image is still answered correctly
+    assert torch.equal(out.features, first.features)

@@ -105,6 +105,9 @@ class TrainConfig:
     stop_after: int | None = opt(None, "stop (with a checkpoint) after this many steps in this invocation; "
                                        "--resume continues the same schedule (for jobs split across sessions)")
     num_workers: int = opt(0, "DataLoader worker processes for image decoding")
+    cache_vision_features: float = opt(1024.0, "MB of a frozen vision encoder's features kept per image, so each "
+                                               "image is encoded once (0 = off; used only while the encoder "
+                                               "has nothing to train)")
     ddp_find_unused_parameters: bool = opt(True, "under torchrun: let DDP tolerate trainable parameters that get "
                                                   "no gradient in a step (an encoder's unused final norm, optional "
                                                   "connector branches); HF Trainer's default. False saves a "

@@ -16,6 +16,7 @@ from transformers import MODEL_MAPPING, AutoConfig, AutoModel
 from ..config import VisionConfig
 from ..connectors.base import VisualFeatures
 from ..data.image_transform import ImageTransform
+from .feature_cache import FeatureCache
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -45,6 +46,7 @@ class VisionTower(nn.Module):
         size = getattr(hf, "image_size", 224)
         self.image_size = cfg.image_size or (size if isinstance(size, int) else size[0])
         self.image_mean, self.image_std = self._normalisation()
+        self.cache: FeatureCache | None = None                   # attached by the trainer while frozen
         with torch.no_grad(), torch.random.fork_rng():           # one dry run tells width and grid for any model
             probe = self(torch.zeros(1, 3, self.image_size, self.image_size))
         self.out_dim, self.grid = probe.features.shape[-1], probe.grid
@@ -72,7 +74,16 @@ class VisionTower(nn.Module):
             return h.flatten(2).transpose(1, 2), (h.shape[-2], h.shape[-1])
         return h, (image_hw[0] // self.patch_size, image_hw[1] // self.patch_size)
 
+    def frozen(self) -> bool:
+        """Eval mode with nothing to train: the output is a fixed function of the pixels."""
+        return not self.training and not any(p.requires_grad for p in self.parameters())
+
     def forward(self, pixel_values: torch.Tensor) -> VisualFeatures:
+        if self.cache is not None and self.frozen():
+            return self.cache.features(pixel_values, self.encode)
+        return self.encode(pixel_values)
+
+    def encode(self, pixel_values: torch.Tensor) -> VisualFeatures:
         # pixel_values [B, 3, H, W] -> selected hidden states, each [B, P + rows*cols, D]
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         picked = [self._as_tokens(out.hidden_states[i], pixel_values.shape[-2:]) for i in self.cfg.feature_layers]

@@ -28,6 +28,7 @@ from ..grounding.region_wiring import attach_regions
 from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
+from .sparse_logits import head_is_separable, scored_logits
 from .splice import Spliced, splice
 from .tokenizer import load_tokenizer
 from .vision import VisionTower
@@ -155,16 +156,30 @@ class VLBridgeModel(nn.Module):
         # Not with shared image positions: without a mask, transformers reads every position id that does not
         # step by +1 as the start of a new packed sequence and would cut attention there.
         mask = None if self.cfg.llm.image_positions == "sequential" else s.attention_mask
-        logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=mask,
-                          position_ids=s.position_ids, use_cache=False).logits    # [B, T, V]
+        inputs = dict(inputs_embeds=s.inputs_embeds, attention_mask=mask, position_ids=s.position_ids, use_cache=False)
         targets = s.labels[:, 1:]                                                 # next-token targets [B, T-1]
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                             reduction="none").view_as(targets)
+        logits = None
+        if return_logits or not self.separable_head():
+            logits = self.llm(**inputs).logits                                    # [B, T, V]
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="none").view_as(targets)
+        else:                                       # the LM head only where a target is scored (sparse_logits.py)
+            scored = F.pad(targets != IGNORE_INDEX, (0, 1))                       # [B, T]: position t predicts t+1
+            ce = targets.new_zeros(targets.shape, dtype=s.inputs_embeds.dtype)
+            ce[scored[:, :-1]] = F.cross_entropy(scored_logits(self.llm, scored, **inputs), targets[scored[:, :-1]],
+                                                 reduction="none")
         weights = answer_weights(targets, loss_weighting)
         loss_sum, weight_sum = (ce * weights).sum(), float(weights.sum())
         loss = loss_sum / max(weight_sum, 1e-8) + sum(aux.values(), torch.zeros(()))
         return VLMOutput(loss, loss_sum, weight_sum, int((targets != IGNORE_INDEX).sum()),
                          int(s.attention_mask.sum()), aux, logits if return_logits else None)
+
+    def separable_head(self) -> bool:
+        """Whether the LLM's logits are its output embedding of its decoder's states (checked once per model)."""
+        key = id(self.llm)                          # re-checked if the LLM is replaced (e.g. wrapped by LoRA)
+        if getattr(self, "_separable_head", (None, None))[0] != key:
+            self._separable_head = (key, head_is_separable(self.llm))
+        return self._separable_head[1]
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids; keeps added tokens (region ids, [IMG]...), drops only bos/eos/pad."""

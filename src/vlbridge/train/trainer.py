@@ -26,6 +26,7 @@ from ..config import RunConfig, save_json
 from ..data.dataset import collate
 from ..data.records import SkipReport
 from ..models.build import build_model
+from ..models.feature_cache import FeatureCache
 from ..models.loss_weights import answer_weights
 from ..models.vlm import VLBridgeModel
 from .checkpoint import TrainerState, latest_checkpoint, load_training_state, save_checkpoint
@@ -92,6 +93,8 @@ class Trainer:
             model.apply_lora(tc.lora_r, tc.lora_alpha, tc.lora_targets)
         self.log(format_counts(apply_stage(model, tc), tc.stage))
         self.model = model.train()            # after freezing: frozen modules stay in eval mode
+        if tc.cache_vision_features > 0 and model.vision.frozen():
+            model.vision.cache = FeatureCache(tc.cache_vision_features)
         self.forward = wrap(model, self.ctx, tc.ddp_find_unused_parameters)     # DDP when distributed
         if self.ctx.enabled:
             self.log(f"distributed: {self.ctx.world} processes x batch {tc.batch_size} = global batch "
@@ -103,6 +106,8 @@ class Trainer:
             + (f", {len(self.val_set)} validation records from {val_file}" if self.val_set else ""))
         if self.report.entries:
             self.log("data: " + self.report.summary(self.n_records))
+        if self.model.vision.cache is not None:
+            self.log(self.model.vision.cache.summary())
 
         self.optimizer = make_optimizer(model, tc)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -208,6 +213,8 @@ class Trainer:
         if (self.report.entries or self.report.notes) and self.ctx.is_main:
             self.report.write_jsonl(self.out / "skipped_records.jsonl")
         self.log("data: " + self.report.summary(self.n_records))
+        if self.model.vision.cache is not None:
+            self.log(self.model.vision.cache.summary())
         if self.state.step < tc.steps:
             self.log(f"stopped at step {self.state.step} of {tc.steps} (--stop_after); continue with --resume")
             return self.ckpt_root / f"step_{self.state.step:06d}"
