@@ -1,11 +1,17 @@
 """Training-step speed of the tiny-cpu config: tokens/s, MFU, and overhead against a bare forward/backward.
 
-Everything is measured in one run (timings on this machine are noisy, ratios are not):
-  peak      fp32 matmul FLOP/s (the best of several large square matmuls)
-  flops     FLOPs of one training step, counted by torch.utils.flop_counter (forward + backward)
-  trainer   Trainer.train_step: data loading, splicing, forward, backward, clipping, AdamW, schedule
-  bare      the same modules' forward + backward on a pre-built batch (no data, no optimizer)
-MFU = flops / trainer-time / peak; overhead = trainer-time / bare-time - 1.
+Measured as ``make demo`` trains: the vision encoder frozen (its features cached after the first epoch), the
+connector and LLM trained. Everything is measured in one run (timings on this machine are noisy, ratios less so):
+  peak      fp32 matmul FLOP/s (the best of several large square matmuls, before and after)
+  trainer   Trainer.train_step over N consecutive steps: data loading, splicing, forward, backward,
+            clipping, AdamW, schedule
+  bare      the same modules' forward + backward on the same N batches, pre-built (no data, no optimizer),
+            each right after the trainer's step on it
+  flops     the FLOPs those N batches execute (forward + backward), counted by torch.utils.flop_counter;
+            attention is counted as the causal kernel computes it (half of the T x T scores; the counter has
+            no formula for the CPU flash kernel, added here)
+MFU = flops / trainer-time / peak; overhead = trainer-time / bare-time - 1. One epoch runs first, untimed,
+so the feature cache is warm as it is for most of a real run (the demo trains six epochs).
 
     python bench/train_step.py [--steps 20] [--batch-size 16]
 """
@@ -21,7 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlbridge.data.shapes import ShapesWorldConfig, generate
 from vlbridge.presets import get_preset
+from vlbridge.train.data import BatchStream
 from vlbridge.train.trainer import Trainer
+
+aten = torch.ops.aten
 
 
 def matmul_peak(n: int = 1024, reps: int = 10) -> float:
@@ -36,14 +45,27 @@ def matmul_peak(n: int = 1024, reps: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def timed(fn, steps: int) -> float:
-    """Median seconds per call."""
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+def _attention_flops(q_shape, k_shape, causal: bool) -> int:
+    """Q K^T and P V: 2 matmuls of 2*Tq*Tk*d each per (batch, head); a causal kernel skips half."""
+    b, h, tq, d = q_shape
+    flops = 2 * 2 * b * h * tq * k_shape[-2] * d
+    return flops // 2 if causal else flops
+
+
+def _flash_cpu(query, key, value, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs) -> int:
+    return _attention_flops(query.shape if hasattr(query, "shape") else query,
+                            key.shape if hasattr(key, "shape") else key, is_causal)
+
+
+def _flash_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p=0.0, is_causal=False, *args,
+                        out_shape=None, **kwargs) -> int:
+    # dQ, dK, dV, and the recomputed scores and dP: twice the forward's matmul work
+    return 2 * _attention_flops(query.shape if hasattr(query, "shape") else query,
+                                key.shape if hasattr(key, "shape") else key, is_causal)
+
+
+ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _flash_cpu,
+                   aten._scaled_dot_product_flash_attention_for_cpu_backward: _flash_cpu_backward}
 
 
 def main() -> None:
@@ -51,6 +73,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--preset", default="tiny-cpu")
+    ap.add_argument("--train-vision", action="store_true", help="train the encoder too (the preset's default; "
+                                                                "the demo freezes a pretrained one)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vlbridge-bench-"))
@@ -58,36 +82,45 @@ def main() -> None:
     cfg = get_preset(args.preset)
     cfg.data.path, cfg.out = str(tmp / "data"), str(tmp / "run")
     cfg.train.batch_size, cfg.train.steps, cfg.train.warmup_steps = args.batch_size, 10_000, 10
+    cfg.train.train_vision = args.train_vision
     trainer = Trainer(cfg)
     trainer.setup()
     model = trainer.model
 
-    batch = next(trainer.stream)
-    with FlopCounterMode(display=False) as counter:
+    batches_per_epoch = -(-len(trainer.train_set) // args.batch_size)
+    for _ in range(batches_per_epoch):                   # untimed: warm-up, and every image's features cached
+        trainer.train_step()
+    # Trainer steps and bare passes alternate over the same batches (a replayed stream from the same position),
+    # so that slow drifts of this machine's speed hit both alike.
+    replay = BatchStream(trainer.train_set, cfg.train, *trainer.stream.position)
+    peak_before = matmul_peak()
+    batches, t_trainer, t_bare, positions = [], 0.0, 0.0, 0
+    for _ in range(args.steps):
+        batch = next(replay)                             # the batch the trainer's next step draws
+        batches.append(batch)
+        t = time.perf_counter()
+        positions += trainer.train_step()["positions"]
+        t_trainer += time.perf_counter() - t
+        t = time.perf_counter()
         model(batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+        t_bare += time.perf_counter() - t
+    peak = max(peak_before, matmul_peak())
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
+        for batch in batches:
+            model(batch).loss.backward()
     flops = counter.get_total_flops()
     model.zero_grad(set_to_none=True)
 
-    def bare():
-        model(batch).loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    for _ in range(3):                                    # warm-up both paths
-        trainer.train_step()
-        bare()
-    peak_before = matmul_peak()
-    t_trainer = timed(trainer.train_step, args.steps)
-    t_bare = timed(bare, args.steps)
-    peak = max(peak_before, matmul_peak())
-    positions = int(sum(len(x) for x in batch.input_ids) + len(batch.pixel_values) * (model.visual_tokens_per_image() - 1))
-
-    print(f"preset {args.preset}: batch {args.batch_size}, {positions} LLM positions/step, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {torch.get_num_threads()} threads")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"preset {args.preset} (vision {'trained' if args.train_vision else 'frozen, features cached'}): "
+          f"batch {args.batch_size}, {positions / args.steps:,.0f} LLM positions/step, {n_params / 1e6:.2f}M "
+          f"parameters, {torch.get_num_threads()} threads, {args.steps} steps")
     print(f"fp32 matmul peak          {peak / 1e9:8.1f} GFLOP/s")
-    print(f"FLOPs per training step   {flops / 1e9:8.2f} GFLOP (forward + backward)")
-    print(f"trainer step              {t_trainer * 1e3:8.1f} ms   {positions / t_trainer:8,.0f} tokens/s   "
-          f"MFU {flops / t_trainer / peak:6.1%}")
-    print(f"bare forward+backward     {t_bare * 1e3:8.1f} ms   {positions / t_bare:8,.0f} tokens/s   "
+    print(f"FLOPs per training step   {flops / args.steps / 1e9:8.2f} GFLOP (forward + backward, causal attention)")
+    print(f"trainer step              {t_trainer / args.steps * 1e3:8.1f} ms   {positions / t_trainer:8,.0f} "
+          f"tokens/s   MFU {flops / t_trainer / peak:6.1%}")
+    print(f"bare forward+backward     {t_bare / args.steps * 1e3:8.1f} ms   {positions / t_bare:8,.0f} tokens/s   "
           f"MFU {flops / t_bare / peak:6.1%}")
     print(f"trainer overhead vs bare  {t_trainer / t_bare - 1:+8.1%}")
 

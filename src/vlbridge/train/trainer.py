@@ -106,8 +106,6 @@ class Trainer:
             + (f", {len(self.val_set)} validation records from {val_file}" if self.val_set else ""))
         if self.report.entries:
             self.log("data: " + self.report.summary(self.n_records))
-        if self.model.vision.cache is not None:
-            self.log(self.model.vision.cache.summary())
 
         self.optimizer = make_optimizer(model, tc)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
