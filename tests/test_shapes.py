@@ -254,11 +254,11 @@ def test_sentence_answers_name_the_object_and_agree_with_the_scene(tmp_path) -> 
         for task, (q, a) in zip(rec["tasks"], zip(rec["conversations"][::2], rec["conversations"][1::2])):
             question, answer = q["value"].replace("<image>\n", ""), a["value"]
             if task == "color":
-                shape = re.fullmatch(r"Tell me the color of the (\w+)\.", question)[1]
+                shape = re.fullmatch(r"What color is the (\w+)\?", question)[1]
                 (color,) = [o["color"] for o in objects if o["shape"] == shape]
                 assert answer == f"The {shape} is {color}."
             elif task == "shape":
-                color = re.fullmatch(r"Tell me the shape of the (\w+) object\.", question)[1]
+                color = re.fullmatch(r"What shape is the (\w+) object\?", question)[1]
                 (shape,) = [o["shape"] for o in objects if o["color"] == color]
                 assert answer == f"The {color} object is {'an' if shape[0] in 'aeiou' else 'a'} {shape}."
             else:
@@ -272,20 +272,9 @@ def test_sentence_answers_name_the_object_and_agree_with_the_scene(tmp_path) -> 
             assert " " not in rec["conversations"][1]["value"]
 
 
-@pytest.mark.parametrize("hint", ["first", "every"])
-def test_sentence_questions_are_worded_apart_from_short_ones(tmp_path, hint) -> None:
-    """With the instruction on a record's first question only, the wording alone asks for a sentence: sentence
-    questions (and only they) start "Tell me", never carry the instruction, and get a sentence."""
-    generate(ShapesWorldConfig(n=60, seed=5, format_hint=hint, sentence_answers=0.5), tmp_path)
-    kinds = Counter()
-    for rec in load(tmp_path, "train.json"):
-        for q, a in zip(rec["conversations"][::2], rec["conversations"][1::2]):
-            question = q["value"].replace("<image>\n", "")
-            sentence = question.startswith("Tell me")
-            kinds[sentence] += 1
-            assert sentence == (a["value"].startswith("The ") and a["value"].endswith("."))
-            assert not (sentence and SHORT_ANSWER_SUFFIX in question)
-    assert kinds[True] > 20 and kinds[False] > 100
+def test_sentence_answers_need_the_instruction_everywhere() -> None:
+    with pytest.raises(ValueError, match="format_hint"):
+        ShapesWorldConfig(format_hint="first")
 
 
 def test_answers_agree_with_metadata(data) -> None:

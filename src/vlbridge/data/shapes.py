@@ -155,6 +155,9 @@ class ShapesWorldConfig:
             raise ValueError(f"format_hint must be 'every' or 'first', not {self.format_hint!r}")
         if not 0 <= self.sentence_answers <= 1:
             raise ValueError(f"sentence_answers must be in [0, 1], not {self.sentence_answers}")
+        if self.sentence_answers and self.format_hint == "first":
+            raise ValueError("format_hint 'first' needs sentence_answers 0 (a question without the short-answer "
+                             "instruction would mean a sentence answer)")
         self.extra_tasks = list(self.extra_tasks)
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
@@ -505,16 +508,14 @@ SENTENCE_SUFFIX = ":sentence"    # a turn's task name with this suffix: asked wi
 
 
 def as_sentence(task: str, qa: QA) -> QA:
-    """The long form of a colour/shape question: asked as "Tell me the color of the diamond." (a wording no
-    short-answer question uses, so it alone says which answer form is wanted), answered with a sentence that
-    names the object ("The diamond is green.")."""
+    """The long form of a colour/shape question: the same question, answered with a sentence naming the object."""
     question, answer = qa
     if task == "color":
         thing = question.removeprefix("What color is the ").removesuffix("?")
-        return f"Tell me the color of the {thing}.", f"The {thing} is {answer}."
+        return question, f"The {thing} is {answer}."
     if task == "shape":
         thing = question.removeprefix("What shape is the ").removesuffix("?")
-        return f"Tell me the shape of the {thing}.", f"The {thing} is {article(answer)} {answer}."
+        return question, f"The {thing} is {article(answer)} {answer}."
     raise ValueError(f"no sentence form for task {task!r}")
 
 
