@@ -251,3 +251,18 @@ def test_added_tokens_stay_whole_and_get_mean_embeddings(tiny_model):
     assert labels[answer_pos] == r1
     assert tok.decode(supervised(ids, labels)) == "a circle at <r1> and <r0><|end|>"
     assert model.decode(ids[answer_pos:answer_pos + 1]) == "<r1>"
+
+
+def test_memoised_encoding_follows_added_tokens(tiny_model):
+    """SequenceBuilder.encode remembers texts; adding tokens to the tokenizer must not serve stale ids."""
+    tok = copy.deepcopy(tiny_model.tokenizer)
+    b = SequenceBuilder(tok, get_template("plain"))
+    text = "What color is <zz9> the circle?"
+    before = b.encode(text)
+    assert before == tok.encode(text, add_special_tokens=False) and b.encode(text) == before
+    tok.add_special_tokens({"additional_special_tokens": ["<zz9>"]}, replace_extra_special_tokens=False)
+    after = b.encode(text)
+    assert after == tok.encode(text, add_special_tokens=False) != before
+    assert tok.convert_tokens_to_ids("<zz9>") in after
+    long = "a red circle " * 60                      # longer than the memo's limit: encoded directly
+    assert b.encode(long) == tok.encode(long, add_special_tokens=False)

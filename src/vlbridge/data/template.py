@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
+MEMO_SIZE, MEMO_MAX_CHARS = 65536, 512      # SequenceBuilder.encode remembers up to 64k texts of <= 512 chars
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,24 @@ class SequenceBuilder:
     def __init__(self, tokenizer, template: ChatTemplate):
         self.tok = tokenizer
         self.template = template
+        # Role markers, instructions and common questions recur in every record: each distinct short text is
+        # tokenized once (building ShapesWorld's 5,400 records took 7.5 s of 133,000 tokenizer calls).
+        self._memo: dict[tuple[str, int], tuple[int, ...]] = {}
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {IMAGE_TOKEN!r} token; add it with VLBridgeModel.add_tokens")
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False) if text else []
+        if not text:
+            return []
+        if len(text) > MEMO_MAX_CHARS:
+            return self.tok.encode(text, add_special_tokens=False)
+        key = (text, len(self.tok))                  # the vocabulary size too: tokens may be added later
+        if key not in self._memo:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = tuple(self.tok.encode(text, add_special_tokens=False))
+        return list(self._memo[key])
 
     def encode_message(self, text: str) -> list[int]:
         """A message with each <image> replaced by one image_token_id, in place."""
