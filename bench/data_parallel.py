@@ -2,7 +2,9 @@
 
 Both runs train the same global batch (16 records) on the same data for the same number of steps, one after
 the other in this invocation (timings here are noisy; the ratio is what to read). Real tokens/s is taken from
-each run's own log (the trainer's progress figure: LLM positions per second over the timed steps).
+each run's own log (the trainer's progress figure: LLM positions per second over the timed steps). MFU of each:
+tokens/s x FLOPs per position (counted as in train_step.py on a batch sample of the same data, encoder features
+cached) / the fp32 matmul peak of all cores, measured in this run.
 
     python bench/data_parallel.py [--steps 60] [--procs 2]
 """
@@ -17,7 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from train_step import ATTENTION_FLOPS, attention_part, matmul_peak        # bench/ is on sys.path when run as a script
 from vlbridge.data.shapes import ShapesWorldConfig, generate
+from vlbridge.presets import get_preset
+from vlbridge.train.trainer import Trainer
 
 
 def free_port() -> int:
@@ -33,6 +41,27 @@ def run(cmd: list[str], threads: int, out: Path) -> float:
         sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][-1]
+
+
+def flops_per_position(data: Path, out: Path, batch_size: int, n_batches: int = 10) -> tuple[float, float]:
+    """Forward+backward FLOPs per LLM position of tiny-cpu (encoder frozen, features cached) on ``data``:
+    (attention in full as PaLM counts it, attention's causal half)."""
+    cfg = get_preset("tiny-cpu")
+    cfg.data.path, cfg.out = str(data), str(out)
+    cfg.train.train_vision, cfg.train.batch_size = False, batch_size
+    trainer = Trainer(cfg)
+    trainer.setup()
+    batches = [next(trainer.stream) for _ in range(n_batches)]
+    for batch in batches:                                  # fill the feature cache, as in steady state
+        trainer.model(batch)
+    positions = 0
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
+        for batch in batches:
+            out = trainer.model(batch)
+            out.loss.backward()
+            positions += out.n_positions
+    flops = counter.get_total_flops()
+    return (flops + attention_part(counter)) / positions, flops / positions
 
 
 def main() -> None:
@@ -54,10 +83,17 @@ def main() -> None:
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "vlbridge", *common,
                "--batch-size", str(args.global_batch // args.procs), "--out", str(tmp / "ddp")],
               max(1, cores // args.procs), tmp / "ddp")
-    print(f"tiny-cpu, global batch {args.global_batch}, {args.steps} steps, {cores} cores")
-    print(f"1 process x {cores} threads        {single:8,.0f} tokens/s")
-    print(f"{args.procs} processes x {max(1, cores // args.procs)} thread(s) (DDP) {ddp:8,.0f} tokens/s")
-    print(f"data-parallel speed-up          {ddp / single:8.2f}x")
+    torch.set_num_threads(cores)
+    peak = max(matmul_peak(), matmul_peak())
+    palm, causal = flops_per_position(tmp / "data", tmp / "flops", args.global_batch)
+    print(f"tiny-cpu, global batch {args.global_batch}, {args.steps} steps, {cores} cores; fp32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s; {palm / 1e6:.2f} MFLOP per position forward + backward (attention in full, "
+          f"PaLM; {causal / 1e6:.2f} counting its causal half)")
+    for name, tok_s in ((f"1 process x {cores} threads", single),
+                        (f"{args.procs} processes x {max(1, cores // args.procs)} thread(s) (DDP)", ddp)):
+        print(f"{name:<34} {tok_s:8,.0f} tokens/s   MFU {tok_s * palm / peak:6.1%} (causal half: "
+              f"{tok_s * causal / peak:.1%})")
+    print(f"data-parallel speed-up              {ddp / single:8.2f}x")
 
 
 if __name__ == "__main__":
