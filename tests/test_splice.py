@@ -216,6 +216,18 @@ def test_forward_without_padding_mask_scores_each_sample_as_if_alone(tiny_model)
     torch.testing.assert_close(both.lm_loss_sum, sum(a.lm_loss_sum for a in alone), rtol=1e-5, atol=1e-5)
 
 
+def test_right_padding_does_not_look_like_packed_sequences():
+    """Right pads continue the position count, so transformers sees one sequence per row and, with the padding
+    mask dropped, runs its causal kernel rather than building a packed-sequence mask."""
+    from transformers.masking_utils import find_packed_sequence_indices
+    emb = nn.Embedding(20, 4)
+    out = splice(emb, [torch.tensor([1, 2, 3, 4, 5]), torch.tensor([1, 2])], None, [], image_token_id=19,
+                 padding_side="right")
+    assert out.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    assert out.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert find_packed_sequence_indices(out.position_ids) is None
+
+
 def test_shared_image_positions_put_each_image_at_one_position():
     emb = torch.nn.Embedding(10, 4)
     ids = [torch.tensor([7, IMG, 2, 3, IMG, 4]), torch.tensor([5, 6])]

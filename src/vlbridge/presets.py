@@ -22,9 +22,9 @@ def tiny_llm() -> LLMConfig:
                      chat_template="plain", max_length=512)
 
 
-def tiny_train(steps: int = 900) -> TrainConfig:
-    """900 steps: by then the lookups that colour and shape questions need had formed in every run with
-    ShapesWorld's sentence answers; at 750 colour was at 84% (README, "What the demo learns")."""
+def tiny_train(steps: int = 800) -> TrainConfig:
+    """800 steps: by then the lookups that colour and shape questions need had formed in both seeds tried
+    (colour 90.8% / 97.8%, shape 99.0%); at 750 seed 0 was at 84% (README, "What the demo learns")."""
     return TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=16, lr=1e-3,
                        warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200,
                        group_by_length=True,       # ShapesWorld records vary in length: less padding

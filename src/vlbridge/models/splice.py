@@ -25,7 +25,8 @@ IMAGE_POSITIONS = ("sequential", "shared")
 class Spliced:
     inputs_embeds: torch.Tensor     # [B, T, D]
     attention_mask: torch.Tensor    # [B, T] 1 = real token
-    position_ids: torch.Tensor      # [B, T] 0.. over real tokens (each image one position if "shared")
+    position_ids: torch.Tensor      # [B, T] 0.. over real tokens (each image one position if "shared"); right
+                                    # pads continue the count, left pads are 0
     labels: torch.Tensor | None     # [B, T] or None
     visual_mask: torch.Tensor       # [B, T] True where a visual token sits
 
@@ -79,5 +80,10 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
     for b, (r, l, v, st) in enumerate(zip(rows, label_rows, vis_rows, step_rows)):
         sl = slice(T - len(r), T) if padding_side == "left" else slice(0, len(r))
         embeds[b, sl], mask[b, sl], out_labels[b, sl], vis_mask[b, sl], steps[b, sl] = r, 1, l, v, st
+        if padding_side == "right":
+            # Right pads keep counting: ids that stepped by 0 there would read to transformers as the start of
+            # new packed sequences when the forward drops the padding mask, and it would build a mask (full T x T
+            # attention) instead of taking the causal kernel, which skips the upper triangle.
+            steps[b, len(r):] = 1
     positions = (steps.cumsum(1) - 1).clamp(min=0)                   # [B, T]
     return Spliced(embeds, mask, positions, out_labels if labels is not None else None, vis_mask)
