@@ -91,6 +91,24 @@ def test_train_merger_learns_through_the_llm_selector_stays_frozen(records):
     assert all(p.grad is None for p in tok.decoder.parameters())
 
 
+@pytest.mark.parametrize("train_merger", [False, True])
+def test_llm_stage_trains_only_the_projection_and_optionally_the_merger(records, train_merger):
+    from vlbridge.config import TrainConfig
+    from vlbridge.train.stages import apply_stage
+
+    m = build_model(tiny_model_config("lavit", {**OPTIONS, "train_merger": train_merger}),
+                    [t.text for r in records for t in r.turns])
+    counts = apply_stage(m, TrainConfig(stage="instruct", train_vision=False))
+    tok, conn = m.connector.visual_tokenizer, m.connector
+    expected = sum(p.numel() for p in conn.proj.parameters())
+    if train_merger:
+        expected += sum(p.numel() for p in [*tok.merger.parameters(), *tok.inp.parameters()])
+    assert counts["connector"][0] == expected < counts["connector"][1]
+    for part in (tok.selector, tok.quantizer, tok.decoder, tok.pixel_decoder):
+        assert not any(p.requires_grad for p in part.parameters())
+    assert all(p.requires_grad == train_merger for p in tok.merger.parameters())
+
+
 def test_extended_model_save_load_roundtrip(model, records, tmp_path):
     model.save_pretrained(tmp_path / "m")
     loaded = VLBridgeModel.from_pretrained(tmp_path / "m")

@@ -57,6 +57,15 @@ class LavitConnector(Connector):
             layers.append(nn.Linear(d_in, d_out))
         self.proj = nn.Sequential(*layers)
 
+    def adjust_stage(self, model, stage: str) -> None:
+        """In the LLM stages only the projection trains (and, with ``train_merger``, the merger and its input
+        Linear): the selector's decisions, the codebook the generation records are written in, and the decoders
+        that paint those codes stay as the tokenizer stage left them."""
+        trained = {"inp", "merger"} if self.options.train_merger else set()
+        for name, child in self.visual_tokenizer.named_children():
+            if name not in trained:
+                child.requires_grad_(False)
+
     def added_tokens(self) -> list[str]:
         return added_tokens(self.options.codebook_size)
 

@@ -171,7 +171,9 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------
     def train(self) -> Path:
+        ts = time.perf_counter()
         self.setup()
+        self.log(f"set-up took {time.perf_counter() - ts:.1f} s")
         tc = self.cfg.train
         log_file = (self.out / "log.jsonl").open("a") if self.ctx.is_main else open(os.devnull, "w")
         stop_at = min(tc.steps, self.state.step + tc.stop_after) if tc.stop_after else tc.steps
@@ -190,16 +192,21 @@ class Trainer:
                     lr = self.scheduler.get_last_lr()[0]
                     bar.set_postfix(loss=f"{smooth:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.1e}")
                     log_file.write(json.dumps({"step": step, "loss": m["loss"], "aux": m["aux"], "lr": lr,
-                                               "grad_norm": m["grad_norm"], "tokens_per_s": tok_s}) + "\n")
+                                               "grad_norm": m["grad_norm"], "tokens_per_s": tok_s,
+                                               "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
                     log_file.flush()
                 if ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps) and self.ctx.is_main:
+                    tv = time.perf_counter()
                     val = self.validate()
                     if val is not None:
                         self.state.history.append({"step": step, "val_loss": val})
-                        log_file.write(json.dumps({"step": step, "val_loss": val}) + "\n")
+                        log_file.write(json.dumps({"step": step, "val_loss": val,
+                                                   "val_s": round(time.perf_counter() - tv, 3)}) + "\n")
                         bar.write(f"step {step}: val loss {val:.4f}", file=sys.stderr)
                 if (tc.save_every and step % tc.save_every == 0) or step == stop_at:
+                    tc0 = time.perf_counter()
                     self.checkpoint()
+                    log_file.write(json.dumps({"step": step, "checkpoint_s": round(time.perf_counter() - tc0, 3)}) + "\n")
         except KeyboardInterrupt:
             bar.close()
             path = self.checkpoint()
