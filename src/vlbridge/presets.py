@@ -15,8 +15,9 @@ from .config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainCon
 
 
 def tiny_llm() -> LLMConfig:
-    # intermediate 344 = Llama's 8/3 x width (rounded to 8): 16% faster steps than 4x on CPU
-    return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+    # MLP 2x the width: 10% faster steps than Llama's 8/3 x (344), which was 16% faster than 4x; colour/shape
+    # at 800 steps stayed >= 88.9% on three seeds (README, "What the demo learns")
+    return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                                tie_word_embeddings=True, rms_norm_eps=1e-5),
                      chat_template="plain", max_length=512)
