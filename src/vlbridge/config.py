@@ -112,6 +112,8 @@ class TrainConfig:
                                                   "no gradient in a step (an encoder's unused final norm, optional "
                                                   "connector branches); HF Trainer's default. False saves a "
                                                   "graph walk per step when every parameter is used")
+    compile: bool = opt(False, "torch.compile each LLM decoder layer (regional compilation): fused elementwise "
+                               "ops, faster steps once compiled; the first steps pay the compilation")
     group_by_length: bool = opt(False, "batch records of similar length (less padding; HF Trainer's "
                                        "group_by_length): each epoch's shuffled order is cut into groups of "
                                        "50 batches, each group sorted by length, then the batches shuffled")

@@ -26,6 +26,7 @@ from ..config import RunConfig, save_json
 from ..data.dataset import collate
 from ..data.records import SkipReport
 from ..models.build import build_model
+from ..models.compile import compile_decoder_layers
 from ..models.feature_cache import FeatureCache
 from ..models.loss_weights import answer_weights
 from ..models.vlm import VLBridgeModel
@@ -95,6 +96,8 @@ class Trainer:
         self.model = model.train()            # after freezing: frozen modules stay in eval mode
         if tc.cache_vision_features > 0 and model.vision.frozen():
             model.vision.cache = FeatureCache(tc.cache_vision_features)
+        if tc.compile:
+            self.log(f"compile: {compile_decoder_layers(model.llm)} LLM decoder layers (compiled at first use)")
         self.forward = wrap(model, self.ctx, tc.ddp_find_unused_parameters)     # DDP when distributed
         if self.ctx.enabled:
             self.log(f"distributed: {self.ctx.world} processes x batch {tc.batch_size} = global batch "
