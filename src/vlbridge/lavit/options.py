@@ -29,8 +29,11 @@ class TokenizerOptions:
     snap_positions: bool = opt(True, "the feature decoder snaps the codes' read-out positions to strictly "
                                      "increasing patch centres (kept tokens come in raster order, one per patch) "
                                      "before placing them; false = the raw read-out")
-    position_weight: float = opt(20.0, "weight of the loss that teaches each kept code its patch position (the "
-                                      "feature decoder places codes by it)")
+    position_weight: float = opt(2.0, "weight of the loss that teaches each kept code its patch position (the "
+                                     "feature decoder places codes by it). At 20 the merger outputs were 81% "
+                                     "position by variance and colour 2%, and the LLM read colour at 18%; at 2 "
+                                     "reconstruction is as good and understanding reads colour at 57%; at 0 "
+                                     "the decoder cannot place codes")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")
     ratio_weight: float = opt(20.0, "weight of the keep-ratio regulariser (kept share - target)^2")
     min_keep: int = opt(1, "at least this many tokens are kept per image (guards 'all tokens dropped')")
