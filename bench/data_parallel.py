@@ -2,11 +2,12 @@
 
 Both runs train the same global batch (16 records) on the same data for the same number of steps, one after
 the other in this invocation (timings here are noisy; the ratio is what to read). Real tokens/s is taken from
-each run's own log (the trainer's progress figure: LLM positions per second over the timed steps). MFU of each:
+each run's own log, in steady state as in train_step.py: the LLM positions trained after the first epoch (which
+also runs the frozen encoder once per image to fill the feature cache) over the seconds they took. MFU of each:
 tokens/s x FLOPs per position (counted as in train_step.py on a batch sample of the same data, encoder features
 cached) / the fp32 matmul peak of all cores, measured in this run.
 
-    python bench/data_parallel.py [--steps 60] [--procs 2]
+    python bench/data_parallel.py [--epochs 3] [--procs 2]
 """
 from __future__ import annotations
 
@@ -35,12 +36,16 @@ def free_port() -> int:
 
 
 def run(cmd: list[str], threads: int, out: Path) -> float:
+    """Steady-state LLM positions/s of a training run logged once per epoch: from the first log row on."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][-1]
+    rows = [r for r in rows if "tokens_per_s" in r]      # tokens_per_s: positions since the start / elapsed_s
+    first, last = rows[0], rows[-1]
+    positions = last["tokens_per_s"] * last["elapsed_s"] - first["tokens_per_s"] * first["elapsed_s"]
+    return positions / (last["elapsed_s"] - first["elapsed_s"])
 
 
 def flops_per_position(data: Path, out: Path, batch_size: int, n_batches: int = 10) -> tuple[float, float]:
@@ -66,7 +71,7 @@ def flops_per_position(data: Path, out: Path, batch_size: int, n_batches: int = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of 480 records; the first is not timed")
     ap.add_argument("--procs", type=int, default=2, help="torchrun processes (one thread each)")
     ap.add_argument("--global-batch", type=int, default=16)
     args = ap.parse_args()
@@ -74,9 +79,11 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="vlbridge-bench-ddp-"))
     generate(ShapesWorldConfig(n=600, seed=0), tmp / "data")
+    epoch = -(-len(json.loads((tmp / "data" / "train.json").read_text())) // args.global_batch)   # steps
+    steps = epoch * args.epochs
     common = ["train", "--preset", "tiny-cpu", "--train.train_vision", "false", "--data", str(tmp / "data"),
-              "--steps", str(args.steps),
-              "--train.eval_every", "0", "--train.save_every", "0", "--train.log_every", str(args.steps)]
+              "--steps", str(steps),
+              "--train.eval_every", "0", "--train.save_every", "0", "--train.log_every", str(epoch)]
     single = run([sys.executable, "-m", "vlbridge", *common, "--batch-size", str(args.global_batch),
                   "--out", str(tmp / "single")], cores, tmp / "single")
     ddp = run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.procs}",
@@ -86,7 +93,7 @@ def main() -> None:
     torch.set_num_threads(cores)
     peak = max(matmul_peak(), matmul_peak())
     palm, causal = flops_per_position(tmp / "data", tmp / "flops", args.global_batch)
-    print(f"tiny-cpu, global batch {args.global_batch}, {args.steps} steps, {cores} cores; fp32 matmul peak "
+    print(f"tiny-cpu, global batch {args.global_batch}, {steps} steps (timed: the last {steps - epoch}), {cores} cores; fp32 matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s; {palm / 1e6:.2f} MFLOP per position forward + backward (attention in full, "
           f"PaLM; {causal / 1e6:.2f} counting its causal half)")
     for name, tok_s in ((f"1 process x {cores} threads", single),
