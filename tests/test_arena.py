@@ -181,8 +181,8 @@ def test_help_and_print_config_show_the_preset(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["preset"] == "arena-cpu" and cfg["steps"] == 7
     assert cfg["shapes"]["max_objects"] == 5 and cfg["shapes"]["glyph_scale"] == 2
-    # options for every default connector, plus groma's (a row when listed: `--connectors mlp,groma`)
-    assert set(cfg["connector_options"]) <= set(cfg["connectors"]) | {"groma"}
+    # options for every default connector, plus groma's and lavit's (rows when listed: `--connectors mlp,groma`)
+    assert set(cfg["connector_options"]) <= set(cfg["connectors"]) | {"groma", "lavit"}
 
 
 def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, shapes_dir, tmp_path):
@@ -201,3 +201,32 @@ def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, 
     assert result["det_seconds"] > 0 and "rec" in result["metrics"]
     rows = list(csv.DictReader((out / "arena.csv").open()))
     assert [r["connector"] for r in rows] == ["groma"] and float(rows[0]["visual_tokens"]) >= 16
+
+
+def test_tokenizer_connector_gets_its_tokenizer_stage_then_an_arena_row(base_json, shapes_dir, tmp_path):
+    """lavit: the visual tokenizer trains first (its own stage, on the arena's scenes and encoder), then the LLM
+    stage builds the model around it and leaves it frozen."""
+    out = tmp_path / "run"
+    options = {"lavit": {"codebook_size": 16, "heads": 2, "merger_layers": 1, "decoder_layers": 1, "width": 32,
+                         "pixel_channels": [8, 8, 8]}}
+    stage = {"steps_continuous": 2, "steps_quantized": 2, "steps_pixels": 1, "batch_size": 4, "ratio_warmup": 1,
+             "kmeans_images": 8}
+    assert main(arena_argv(base_json, shapes_dir, out, connectors=("lavit",),
+                           extra=("--connector_options", json.dumps(options),
+                                  "--tokenizer_stage", json.dumps(stage)))) == 0
+    tok = out / "lavit-tok"
+    assert (tok / "metrics.json").is_file()
+    run = load_run_config(out / "configs" / "lavit.json")
+    assert run.model.connector.options["tokenizer"] == str(tok) and run.model.connector.options["codebook_size"] == 16
+    trained = load_file(tok / "model.safetensors")
+    final = load_file(out / "lavit" / "final" / "model.safetensors")
+    assert all(torch.equal(v, final[f"connector.visual_tokenizer.{k}"]) for k, v in trained.items())
+    result = json.loads((out / "lavit" / "result.json").read_text())
+    assert result["tokenizer_seconds"] > 0 and result["dynamic"] and "color" in result["metrics"]
+
+
+def test_unknown_tokenizer_stage_field_fails_before_any_work(base_json, shapes_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(arena_argv(base_json, shapes_dir, out, connectors=("lavit",),
+                           extra=("--tokenizer_stage", '{"steps_quantised": 3}'))) != 0
+    assert "steps_quantised" in capsys.readouterr().err and not out.exists()

@@ -2,6 +2,8 @@
 visual tokens, frozen vs trainable tokenizer, and save/load of the extended model and of the tokenizer."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -134,3 +136,20 @@ def test_tokenizer_save_load_roundtrip(model, records, tmp_path):
         tok.decode_ids([[16]])
     with pytest.raises(FileNotFoundError, match="not a LaVIT tokenizer"):
         DynamicVisualTokenizer.load(tmp_path)
+
+
+def test_a_model_built_with_a_tokenizer_dir_starts_from_that_tokenizer(model, records, tmp_path):
+    """``tokenizer`` in the connector options: a new model loads those weights; other options are refused."""
+    tok = copy.deepcopy(model.connector.visual_tokenizer)
+    with torch.no_grad():
+        tok.quantizer.codebook.add_(1.0)                    # differs from any fresh initialisation
+    tok.save(tmp_path / "tok")
+    texts = [t.text for r in records for t in r.turns]
+    built = build_model(tiny_model_config("lavit", {**OPTIONS, "tokenizer": str(tmp_path / "tok")}), texts)
+    trained = tok.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in built.connector.visual_tokenizer.state_dict().items())
+    with pytest.raises(ValueError, match=r"codebook_size=16/32"):
+        build_model(tiny_model_config("lavit", {**OPTIONS, "codebook_size": 32, "tokenizer": str(tmp_path / "tok")}),
+                    texts)
+    with pytest.raises(FileNotFoundError, match="not a LaVIT tokenizer"):
+        build_model(tiny_model_config("lavit", {**OPTIONS, "tokenizer": str(tmp_path)}), texts)

@@ -37,6 +37,9 @@ class ArenaConfig:
     det_steps: int = opt(300, "proposer (`det` stage) steps before the LLM stage, for region-token connectors "
                               "(groma); not counted in `steps`")
     det_lr: float = opt(2e-3, "proposer learning rate in the `det` stage")
+    tokenizer_stage: dict = opt({}, "overrides of the visual-tokenizer stage that precedes a tokenizer connector's "
+                                    "(lavit) LLM stage, as JSON (fields of `vlbridge lavit tokenizer`, e.g. "
+                                    "'{\"steps_quantized\": 500}'); not counted in `steps`")
     eval_limit: int | None = opt(100, "test records per task (None = the whole test split)")
     eval_batch_size: int = opt(64, "records per generation batch in evaluation")
     max_new_tokens: int = opt(40, "generation budget per answer")
@@ -66,7 +69,9 @@ def tiny_connector_options() -> dict:
         "cabstractor": {"grid_out": [4, 4], "depth": 2},
         "pixel_shuffle": {"factor": 2},
         "pargo": {"layers": 2, "num_global": 4, "tile": [2, 2]},
-        # not in the default list (it needs a `det` stage first); `--connectors mlp,groma` adds it as a row
+        # not in the default lists (a `det` stage / a visual-tokenizer stage first); `--connectors mlp,groma,lavit`
+        # adds them as rows. lavit: LaVIT's defaults at the CPU scale (width 64, 256 codes, keep ratio 1/3)
+        "lavit": {},
         "groma": {"proposer_layers": [-2, -1], "region_layers": [-2, -1], "tag_features": True},
     }
 

@@ -7,6 +7,8 @@ Layout of the run directory ``OUT``::
     configs/<name>.json      each connector's resolved run config (`vlbridge train --config` re-runs it)
     <name>/                  its training run (config.json, log.jsonl, checkpoints/, final/), eval/ and
       result.json            ... the marker of a finished connector, written atomically after its eval
+    <name>-det/ <name>-tok/  the stage a region-token connector (groma: the proposer) or a tokenizer connector
+                             (lavit: its visual tokenizer) trains first, not counted in the step budget
     arena.md  arena.csv      the table;  arena_tasks.png  arena_tokens.png  the plots
 
 A connector with a ``result.json`` is not retrained; one with checkpoints resumes from the latest.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConnectorConfig, DataConfig, RunConfig, save_json
+from ..config import ConnectorConfig, DataConfig, RunConfig, VisionConfig, save_json
 from ..connectors import CONNECTORS, build_connector
 from ..data.records import SkipReport
 from ..generate import GenerationConfig
@@ -51,6 +53,7 @@ def check_connectors(cfg: ArenaConfig) -> None:
     for name, options in cfg.connector_options.items():
         if not isinstance(options, dict):
             raise ValueError(f"--connector_options {name!r}: expected a JSON object of options, got {options!r}")
+    check_tokenizer_stage(cfg.tokenizer_stage)
 
 
 def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | None) -> None:
@@ -70,15 +73,23 @@ def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | No
             llm_dim = AutoConfig.from_pretrained(base.model.llm.name_or_path).get_text_config().hidden_size
         for name in cfg.connectors:
             try:
-                build_connector(name, dict(cfg.connector_options.get(name, {})), tower.out_dim, llm_dim, tower.grid)
+                build_connector(name, connector_options(cfg, name, vision), tower.out_dim, llm_dim, tower.grid)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"connector {name!r} with options {cfg.connector_options.get(name, {})}: {e}") from None
+
+
+def connector_options(cfg: ArenaConfig, name: str, vision: VisionConfig) -> dict:
+    """The connector's options in the arena; a tokenizer connector's pixel decoder paints the encoder's image size."""
+    options = dict(cfg.connector_options.get(name, {}))
+    if CONNECTORS[name].trains_tokenizer:
+        options.setdefault("image_size", vision.image_size)
+    return options
 
 
 def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Path, vision: str, out: Path) -> RunConfig:
     """The base config with this connector, the shared frozen encoder, data and schedule."""
     rc = copy.deepcopy(base)
-    rc.model.connector = ConnectorConfig(name, dict(cfg.connector_options.get(name, {})))
+    rc.model.connector = ConnectorConfig(name, connector_options(cfg, name, rc.model.vision))
     rc.model.vision.name_or_path = vision
     rc.model.vision.arch = {}                                  # the encoder comes from `vision`
     rc.data = dataclasses.replace(rc.data, path=str(data))
@@ -93,7 +104,30 @@ def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Pat
     rc.preset = f"arena:{name}"
     if CONNECTORS[name].proposes_regions:                       # the LLM stage starts from the trained proposer
         tc.init_from = str(Path(det_run_config(cfg, rc).out) / "final")
+    if CONNECTORS[name].trains_tokenizer:                       # the model is built around the trained tokenizer
+        rc.model.connector.options["tokenizer"] = f"{rc.out}-tok"
     return rc
+
+
+def tokenizer_stage_config(cfg: ArenaConfig, run: RunConfig, data: Path):
+    """The visual-tokenizer stage (LaVIT's; encoder frozen, its own schedule) that precedes such a connector's run:
+    trained on the arena's scenes and encoder with the connector's tokenizer options."""
+    from ..lavit.tokenizer_training import TokenizerTrainConfig
+    from ..lavit.visual_tokenizer import tokenizer_options
+    connector = run.model.connector
+    options = CONNECTORS[connector.name].Options(**connector.options)
+    tok_cfg = TokenizerTrainConfig(annotations=str(data / "scenes.json"), vision=run.model.vision.name_or_path,
+                                   out=connector.options["tokenizer"], seed=cfg.seed,
+                                   options=tokenizer_options(options))
+    return dataclasses.replace(tok_cfg, **cfg.tokenizer_stage)
+
+
+def check_tokenizer_stage(overrides: dict) -> None:
+    from ..lavit.tokenizer_training import TokenizerTrainConfig
+    fields = {f.name for f in dataclasses.fields(TokenizerTrainConfig)} - {"annotations", "vision", "out", "options"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"--tokenizer_stage: unknown field(s) {unknown}; fields: {', '.join(sorted(fields))}")
 
 
 def det_run_config(cfg: ArenaConfig, run: RunConfig) -> RunConfig:
@@ -136,6 +170,17 @@ def train_proposer(det: RunConfig) -> float:
     log(f"{det.model.connector.name}: training the region proposer ({det.train.steps} det steps) into {det.out}")
     t0 = time.perf_counter()
     train(det)
+    return time.perf_counter() - t0
+
+
+def train_visual_tokenizer(tok_cfg) -> float:
+    """Run the tokenizer stage unless its output exists (it has no resume); returns seconds."""
+    from ..lavit.tokenizer_training import train_tokenizer
+    if (Path(tok_cfg.out) / "model.safetensors").is_file():
+        return 0.0
+    log(f"training the visual tokenizer into {tok_cfg.out}")
+    t0 = time.perf_counter()
+    train_tokenizer(tok_cfg)
     return time.perf_counter() - t0
 
 
@@ -223,10 +268,13 @@ def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) 
         log(f"{name}: finished earlier ({result_file}); not retrained")
         return json.loads(result_file.read_text())
     det_seconds = train_proposer(det_run_config(cfg, run)) if CONNECTORS[name].proposes_regions else None
+    tokenizer_seconds = (train_visual_tokenizer(tokenizer_stage_config(cfg, run, Path(run.data.path)))
+                         if CONNECTORS[name].trains_tokenizer else None)
     seconds, steps_run = train_connector(run)
     log(f"{name}: evaluating on {test_file}")
     result = {"connector": name, "options": run.model.connector.options,
               "train_seconds": seconds, "train_steps_run": steps_run, "det_seconds": det_seconds,
+              "tokenizer_seconds": tokenizer_seconds,
               "train_ms_per_step": 1000 * seconds / steps_run if steps_run else None,
               "train_tokens_per_s": train_tokens_per_s(run_dir / "log.jsonl"),
               **evaluate_connector(cfg, run, test_file),

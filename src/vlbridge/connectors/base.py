@@ -47,6 +47,7 @@ class Connector(nn.Module):
     Options: ClassVar[type] = None
     dynamic: ClassVar[bool] = False        # True when M varies per image (num_tokens is then an upper bound)
     proposes_regions: ClassVar[bool] = False   # True for region-token connectors (groma): a `det` stage first
+    trains_tokenizer: ClassVar[bool] = False   # True when a separately trained visual tokenizer comes first (lavit)
 
     def __init__(self, options, vis_dim: int, llm_dim: int, grid: tuple[int, int]):
         super().__init__()
@@ -59,6 +60,11 @@ class Connector(nn.Module):
     def num_tokens(self) -> int:
         """Visual tokens per image (the maximum, for dynamic connectors)."""
         raise NotImplementedError
+
+    def load_parts(self) -> None:
+        """Load separately trained parts named in the options (e.g. LaVIT's tokenizer dir) into a freshly built
+        connector. Called when a model is built from its config, never when a saved model is loaded (its
+        weights already hold those parts). Default: nothing to load."""
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -15,6 +15,7 @@ learn from the LLM loss (LaVIT's understanding recipe trains LLM, merger and pro
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +35,16 @@ class LavitOptions(TokenizerOptions):
     train_merger: bool = opt(False, "train the merger (and its input projection) through the LLM loss, as in "
                                     "LaVIT's understanding stage; false = the whole tokenizer stays frozen")
     selection: str = opt("argmax", "token selection: 'argmax' (deterministic) or 'sample'")
+    tokenizer: str | None = opt(None, "a trained tokenizer dir (`vlbridge lavit tokenizer --out`) loaded when the "
+                                      "model is built from its config (its options must match these); None = "
+                                      "the tokenizer starts untrained (or comes from --init-from)")
 
 
 class LavitConnector(Connector):
     Options = LavitOptions
     dynamic = True
     wrap_tokens = (IMG_OPEN, IMG_CLOSE)
+    trains_tokenizer = True
 
     def __init__(self, options: LavitOptions, vis_dim: int, llm_dim: int, grid):
         super().__init__(options, vis_dim, llm_dim, grid)
@@ -65,6 +70,24 @@ class LavitConnector(Connector):
         for name, child in self.visual_tokenizer.named_children():
             if name not in trained:
                 child.requires_grad_(False)
+
+    def load_parts(self) -> None:
+        """Load the trained tokenizer named by ``options.tokenizer``, after checking it is the one these
+        options describe (same sizes and switches, feature width and patch grid)."""
+        if not self.options.tokenizer:
+            return
+        trained = DynamicVisualTokenizer.load(self.options.tokenizer)
+        wanted = dataclasses.asdict(tokenizer_options(self.options))
+        differ = {k: (v, wanted[k]) for k, v in dataclasses.asdict(trained.options).items() if wanted[k] != v}
+        if differ:
+            raise ValueError(f"lavit connector: the tokenizer in {self.options.tokenizer} was trained with other "
+                             "options (trained, here): " + ", ".join(f"{k}={a!r}/{b!r}" for k, (a, b) in differ.items())
+                             + "; pass its options to the connector, or train a tokenizer with these")
+        if (trained.vis_dim, trained.grid) != (self.vis_dim, self.grid):
+            raise ValueError(f"lavit connector: the tokenizer in {self.options.tokenizer} reads {trained.vis_dim}-d "
+                             f"features on a {trained.grid} grid, this vision encoder gives {self.vis_dim}-d on "
+                             f"{self.grid}: train the tokenizer on this encoder's features")
+        self.visual_tokenizer.load_state_dict(trained.state_dict())
 
     def added_tokens(self) -> list[str]:
         return added_tokens(self.options.codebook_size)

@@ -94,12 +94,12 @@ def prepare(cfg: PrepareConfig) -> dict:
     run = get_preset(cfg.preset)
     model_cfg = run.model
     model_cfg.vision = VisionConfig(name_or_path=meta["vision"], feature_layers=model_cfg.vision.feature_layers)
-    model_cfg.connector = ConnectorConfig("lavit", {**dataclasses.asdict(tok.options), "train_merger": cfg.train_merger})
+    model_cfg.connector = ConnectorConfig("lavit", {**dataclasses.asdict(tok.options), "train_merger": cfg.train_merger,
+                                                    "tokenizer": cfg.tokenizer})
     texts = [t.text.replace("<image>", "") for r in load_records(data / "train.json") for t in r.turns]
     texts += [r["conversations"][0]["value"] for r in gen]
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg, texts)
-    model.connector.visual_tokenizer.load_state_dict(tok.state_dict())
+    model = build_model(model_cfg, texts)                             # loads the trained tokenizer
     VisualVocab.from_model(model)                                     # the vocabulary really is there
     model.save_pretrained(cfg.out)
     lengths = [len(c) for c in codes]

@@ -19,4 +19,7 @@ def build_tokenizer(cfg: ModelConfig, texts: Iterable[str] | None = None):
 
 
 def build_model(cfg: ModelConfig, texts: Iterable[str] | None = None) -> VLBridgeModel:
-    return VLBridgeModel(cfg, build_tokenizer(cfg, texts))
+    """A new model from its config; connector parts trained separately (named in its options) are loaded."""
+    model = VLBridgeModel(cfg, build_tokenizer(cfg, texts))
+    model.connector.load_parts()
+    return model
