@@ -153,3 +153,21 @@ def test_a_model_built_with_a_tokenizer_dir_starts_from_that_tokenizer(model, re
                     texts)
     with pytest.raises(FileNotFoundError, match="not a LaVIT tokenizer"):
         build_model(tiny_model_config("lavit", {**OPTIONS, "tokenizer": str(tmp_path)}), texts)
+
+
+def test_code_embeddings_from_the_codebook_keep_its_geometry(model):
+    """prepare --code_embeddings codebook: code tokens' embeddings have the codebook's cosine similarities, at
+    the text embeddings' scale; other tokens are untouched."""
+    from vlbridge.lavit.prepare import init_code_embeddings
+    m = copy.deepcopy(model)
+    before = m.llm.get_input_embeddings().weight.clone()
+    init_code_embeddings(m, torch.Generator().manual_seed(0))
+    weight = m.llm.get_input_embeddings().weight
+    ids = list(VisualVocab.from_model(m).code_ids())
+    codes = weight[ids]
+    codebook = m.connector.visual_tokenizer.quantizer.codebook
+    cos = torch.nn.functional.normalize(codes, dim=-1)
+    assert torch.allclose(cos @ cos.T, codebook @ codebook.T, atol=1e-4)
+    others = [i for i in range(len(weight)) if i not in set(ids)]
+    assert torch.equal(weight[others], before[others])
+    assert torch.allclose(codes.norm(dim=-1).mean(), before[others].norm(dim=-1).mean(), rtol=1e-4)

@@ -56,7 +56,8 @@ def test_lavit_pipeline_from_the_cli(shapes_dir, tmp_path, capsys):
                  str(tmp_path / "measure"), "--prompts", "3", "--grid", "2", "--cfg_scales", "1,2"]) == 0
     figures = json.loads((tmp_path / "measure" / "metrics.json").read_text())
     assert figures["checker_real_renders"]["full"] == 1.0                 # the checker reads real renders
-    assert {"text_to_image_cfg1", "text_to_image_cfg2", "trilemma", "tokenizer"} <= set(figures)
+    assert {"text_to_image_cfg1", "text_to_image_cfg2", "trilemma", "tokenizer", "checker_other_scenes",
+            "unconditional_cfg1"} <= set(figures)
     assert Image.open(tmp_path / "measure" / "samples.png").size[0] > 0
 
     out = tmp_path / "img.png"

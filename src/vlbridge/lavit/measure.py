@@ -6,7 +6,8 @@
 - Text->image: the split's scenes captioned (``captions.caption``), images generated per CFG scale, judged
   by the checker: every prompt object present (colour + shape), exactly those objects, named sizes, named
   relation, all of it ("full"). The same checker on the real renders and on the tokenizer's reconstructions
-  (real codes -> pixels) bounds what generation can reach.
+  (real codes -> pixels) bounds what generation can reach. Two baselines say what ignoring the prompt
+  scores: real renders of *other* scenes judged against each prompt, and images generated with no caption.
 - The compact / lossless / discrete trilemma: tokens per image, reconstruction error, discrete or not.
 - A PNG grid: real render | reconstruction from its codes | generated image, per prompt.
 Understanding accuracy comes from ``vlbridge eval`` (same test records as every other connector).
@@ -89,6 +90,9 @@ def measure(cfg: MeasureConfig) -> dict:
     split = dataset_size_split(data_dir)
     figures["checker_real_renders"] = agreement_rates(judge(prompts, real, split))
     figures["checker_tokenizer_reconstructions"] = agreement_rates(judge(prompts, recon, split))
+    figures["checker_other_scenes"] = agreement_rates(judge(prompts, real[1:] + real[:1], split))
+    unconditional, _ = generate_images(model, [""] * n, ImageGenConfig(do_sample=cfg.sample, seed=cfg.seed))
+    figures["unconditional_cfg1"] = agreement_rates(judge(prompts, unconditional, split))
     generated, verdicts = {}, {}
     for scale in cfg.cfg_scales:
         gen = ImageGenConfig(cfg_scale=scale, do_sample=cfg.sample, seed=cfg.seed)
@@ -138,6 +142,8 @@ def summary_markdown(f: dict, cfg: MeasureConfig) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [("real renders", f["checker_real_renders"]), ("tokenizer reconstructions", f["checker_tokenizer_reconstructions"])]
     rows += [(f"generated, CFG {s:g}", f[f"text_to_image_cfg{s:g}"]) for s in cfg.cfg_scales]
+    rows += [("baseline: real renders of other scenes", f["checker_other_scenes"]),
+             ("baseline: generated with no caption", f["unconditional_cfg1"])]
     for name, a in rows:
         lines.append(f"| {name} | {a['colors_present']:.1%} | {a['objects_present']:.1%} | {a['objects_exact']:.1%} | {a['sizes_ok']:.1%} | "
                      f"{a['relation_ok']:.1%} | {a['full']:.1%} | {a['n']} |")

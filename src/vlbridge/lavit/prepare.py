@@ -52,6 +52,10 @@ class PrepareConfig:
     train_merger: bool = opt(False, "the model's connector trains its merger through the LLM loss (LaVIT's "
                                     "understanding recipe); the rest of the tokenizer stays frozen")
     seed: int = opt(0, "seed of captions and record order")
+    code_embeddings: str = opt("random", "initial LLM embeddings of the code tokens: 'random' (the LLM's own "
+                                         "initialisation) or 'codebook' (each code's vector through a random "
+                                         "orthonormal map, at the text embeddings' mean norm: similar codes start "
+                                         "with similar embeddings, and with tied embeddings similar logits)")
 
 
 def generation_records(scenes: list[dict], codes: list[list[int]], cfg: PrepareConfig) -> list[dict]:
@@ -75,9 +79,30 @@ def scene_codes(tok: DynamicVisualTokenizer, tower: VisionTower, scenes: list[di
     return [c for i in range(0, len(feats), 256) for c in tok.tokenize(feats[i:i + 256])]
 
 
+@torch.no_grad()
+def init_code_embeddings(model, generator: torch.Generator) -> None:
+    """Code tokens' input (and output) embeddings from the codebook [K, C] through a random orthonormal map
+    [C -> D], scaled to the mean norm of the other embeddings."""
+    vocab = VisualVocab.from_model(model)
+    codebook = model.connector.visual_tokenizer.quantizer.codebook                  # [K, C], unit rows
+    ids = torch.tensor(list(vocab.code_ids()))
+    for emb in {id(e): e for e in (model.llm.get_input_embeddings(), model.llm.get_output_embeddings())
+                if e is not None}.values():
+        weight = emb.weight                                                         # [V, D]
+        if codebook.shape[1] > weight.shape[1]:
+            raise ValueError(f"code_embeddings='codebook': code dim {codebook.shape[1]} exceeds the LLM width "
+                             f"{weight.shape[1]}")
+        q, _ = torch.linalg.qr(torch.randn(weight.shape[1], codebook.shape[1], generator=generator))  # [D, C]
+        others = torch.ones(len(weight), dtype=torch.bool)
+        others[ids] = False
+        weight[ids] = codebook @ q.T * weight[others].norm(dim=-1).mean()          # [K, D]
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     if not cfg.tokenizer or not cfg.data or not cfg.out:
         raise ValueError("lavit prepare needs --tokenizer, --data and --out")
+    if cfg.code_embeddings not in ("random", "codebook"):
+        raise ValueError(f"--code_embeddings must be 'random' or 'codebook', got {cfg.code_embeddings!r}")
     data = Path(cfg.data)
     meta = read_config(Path(cfg.tokenizer))
     tok = DynamicVisualTokenizer.load(cfg.tokenizer)
@@ -100,6 +125,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     texts += [r["conversations"][0]["value"] for r in gen]
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, texts)                             # loads the trained tokenizer
+    if cfg.code_embeddings == "codebook":
+        init_code_embeddings(model, torch.Generator().manual_seed(cfg.seed))
     VisualVocab.from_model(model)                                     # the vocabulary really is there
     model.save_pretrained(cfg.out)
     lengths = [len(c) for c in codes]
