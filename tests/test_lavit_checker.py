@@ -35,7 +35,8 @@ def test_captions_of_real_renders_agree_and_wrong_prompts_do_not():
         text = caption(objs, rng)
         spec = parse_prompt(text)
         found = detect_objects(render_scene(scene, CFG))
-        assert agreement(spec, found).full, text
+        verdict = agreement(spec, found)
+        assert verdict.full and verdict.colors_present and verdict.colors_exact, text
         n_rel += spec.relation is not None
         first = spec.objects[0]
         other = next(c for c in COLORS if c != first.color and (c, first.shape) not in
@@ -56,6 +57,8 @@ def test_extra_object_breaks_exactness_only():
     spec = parse_prompt(f"a {scene.objects[0].color} {scene.objects[0].shape}")
     a = agreement(spec, found)
     assert a.objects_present and not a.objects_exact and not a.full
+    # a second colour in the image: the prompt's colours are present, but not exactly them
+    assert a.colors_present and a.colors_exact == (scene.objects[1].color == scene.objects[0].color)
 
 
 def test_parse_prompt():

@@ -118,6 +118,7 @@ class Agreement:
     relation_ok: bool          # the named relation holds (True when none is named)
     object_recall: float       # share of prompt objects present
     colors_present: bool       # every prompt colour is in the image (whatever the shapes): a lenient reading
+    colors_exact: bool         # the image's colours are exactly the prompt's (a many-coloured blob fails)
 
     @property
     def full(self) -> bool:
@@ -147,4 +148,5 @@ def agreement(spec: PromptSpec, found: list[DetectedObject]) -> Agreement:
         i, name, j = spec.relation
         rel = matched[i] is not None and matched[j] is not None and relation_holds(matched[i], name, matched[j])
     colours = all(any(d.color == o.color for d in found) for o in spec.objects)
-    return Agreement(all(present), want == have, sizes, rel, sum(present) / len(present), colours)
+    exact_colours = {d.color for d in found} == {o.color for o in spec.objects}
+    return Agreement(all(present), want == have, sizes, rel, sum(present) / len(present), colours, exact_colours)

@@ -52,7 +52,8 @@ def agreement_rates(items: list[Agreement]) -> dict[str, float]:
             "relation_ok": sum(a.relation_ok for a in items) / n,
             "full": sum(a.full for a in items) / n,
             "object_recall": sum(a.object_recall for a in items) / n,
-            "colors_present": sum(a.colors_present for a in items) / n, "n": len(items)}
+            "colors_present": sum(a.colors_present for a in items) / n,
+            "colors_exact": sum(a.colors_exact for a in items) / n, "n": len(items)}
 
 
 def judge(prompts: list[str], images, split: float = SMALL_LARGE_SPLIT) -> list[Agreement]:
@@ -138,13 +139,14 @@ def summary_markdown(f: dict, cfg: MeasureConfig) -> str:
              f"{t['pixel_l1_baseline_background']:.4f})",
              f"- codebook: perplexity {t['codebook']['perplexity']:.1f} of {t['codebook']['size']}, "
              f"used {t['codebook']['used']}, EMA-dead {t['codebook']['dead_ema']}", "",
-             "| images judged by the checker | colours | objects present | exact | sizes | relation | full | n |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| images judged by the checker | colours present | colours exact | objects present | objects exact | "
+             "sizes | relation | full | n |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [("real renders", f["checker_real_renders"]), ("tokenizer reconstructions", f["checker_tokenizer_reconstructions"])]
     rows += [(f"generated, CFG {s:g}", f[f"text_to_image_cfg{s:g}"]) for s in cfg.cfg_scales]
     rows += [("baseline: real renders of other scenes", f["checker_other_scenes"]),
              ("baseline: generated with no caption", f["unconditional_cfg1"])]
     for name, a in rows:
-        lines.append(f"| {name} | {a['colors_present']:.1%} | {a['objects_present']:.1%} | {a['objects_exact']:.1%} | {a['sizes_ok']:.1%} | "
+        lines.append(f"| {name} | {a['colors_present']:.1%} | {a['colors_exact']:.1%} | {a['objects_present']:.1%} | {a['objects_exact']:.1%} | {a['sizes_ok']:.1%} | "
                      f"{a['relation_ok']:.1%} | {a['full']:.1%} | {a['n']} |")
     return "\n".join(lines)
