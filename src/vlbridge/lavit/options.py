@@ -2,7 +2,7 @@
 
 The released tokenizer (EVA-CLIP ViT-g features, 1408-d, 16x16 patches) uses 12 merger blocks, 16 heads,
 a 32-d code and 16,384 codes. The defaults here are the CPU/ShapesWorld scale: the tiny ResNet's 8x8 grid of
-128-d features mapped to width 64, 2 merger blocks, 256 codes.
+128-d features mapped to width 64, 2 merger blocks, 4,096 codes.
 """
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ class TokenizerOptions:
     min_keep: int = opt(1, "at least this many tokens are kept per image (guards 'all tokens dropped')")
     gumbel_tau: float = opt(1.0, "Gumbel-softmax temperature of the straight-through selection in training")
     code_dim: int = opt(32, "dimension of the l2-normalised codes")
-    codebook_size: int = opt(256, "number of codes (visual vocabulary size)")
+    codebook_size: int = opt(4096, "number of codes (visual vocabulary size). 256 kept shape but dropped colour "
+                                   "(reconstructions with exactly the prompt's colours 8%; 4096: 37.5%); LaVIT: "
+                                   "16,384")
     ema_decay: float = opt(0.99, "EMA decay of the codebook statistics")
     commitment: float = opt(0.25, "weight of the commitment loss ||z - sg(q)||^2")
     dead_ratio: float = opt(0.03, "a code is dead when its EMA usage is below dead_ratio x the uniform share")
