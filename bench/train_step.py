@@ -2,7 +2,8 @@
 
 Measured as ``make demo`` trains: the vision encoder frozen (its features cached after the first epoch), the
 connector and LLM trained. Everything is measured in one run (timings on this machine are noisy, ratios less so):
-  peak      fp32 matmul FLOP/s (the best of several large square matmuls, before and after)
+  peak      fp32 matmul FLOP/s (the best of several large square matmuls, before and after); also measured
+            right after every timed step, as this machine's speed drifts by 10-40% within minutes
   trainer   Trainer.train_step over N consecutive steps: data loading, splicing, forward, backward,
             clipping, AdamW, schedule
   bare      the same modules' forward + backward on the same N batches, pre-built (no data, no optimizer),
@@ -10,10 +11,11 @@ connector and LLM trained. Everything is measured in one run (timings on this ma
   flops     the FLOPs those N batches execute (forward + backward), counted by torch.utils.flop_counter;
             attention is counted as the causal kernel computes it (half of the T x T scores; the counter has
             no formula for the CPU flash kernel, added here)
-MFU = flops / trainer-time / peak, printed twice: with attention counted as PaLM's MFU counts it (the full T x T
-score matrix, 12 L H Q T per token) and as the causal kernel computes it (half); overhead = trainer-time /
-bare-time - 1. One epoch runs first, untimed,
-so the feature cache is warm as it is for most of a real run (the demo trains six epochs).
+MFU = flops / trainer-time / peak, against two peaks: the best of the run (a strict figure) and the peaks
+measured beside the steps, weighted by step time (the same conditions as the steps). Each is printed with
+attention counted as PaLM's MFU counts it (the full T x T score matrix, 12 L H Q T per token) and as the causal
+kernel computes it (half). Overhead = trainer-time / bare-time - 1. One epoch runs first, untimed, so the
+feature cache is warm as it is for most of a real run (the demo trains six epochs).
 
     python bench/train_step.py [--steps 20] [--batch-size 16]
 """
@@ -105,17 +107,21 @@ def main() -> None:
     replay = BatchStream(trainer.train_set, cfg.train, *trainer.stream.position)
     peak_before = matmul_peak()
     batches, t_trainer, t_bare, positions = [], 0.0, 0.0, 0
+    peak_time = 0.0                                      # sum over steps of trainer-time x the peak beside it
     for _ in range(args.steps):
         batch = next(replay)                             # the batch the trainer's next step draws
         batches.append(batch)
         t = time.perf_counter()
         positions += trainer.train_step()["positions"]
-        t_trainer += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        t_trainer += dt
         t = time.perf_counter()
         model(batch).loss.backward()
         model.zero_grad(set_to_none=True)
         t_bare += time.perf_counter() - t
+        peak_time += dt * matmul_peak(reps=3)         # the peak right after this step
     peak = max(peak_before, matmul_peak())
+    peak_alongside = peak_time / t_trainer              # the trainer-time-weighted mean of the peaks beside steps
     # FLOPs are counted on the eager modules (the same maths; the counter sees aten ops, not compiled kernels)
     with torch.compiler.set_stance("force_eager"), \
             FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
@@ -135,6 +141,9 @@ def main() -> None:
           f"full, PaLM); {flops / args.steps / 1e9:.2f} counting its causal half")
     print(f"trainer step              {t_trainer / args.steps * 1e3:8.1f} ms   {positions / t_trainer:8,.0f} "
           f"tokens/s   MFU {flops_palm / t_trainer / peak:6.1%} (causal half: {flops / t_trainer / peak:.1%})")
+    print(f"  against the peak measured beside each step ({peak_alongside / 1e9:.1f} GFLOP/s on average, so "
+          f"this machine's drifts hit both): MFU {flops_palm / t_trainer / peak_alongside:.1%} "
+          f"(causal half: {flops / t_trainer / peak_alongside:.1%})")
     print(f"bare forward+backward     {t_bare / args.steps * 1e3:8.1f} ms   {positions / t_bare:8,.0f} tokens/s   "
           f"MFU {flops_palm / t_bare / peak:6.1%} (causal half: {flops / t_bare / peak:.1%})")
     print(f"trainer overhead vs bare  {t_trainer / t_bare - 1:+8.1%}")

@@ -223,3 +223,25 @@ def test_align_snaps_read_out_positions_to_increasing_patches():
     codes = torch.randn(2, 5, tok.options.code_dim)
     assert torch.allclose(tok.decoder(codes, valid), tok.decoder(codes, valid, positions=tok.decoder.align(
         tok.decoder.locate(codes), valid)))                               # decoding ids snaps by default
+
+
+def test_pixel_phase_keeps_the_codes_and_tunes_the_feature_decoder_only_when_asked():
+    from vlbridge.lavit.tokenizer_training import SplitData, TokenizerTrainConfig, train_pixels
+    feats = torch.randn(12, 16, D)
+    pixels = torch.zeros(12, 3, 16, 16)
+    for i in range(12):                                                # a red square where feature 0 is high
+        r, c = divmod(int(feats[i, :, 0].argmax()), 4)
+        pixels[i, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 1.0
+    data = SplitData(feats, pixels, torch.ones(12), [{}] * 12)
+    for tune in (False, True):
+        tok = tokenizer()
+        codes = tok.tokenize(feats)
+        decoder = {k: v.clone() for k, v in tok.decoder.state_dict().items()}
+        cfg = TokenizerTrainConfig(steps_pixels=30, batch_size=6, lr=1e-2, pixels_tune_decoder=tune)
+        log: list[dict] = []
+        train_pixels(tok, data, cfg, torch.Generator().manual_seed(0), log)
+        assert tok.tokenize(feats) == codes                            # the LLM's visual vocabulary is untouched
+        changed = any(not torch.equal(v, tok.decoder.state_dict()[k]) for k, v in decoder.items())
+        assert changed == tune
+        assert (log[-1]["cosine"] is not None) == tune
+        assert log[-1]["cross_entropy"] < log[0]["cross_entropy"]

@@ -134,11 +134,7 @@ class DynamicVisualTokenizer(nn.Module):
             raise ValueError("lavit tokenizer: an image needs at least one code")
         if any(not 0 <= c < size for seq in ids for c in seq):
             raise ValueError(f"lavit tokenizer: code ids must lie in [0, {size})")
-        M = max(len(seq) for seq in ids)
-        padded = torch.zeros(len(ids), M, dtype=torch.long)
-        valid = torch.zeros(len(ids), M, dtype=torch.bool)
-        for b, seq in enumerate(ids):
-            padded[b, : len(seq)], valid[b, : len(seq)] = torch.tensor(seq), True
+        padded, valid = pad_ids(ids)
         return self.decoder(self.quantizer.embed(padded), valid)
 
     def render(self, features: torch.Tensor) -> torch.Tensor:
@@ -164,6 +160,16 @@ class DynamicVisualTokenizer(nn.Module):
             raise ValueError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return tok.eval()
+
+
+def pad_ids(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length code-id sequences -> ids [B, M_max] (0-padded) and valid [B, M_max] bool."""
+    M = max(len(seq) for seq in ids)
+    padded = torch.zeros(len(ids), M, dtype=torch.long)
+    valid = torch.zeros(len(ids), M, dtype=torch.bool)
+    for b, seq in enumerate(ids):
+        padded[b, : len(seq)], valid[b, : len(seq)] = torch.tensor(seq), True
+    return padded, valid
 
 
 def read_config(path: Path) -> dict:
