@@ -74,8 +74,9 @@ class TokenizerTrainConfig:
                                   "in 6.5% of images after 400 steps, 16% after 1500")
     pixels_tune_decoder: bool = opt(True, "phase 3 also fine-tunes the feature decoder (lr / 3, its cosine loss "
                                           "kept beside the pixel loss), so the features it reconstructs from codes "
-                                          "suit the pixel decoder: every object right 21.5% against 16% frozen, "
-                                          "feature cosine 0.924 against 0.93")
+                                          "suit the pixel decoder. Test split, against frozen: reconstructions "
+                                          "with exactly the right colours 39% vs 30.5%, generated 14% vs 8.5%; "
+                                          "every object drawn 13% vs 17% (val: 21.5% vs 16%); cosine 0.925 vs 0.931")
     batch_size: int = opt(32, "images per step")
     lr: float = opt(3e-3, "AdamW peak learning rate (one-cycle per phase)")
     ratio_warmup: int = opt(300, "steps over which the keep-ratio target anneals from 1 to keep_ratio")
