@@ -2,8 +2,8 @@
 
 Measured as ``make demo`` trains: the vision encoder frozen (its features cached after the first epoch), the
 connector and LLM trained. Everything is measured in one run (timings on this machine are noisy, ratios less so):
-  peak      fp32 matmul FLOP/s (the best of several large square matmuls, before and after); also measured
-            right after every timed step, as this machine's speed drifts by 10-40% within minutes
+  peak      fp32 matmul FLOP/s (the best of several large square matmuls, before and after); also measured,
+            the same way, right after every timed step, as this machine's speed drifts by 10-40% within minutes
   trainer   Trainer.train_step over N consecutive steps: data loading, splicing, forward, backward,
             clipping, AdamW, schedule
   bare      the same modules' forward + backward on the same N batches, pre-built (no data, no optimizer),
@@ -17,7 +17,11 @@ attention counted as PaLM's MFU counts it (the full T x T score matrix, 12 L H Q
 kernel computes it (half). Overhead = trainer-time / bare-time - 1. One epoch runs first, untimed, so the
 feature cache is warm as it is for most of a real run (the demo trains six epochs).
 
-    python bench/train_step.py [--steps 20] [--batch-size 16]
+Then, on a machine with several cores, the same trainer runs a few steps on one thread against that thread's own
+peak: the ratio of the two tokens/s against the ratio of the two peaks shows how much of a shortfall comes from
+splitting each op across threads (matmuls scale with cores; small memory-bound ops and CPU flash attention less).
+
+    python bench/train_step.py [--steps 20] [--batch-size 16] [--compile] [--one-core-steps 10]
 """
 from __future__ import annotations
 
@@ -78,6 +82,38 @@ def attention_part(counter: FlopCounterMode) -> int:
     return sum(n for op, n in counts.items() if op in ATTENTION_FLOPS or str(op) in map(str, ATTENTION_FLOPS))
 
 
+def timed_steps(trainer: Trainer, steps: int) -> dict:
+    """``steps`` trainer steps, each followed by a bare forward+backward of the same batch and a matmul peak.
+
+    Trainer steps and bare passes alternate over the same batches (a replayed stream from the same position), so
+    that slow drifts of this machine's speed hit both alike; the peak beside each step is measured exactly as the
+    run's best peak is (same size, same repetitions), so neither is favoured."""
+    model = trainer.model
+    replay = BatchStream(trainer.train_set, trainer.cfg.train, *trainer.stream.position)
+    batches, t_trainer, t_bare, positions, peak_time = [], 0.0, 0.0, 0, 0.0
+    for _ in range(steps):
+        batch = next(replay)                             # the batch the trainer's next step draws
+        batches.append(batch)
+        t = time.perf_counter()
+        positions += trainer.train_step()["positions"]
+        dt = time.perf_counter() - t
+        t_trainer += dt
+        t = time.perf_counter()
+        model(batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+        t_bare += time.perf_counter() - t
+        peak_time += dt * matmul_peak()                  # the peak right after this step, weighted by its time
+    # FLOPs are counted on the eager modules (the same maths; the counter sees aten ops, not compiled kernels)
+    with torch.compiler.set_stance("force_eager"), \
+            FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
+        for batch in batches:
+            model(batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()                    # attention: causal half
+    return dict(trainer=t_trainer, bare=t_bare, positions=positions, peak_alongside=peak_time / t_trainer,
+                flops=flops, flops_palm=flops + attention_part(counter))   # PaLM: attention's full score matrix
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
@@ -87,6 +123,8 @@ def main() -> None:
                                                                 "the demo freezes a pretrained one)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the LLM's decoder layers "
                                                           "(--train.compile; compiled during the warm-up epoch)")
+    ap.add_argument("--one-core-steps", type=int, default=10, help="steps of the one-thread measurement that "
+                                                                  "follows (0: skip it)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vlbridge-bench-"))
@@ -102,51 +140,43 @@ def main() -> None:
     batches_per_epoch = -(-len(trainer.train_set) // args.batch_size)
     for _ in range(batches_per_epoch):                   # untimed: warm-up, and every image's features cached
         trainer.train_step()
-    # Trainer steps and bare passes alternate over the same batches (a replayed stream from the same position),
-    # so that slow drifts of this machine's speed hit both alike.
-    replay = BatchStream(trainer.train_set, cfg.train, *trainer.stream.position)
+    threads = torch.get_num_threads()
     peak_before = matmul_peak()
-    batches, t_trainer, t_bare, positions = [], 0.0, 0.0, 0
-    peak_time = 0.0                                      # sum over steps of trainer-time x the peak beside it
-    for _ in range(args.steps):
-        batch = next(replay)                             # the batch the trainer's next step draws
-        batches.append(batch)
-        t = time.perf_counter()
-        positions += trainer.train_step()["positions"]
-        dt = time.perf_counter() - t
-        t_trainer += dt
-        t = time.perf_counter()
-        model(batch).loss.backward()
-        model.zero_grad(set_to_none=True)
-        t_bare += time.perf_counter() - t
-        peak_time += dt * matmul_peak(reps=3)         # the peak right after this step
+    run = timed_steps(trainer, args.steps)
     peak = max(peak_before, matmul_peak())
-    peak_alongside = peak_time / t_trainer              # the trainer-time-weighted mean of the peaks beside steps
-    # FLOPs are counted on the eager modules (the same maths; the counter sees aten ops, not compiled kernels)
-    with torch.compiler.set_stance("force_eager"), \
-            FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
-        for batch in batches:
-            model(batch).loss.backward()
-    flops = counter.get_total_flops()                    # attention: causal half
-    flops_palm = flops + attention_part(counter)         # attention: the full score matrix
-    model.zero_grad(set_to_none=True)
 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"preset {args.preset} (vision {'trained' if args.train_vision else 'frozen, features cached'}): "
-          f"batch {args.batch_size}, {positions / args.steps:,.0f} LLM positions/step, {n_params / 1e6:.2f}M "
-          f"parameters, {torch.get_num_threads()} threads, {args.steps} steps"
+          f"batch {args.batch_size}, {run['positions'] / args.steps:,.0f} LLM positions/step, {n_params / 1e6:.2f}M "
+          f"parameters, {threads} threads, {args.steps} steps"
           + (", decoder layers compiled" if args.compile else ""))
-    print(f"fp32 matmul peak          {peak / 1e9:8.1f} GFLOP/s")
-    print(f"FLOPs per training step   {flops_palm / args.steps / 1e9:8.2f} GFLOP forward + backward (attention in "
-          f"full, PaLM); {flops / args.steps / 1e9:.2f} counting its causal half")
-    print(f"trainer step              {t_trainer / args.steps * 1e3:8.1f} ms   {positions / t_trainer:8,.0f} "
-          f"tokens/s   MFU {flops_palm / t_trainer / peak:6.1%} (causal half: {flops / t_trainer / peak:.1%})")
-    print(f"  against the peak measured beside each step ({peak_alongside / 1e9:.1f} GFLOP/s on average, so "
-          f"this machine's drifts hit both): MFU {flops_palm / t_trainer / peak_alongside:.1%} "
-          f"(causal half: {flops / t_trainer / peak_alongside:.1%})")
-    print(f"bare forward+backward     {t_bare / args.steps * 1e3:8.1f} ms   {positions / t_bare:8,.0f} tokens/s   "
-          f"MFU {flops_palm / t_bare / peak:6.1%} (causal half: {flops / t_bare / peak:.1%})")
-    print(f"trainer overhead vs bare  {t_trainer / t_bare - 1:+8.1%}")
+    print(f"fp32 matmul peak          {peak / 1e9:8.1f} GFLOP/s (best of the run; {run['peak_alongside'] / 1e9:.1f} "
+          f"on average beside the steps)")
+    print(f"FLOPs per training step   {run['flops_palm'] / args.steps / 1e9:8.2f} GFLOP forward + backward (attention "
+          f"in full, PaLM); {run['flops'] / args.steps / 1e9:.2f} counting its causal half")
+    report("trainer step", run, "trainer", args.steps, peak)
+    report("bare forward+backward", run, "bare", args.steps, peak)
+    print(f"trainer overhead vs bare  {run['trainer'] / run['bare'] - 1:+8.1%}")
+
+    if args.one_core_steps and threads > 1:
+        # The same trainer on one core: how much of the all-core shortfall is splitting each op across threads
+        torch.set_num_threads(1)
+        peak1 = matmul_peak()
+        one = timed_steps(trainer, args.one_core_steps)
+        peak1 = max(peak1, matmul_peak())
+        print(f"one core (1 thread), {args.one_core_steps} steps; its own fp32 matmul peak {peak1 / 1e9:.1f} GFLOP/s:")
+        report("trainer step", one, "trainer", args.one_core_steps, peak1)
+        print(f"  {threads} threads run {run['positions'] / run['trainer'] / (one['positions'] / one['trainer']):.2f}x"
+              f" the tokens/s of one, where the matmul peak scales {peak / peak1:.2f}x")
+        torch.set_num_threads(threads)
+
+
+def report(name: str, run: dict, key: str, steps: int, peak: float) -> None:
+    """Step time, tokens/s and MFU (PaLM; causal half) against the best peak and the peaks beside the steps."""
+    t = run[key]
+    mfu = lambda p: f"{run['flops_palm'] / t / p:6.1%} (causal half: {run['flops'] / t / p:.1%})"
+    print(f"{name:<25} {t / steps * 1e3:8.1f} ms   {run['positions'] / t:8,.0f} tokens/s   MFU {mfu(peak)}"
+          f"   beside the steps {mfu(run['peak_alongside'])}")
 
 
 if __name__ == "__main__":
