@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vlbridge.arena.runner as runner
+import vlbridge.recipes.stages as stages_module
 from conftest import tiny_run_config
 from vlbridge.arena.prepare import differences
 from vlbridge.arena.report import headline, summary_scores
@@ -64,15 +65,15 @@ def test_two_connectors_write_table_csv_plots_and_configs(finished):
 def test_a_row_reruns_alone_from_its_saved_config(finished, tmp_path):
     again = tmp_path / "again"
     assert main(["train", "--config", str(finished / "configs" / "mlp.json"), "--out", str(again)]) == 0
-    original = load_file(finished / "mlp" / "final" / "model.safetensors")
-    rerun = load_file(again / "final" / "model.safetensors")
+    original = load_file(finished / "mlp" / "instruct" / "final" / "model.safetensors")
+    rerun = load_file(again / "instruct" / "final" / "model.safetensors")
     assert original.keys() == rerun.keys()
     assert all(torch.equal(original[k], rerun[k]) for k in original)
 
 
 def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real_train, calls = runner.train, []
+    real_train, calls = stages_module.train, []
 
     def killed_after_two_steps(cfg):                 # "linear" is killed at step 2, after its checkpoint
         if cfg.model.connector.name == "linear":
@@ -81,7 +82,7 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
             raise RuntimeError("killed")
         return real_train(cfg)
 
-    monkeypatch.setattr(runner, "train", killed_after_two_steps)
+    monkeypatch.setattr(stages_module, "train", killed_after_two_steps)
     with pytest.raises(RuntimeError, match="killed"):
         runner.run_arena(_config(base_json, shapes_dir, out, steps=4))
     done = out / "mlp" / "result.json"
@@ -92,14 +93,14 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
         calls.append((cfg.model.connector.name, cfg.train.resume))
         return real_train(cfg)
 
-    monkeypatch.setattr(runner, "train", counting)
-    saved = json.loads((out / "mlp" / "config.json").read_text())       # as written by an older vlbridge that
+    monkeypatch.setattr(stages_module, "train", counting)
+    saved = json.loads((out / "mlp" / "run.json").read_text())          # as written by an older vlbridge that
     del saved["train"]["num_workers"]                                   # lacked a field (now at its default)
-    (out / "mlp" / "config.json").write_text(json.dumps(saved))
+    (out / "mlp" / "run.json").write_text(json.dumps(saved))
     assert main(arena_argv(base_json, shapes_dir, out, steps=4)) == 0
     assert calls == [("linear", True)]                         # mlp not retrained; linear resumed
     assert done.stat().st_mtime_ns == stamp
-    steps = [json.loads(x)["step"] for x in (out / "linear" / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in (out / "linear" / "instruct" / "log.jsonl").read_text().splitlines()
              if "loss" in json.loads(x)]
     assert steps == [1, 2, 3, 4]                               # each step trained exactly once
     assert json.loads((out / "linear" / "result.json").read_text())["train_steps_run"] == 2
@@ -126,7 +127,7 @@ def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, fi
      "not divisible by factor 3"),                              # the 8x8 grid of the preset's encoder
 ])
 def test_bad_connector_fails_before_any_work(flags, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runner, "train", lambda cfg: pytest.fail("training started"))
+    monkeypatch.setattr(stages_module, "train", lambda cfg: pytest.fail("training started"))
     out = tmp_path / "run"
     assert main(["arena", "--out", str(out), "--shapes.n", "10", *flags]) == 2
     assert message in capsys.readouterr().err
@@ -187,18 +188,20 @@ def test_help_and_print_config_show_the_preset(capsys):
 
 def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, shapes_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(arena_argv(base_json, shapes_dir, out, connectors=("groma",), extra=("--det_steps", "2"))) == 0
-    det = out / "groma-det"
+    schedules = json.dumps({"det": {"steps": 2, "warmup_steps": 1}})
+    assert main(arena_argv(base_json, shapes_dir, out, connectors=("groma",), extra=("--stage_schedules", schedules))) == 0
+    det = out / "groma" / "det"
     assert (det / "final" / "model.safetensors").is_file() and (det / "det_metrics.json").is_file()
+    assert len((det / "log.jsonl").read_text().splitlines()) == 2         # the schedule reached the det stage
     run = load_run_config(out / "configs" / "groma.json")
-    assert run.train.init_from == str(det / "final") and run.train.stage == "instruct"
+    assert run.train.stages == ["det", "instruct"]
     # the LLM stage started from the trained proposer, and left it frozen
     trained = load_file(det / "final" / "model.safetensors")
-    final = load_file(out / "groma" / "final" / "model.safetensors")
+    final = load_file(out / "groma" / "instruct" / "final" / "model.safetensors")
     proposer = [k for k in trained if ".proposer." in k]
     assert proposer and all(torch.equal(trained[k], final[k]) for k in proposer)
     result = json.loads((out / "groma" / "result.json").read_text())
-    assert result["det_seconds"] > 0 and "rec" in result["metrics"]
+    assert result["pre_stage_seconds"] > 0 and "rec" in result["metrics"]
     rows = list(csv.DictReader((out / "arena.csv").open()))
     assert [r["connector"] for r in rows] == ["groma"] and float(rows[0]["visual_tokens"]) >= 16
 
@@ -213,20 +216,20 @@ def test_tokenizer_connector_gets_its_tokenizer_stage_then_an_arena_row(base_jso
              "kmeans_images": 8}
     assert main(arena_argv(base_json, shapes_dir, out, connectors=("lavit",),
                            extra=("--connector_options", json.dumps(options),
-                                  "--tokenizer_stage", json.dumps(stage)))) == 0
-    tok = out / "lavit-tok"
+                                  "--stage_schedules", json.dumps({"tokenizer": stage})))) == 0
+    tok = out / "lavit" / "tokenizer"
     assert (tok / "metrics.json").is_file()
     run = load_run_config(out / "configs" / "lavit.json")
-    assert run.model.connector.options["tokenizer"] == str(tok) and run.model.connector.options["codebook_size"] == 16
+    assert run.train.stages == ["tokenizer", "instruct"] and run.model.connector.options["codebook_size"] == 16
     trained = load_file(tok / "model.safetensors")
-    final = load_file(out / "lavit" / "final" / "model.safetensors")
+    final = load_file(out / "lavit" / "instruct" / "final" / "model.safetensors")
     assert all(torch.equal(v, final[f"connector.visual_tokenizer.{k}"]) for k, v in trained.items())
     result = json.loads((out / "lavit" / "result.json").read_text())
-    assert result["tokenizer_seconds"] > 0 and result["dynamic"] and "color" in result["metrics"]
+    assert result["pre_stage_seconds"] > 0 and result["dynamic"] and "color" in result["metrics"]
 
 
 def test_unknown_tokenizer_stage_field_fails_before_any_work(base_json, shapes_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(arena_argv(base_json, shapes_dir, out, connectors=("lavit",),
-                           extra=("--tokenizer_stage", '{"steps_quantised": 3}'))) != 0
+                           extra=("--stage_schedules", '{"tokenizer": {"steps_quantised": 3}}'))) != 0
     assert "steps_quantised" in capsys.readouterr().err and not out.exists()

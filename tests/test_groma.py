@@ -1,4 +1,5 @@
 """The groma model: region-token expansion, box recovery, the negative case, what each stage trains, det stage."""
+import dataclasses
 import json
 
 import pytest
@@ -10,13 +11,13 @@ from vlbridge.data.dataset import collate
 from vlbridge.data.records import SkipReport, Turn, load_image, load_records
 from vlbridge.data.template import IGNORE_INDEX
 from vlbridge.eval.runner import prediction_for, summarize
-from vlbridge.grounding.boxes import format_box
-from vlbridge.grounding.feature_maps import encode_with_hidden_states
-from vlbridge.grounding.metrics import absent_score
+from vlbridge.data.boxes import format_box
+from vlbridge.grounding.region_sequence import plan_samples
+from vlbridge.eval.grounding import absent_score
 from vlbridge.models.build import build_model
 from vlbridge.models.vlm import VLBridgeModel
 from vlbridge.train.data import make_dataset
-from vlbridge.train.stages import apply_stage, make_optimizer
+from vlbridge.train.stages import apply_stage, make_optimizer, resolve_stage
 
 
 def pixels_of(model, data_dir, index=0):
@@ -31,17 +32,17 @@ def test_regions_follow_the_image_tokens_and_a_user_box_feature_follows_its_refe
                                    Turn("assistant", "a small red circle")])
     pixels = pixels_of(m, grounding_data)
     s, _ = m.embed([torch.tensor(ids)], [torch.tensor(labels)], pixels)
-    _, hidden = encode_with_hidden_states(m.vision, pixels)
-    plan = m.regions.plan(m, [torch.tensor(ids)], [torch.tensor(labels)], m.connector.propose(hidden, (32, 32)),
-                          training=False)[0]
+    feats_in = m.vision(pixels)
+    plan = plan_samples(m.sequence_context(), m.connector.options, m.connector.token_ids(m.tokenizer),
+                        [torch.tensor(ids)], [torch.tensor(labels)], m.connector.propose(feats_in))[0]
     boxes = plan.regions.boxes
     R, M = len(boxes), m.connector.image.num_tokens()
     assert tuple(boxes[-1].tolist()) == pytest.approx(box)            # the user's box is the last region
     assert s.inputs_embeds.shape[1] == len(plan.ids) - 2 + M + 2 * R + 1
     start = plan.ids.index(m.image_token_id) + M                      # the region list starts after the image
     embeds = s.inputs_embeds[0]
-    feats = m.connector.encode_regions(hidden, (32, 32), [boxes])      # [R, D]
-    index_rows = m.llm.get_input_embeddings()(torch.tensor(m.regions.token_ids.regions[:R]))
+    feats = m.connector.encode_regions(feats_in, [boxes])              # [R, D]
+    index_rows = m.llm.get_input_embeddings()(torch.tensor(m.connector.token_ids(m.tokenizer).regions[:R]))
     assert torch.allclose(embeds[start:start + 2 * R:2], index_rows, atol=1e-6)    # <r0> <r1> ...
     assert torch.allclose(embeds[start + 1:start + 2 * R:2], feats, atol=1e-5)     # ... each followed by its feature
     slot = plan.features[0][0] - 1 + M + 2 * R                          # the user feature after </roi>
@@ -56,13 +57,14 @@ def test_generated_region_tokens_are_read_as_region_boxes(groma_model, grounding
     ids2, _ = m.builder.build([Turn("user", f"<image>\nWhat is at {format_box(user)}?")], for_generation=True)
     pixels = torch.cat([pixels_of(m, grounding_data, 0), pixels_of(m, grounding_data, 1)])
     prompts = [torch.tensor(ids), torch.tensor(ids2)]
-    boxes = m.regions.region_boxes(m, prompts, pixels)
-    t = m.regions.token_ids
+    s, _ = m.embed(prompts, None, pixels, padding_side="left")
+    boxes = s.info                                                       # each prompt's region list
+    t = m.connector.token_ids(m.tokenizer)
     outs = [[t.roi, t.regions[1 % len(boxes[0])], t.roi_end], [t.roi, t.regions[len(boxes[1]) - 1], t.roi_end]]
-    texts = m.decode_answers(prompts, pixels, outs)
+    texts = m.decode_answers(outs, s.info)
     assert texts[0] == format_box(boxes[0][1 % len(boxes[0])].tolist())
     assert texts[1] == format_box(user)                                  # the user's own box comes back exactly
-    assert m.decode_answers(prompts, pixels, [[t.roi, t.regions[-1], t.roi_end]] * 2)[0].startswith("<roi>")
+    assert m.decode_answers([[t.roi, t.regions[-1], t.roi_end]] * 2, s.info)[0].startswith("<roi>")
 
 
 def test_absent_objects_are_answered_not_present(groma_model, grounding_data):
@@ -72,10 +74,11 @@ def test_absent_objects_are_answered_not_present(groma_model, grounding_data):
     assert records and all(r.turns[-1].text == "not present" for r in records)
     ds = make_dataset(records[:2], m, DataConfig(), SkipReport())
     batch = collate([ds[0], ds[1]])
-    _, hidden = encode_with_hidden_states(m.vision, batch.pixel_values)
-    plans = m.regions.plan(m, batch.input_ids, batch.labels, m.connector.propose(hidden, (32, 32)), training=True)
+    ctx = dataclasses.replace(m.sequence_context(), training=True)
+    plans = plan_samples(ctx, m.connector.options, m.connector.token_ids(m.tokenizer), batch.input_ids, batch.labels,
+                         m.connector.propose(m.vision(batch.pixel_values)))
     for plan in plans:
-        assert m.regions.token_ids.roi not in plan.ids
+        assert m.connector.token_ids(m.tokenizer).roi not in plan.ids
         answer = [t for t, lab in zip(plan.ids, plan.labels) if lab != IGNORE_INDEX]
         assert m.tokenizer.decode(answer).startswith("not present")
     assert absent_score("not present") == (True, False)
@@ -91,13 +94,14 @@ def test_align_trains_new_token_rows_and_region_encoder_only(grounding_data):
     records = load_records(grounding_data / "train.json")
     m = build_model(groma_config(), [t.text for r in records for t in r.turns]).train()
     cfg = TrainConfig(stage="align", lr=1e-2, weight_decay=0.1)
-    apply_stage(m, cfg)
+    apply_stage(m, resolve_stage(m.connector, cfg))
     before = {k: v.detach().clone() for k, v in m.named_parameters()}
     opt = make_optimizer(m, cfg)
     batch = collate([make_dataset(records[:2], m, DataConfig(), SkipReport())[i] for i in range(2)])
     m(batch).loss.backward()
     opt.step()
-    new_rows = m.regions.token_ids.regions + (m.regions.token_ids.roi, m.regions.token_ids.roi_end)
+    ids = m.connector.token_ids(m.tokenizer)
+    new_rows = ids.regions + (ids.roi, ids.roi_end)
     emb = "llm.model.embed_tokens.weight"
     changed = {k for k, v in m.named_parameters() if not torch.equal(v, before[k])}
     assert changed - {emb} and all(k.startswith("connector.") for k in changed - {emb})
@@ -107,18 +111,18 @@ def test_align_trains_new_token_rows_and_region_encoder_only(grounding_data):
     w = dict(m.named_parameters())[emb]
     assert torch.equal(w[old], before[emb][old])                         # old rows exactly unchanged
     assert not torch.equal(w[~old], before[emb][~old])                   # region token rows learned
-    apply_stage(m, TrainConfig(stage="instruct"))
+    apply_stage(m, resolve_stage(m.connector, TrainConfig(stage="instruct")))
     assert not any(p.requires_grad for p in m.connector.proposer.parameters())
     assert all(p.requires_grad for p in m.llm.parameters()) and not getattr(w, "no_weight_decay", False)
 
 
 def test_det_stage_trains_the_proposer_only_and_reports_recall(groma_model, grounding_data, tmp_path):
-    from vlbridge.train.trainer import train
+    from vlbridge.recipes.stages import run_stage
     groma_model.save_pretrained(tmp_path / "start")
     cfg = RunConfig(train=TrainConfig(stage="det", steps=3, batch_size=4, lr=1e-2, warmup_steps=1,
                                       init_from=str(tmp_path / "start"), log_every=1), out=str(tmp_path / "det"))
     cfg.data.path = str(grounding_data)
-    final = train(cfg)
+    final = run_stage(cfg).out
     trained = VLBridgeModel.from_pretrained(final)
     start = dict(VLBridgeModel.from_pretrained(tmp_path / "start").named_parameters())
     changed = {k for k, v in trained.named_parameters() if not torch.equal(v, start[k])}
@@ -129,20 +133,38 @@ def test_det_stage_trains_the_proposer_only_and_reports_recall(groma_model, grou
 
 
 def test_det_stage_needs_a_region_connector(grounding_data, tmp_path):
-    from vlbridge.train.trainer import train
+    from vlbridge.recipes.stages import run_stage
     from conftest import tiny_model_config
     cfg = RunConfig(model=tiny_model_config(), train=TrainConfig(stage="det", steps=1), out=str(tmp_path / "x"))
     cfg.data.path = str(grounding_data)
-    with pytest.raises(ValueError, match="region proposer"):
-        train(cfg)
+    with pytest.raises(ValueError, match="has no stage 'det'"):
+        run_stage(cfg)
 
 
 def test_region_tokens_keep_a_fixed_scale(groma_model, grounding_data):
     """LayerNorm on the region tokens: zero mean and unit variance per token, whatever the box."""
     m = groma_model
-    _, hidden = encode_with_hidden_states(m.vision, pixels_of(m, grounding_data))
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.52, 0.53]])
     with torch.no_grad():
-        feats = m.connector.encode_regions(hidden, (32, 32), [boxes])
+        feats = m.connector.encode_regions(m.vision(pixels_of(m, grounding_data)), [boxes])
     assert torch.allclose(feats.mean(-1), torch.zeros(3), atol=1e-5)
     assert torch.allclose(feats.var(-1, unbiased=False), torch.ones(3), atol=5e-3)   # up to LayerNorm eps
+
+
+def test_groma_trains_the_same_with_the_feature_cache_on_and_off(grounding_data, tmp_path):
+    """Repeated images come from the frozen encoder's cache, with every layer the proposer and the region encoder
+    read; training on them gives the same losses, step by step, as encoding every image again."""
+    from vlbridge.recipes.stages import run_stage
+    losses = {}
+    for cache_mb in (1024.0, 0.0):
+        cfg = RunConfig(model=groma_config(region_layers=[-2, -1], proposer_layers=[-2, -1]),
+                        train=TrainConfig(stage="instruct", steps=8, batch_size=8, lr=3e-3, warmup_steps=2,
+                                          eval_every=0, log_every=1, cache_vision_features=cache_mb),
+                        out=str(tmp_path / f"cache{cache_mb:g}"))
+        cfg.data.path = str(grounding_data)
+        run_stage(cfg)
+        rows = [json.loads(x) for x in (tmp_path / f"cache{cache_mb:g}" / "log.jsonl").read_text().splitlines()]
+        losses[cache_mb] = [r["loss"] for r in rows if "loss" in r]
+    records = load_records(grounding_data / "train.json")
+    assert 8 * 8 > len(records)                                 # the run sees images again (cache hits)
+    assert len(losses[0.0]) == 8 and losses[1024.0] == pytest.approx(losses[0.0], rel=1e-5, abs=1e-6)

@@ -7,9 +7,9 @@ from PIL import Image
 
 from vlbridge.cli.main import main
 from vlbridge.data.shapes import GCAP_QUESTION, NOT_PRESENT
-from vlbridge.grounding.grounded_chat import PALETTE, draw_grounding, grounded_prompt, parse_region
-from vlbridge.grounding.metrics import grounded_caption_score
-from vlbridge.grounding.phrases import grounded_phrases
+from vlbridge.recipes.groma.grounded_chat import PALETTE, draw_grounding, grounded_prompt, parse_region
+from vlbridge.eval.grounding import grounded_caption_score
+from vlbridge.data.grounded_phrases import grounded_phrases
 
 
 def test_phrases_take_the_text_before_their_box() -> None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from vlbridge.data.shapes import COLORS, ShapesWorldConfig, generate_scene, render_scene, scene_rng
-from vlbridge.lavit.captions import PromptObject, caption, parse_prompt
-from vlbridge.lavit.checker import agreement, detect_objects
+from vlbridge.data.scene_captions import PromptObject, caption, parse_prompt
+from vlbridge.eval.image_checker import agreement, detect_objects
 
 CFG = ShapesWorldConfig(glyph_prob=0.6)          # more glyphs: holes inside objects must not confuse the checker
 

@@ -96,11 +96,11 @@ def test_train_merger_learns_through_the_llm_selector_stays_frozen(records):
 @pytest.mark.parametrize("train_merger", [False, True])
 def test_llm_stage_trains_only_the_projection_and_optionally_the_merger(records, train_merger):
     from vlbridge.config import TrainConfig
-    from vlbridge.train.stages import apply_stage
+    from vlbridge.train.stages import apply_stage, resolve_stage
 
     m = build_model(tiny_model_config("lavit", {**OPTIONS, "train_merger": train_merger}),
                     [t.text for r in records for t in r.turns])
-    counts = apply_stage(m, TrainConfig(stage="instruct", train_vision=False))
+    counts = apply_stage(m, resolve_stage(m.connector, TrainConfig(stage="instruct", train_vision=False)))
     tok, conn = m.connector.visual_tokenizer, m.connector
     expected = sum(p.numel() for p in conn.proj.parameters())
     if train_merger:
@@ -158,7 +158,7 @@ def test_a_model_built_with_a_tokenizer_dir_starts_from_that_tokenizer(model, re
 def test_code_embeddings_from_the_codebook_keep_its_geometry(model):
     """prepare --code_embeddings codebook: code tokens' embeddings have the codebook's cosine similarities, at
     the text embeddings' scale; other tokens are untouched."""
-    from vlbridge.lavit.prepare import init_code_embeddings
+    from vlbridge.recipes.lavit.prepare import init_code_embeddings
     m = copy.deepcopy(model)
     before = m.llm.get_input_embeddings().weight.clone()
     init_code_embeddings(m, torch.Generator().manual_seed(0))

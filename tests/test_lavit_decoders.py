@@ -82,7 +82,7 @@ def test_palette_pixel_decoder():
 
 
 def test_keep_ratio_calibration_hits_the_budget_and_keeps_per_image_variation():
-    from vlbridge.lavit.tokenizer_training import calibrate_keep_ratio
+    from vlbridge.recipes.lavit.tokenizer_stage import calibrate_keep_ratio
     tok = tokenizer()
     x = torch.randn(40, 16, D) * torch.rand(40, 1, 1) * 3              # images of different "busyness"
     calibrate_keep_ratio(tok, x, 0.25)
@@ -115,8 +115,8 @@ def test_salience_weights_favour_patches_unlike_the_background():
 
 
 def test_attribute_probe_tells_kept_semantics_from_a_generic_object():
-    from vlbridge.lavit.tokenizer_training import SplitData, attribute_probe
-    from vlbridge.train.vision_pretrain import patch_labels
+    from vlbridge.recipes.lavit.tokenizer_stage import SplitData, attribute_probe
+    from vlbridge.recipes.vision_pretrain import patch_labels
     gen = torch.Generator().manual_seed(0)
     colors, shapes = ["red", "blue", "green"], ["circle", "square"]
 
@@ -167,7 +167,7 @@ def test_placement_true_puts_codes_at_their_patches_and_detached_readout_blocks_
 
 
 def test_salience_prior_teaches_the_selector_to_keep_the_patches_unlike_the_background():
-    from vlbridge.lavit.tokenizer_training import salience_prior_loss
+    from vlbridge.recipes.lavit.tokenizer_stage import salience_prior_loss
     tok = tokenizer().train()
     torch.manual_seed(1)
     background = torch.randn(D)
@@ -187,7 +187,7 @@ def test_salience_prior_teaches_the_selector_to_keep_the_patches_unlike_the_back
 def test_attribute_probe_ignores_the_length_of_the_reconstruction():
     """The tokenizer learns with a cosine loss, so a reconstruction's length is arbitrary: a perfect
     direction at a hundredth of the length must read as well as the real features."""
-    from vlbridge.lavit.tokenizer_training import SplitData, attribute_probe
+    from vlbridge.recipes.lavit.tokenizer_stage import SplitData, attribute_probe
     gen = torch.Generator().manual_seed(0)
     colors = ["red", "blue", "green"]
 
@@ -226,7 +226,7 @@ def test_align_snaps_read_out_positions_to_increasing_patches():
 
 
 def test_pixel_phase_keeps_the_codes_and_tunes_the_feature_decoder_only_when_asked():
-    from vlbridge.lavit.tokenizer_training import SplitData, TokenizerTrainConfig, train_pixels
+    from vlbridge.recipes.lavit.tokenizer_stage import SplitData, TokenizerTrainConfig, train_pixels
     feats = torch.randn(12, 16, D)
     pixels = torch.zeros(12, 3, 16, 16)
     for i in range(12):                                                # a red square where feature 0 is high

@@ -9,7 +9,7 @@ import torch
 
 from vlbridge.data.records import load_records
 from vlbridge.generate import GenerationConfig, generate
-from vlbridge.lavit.image_generation import ImageGenConfig, generate_codes, image_prompt_ids, render_codes
+from vlbridge.recipes.lavit.image_generation import ImageGenConfig, generate_codes, image_prompt_ids, render_codes
 from vlbridge.lavit.vocabulary import ModalityMask, VisualVocab
 from vlbridge.models.build import build_model
 

@@ -5,7 +5,7 @@ from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtu
 
 from vlbridge.data.records import Turn
 from vlbridge.data.template import IGNORE_INDEX
-from vlbridge.grounding.boxes import format_box
+from vlbridge.data.boxes import format_box
 from vlbridge.grounding.region_list import build_region_list
 from vlbridge.grounding.region_tokens import boxes_to_text, find_spans, rewrite
 
@@ -16,7 +16,7 @@ def groma(groma_model):
 
 
 def test_builder_writes_boxes_as_roi_spans_and_spans_read_them_back(groma) -> None:
-    ids_cfg = groma.regions.token_ids
+    ids_cfg = groma.connector.token_ids(groma.tokenizer)
     turns = [Turn("user", "<image>\nWhat is the object at [0.1, 0.2, 0.35, 0.5]?"),
              Turn("assistant", "a small red circle"),
              Turn("user", "Give the bounding box of the blue square."), Turn("assistant", "[0.500,0.500,0.750,0.875]")]
@@ -29,7 +29,7 @@ def test_builder_writes_boxes_as_roi_spans_and_spans_read_them_back(groma) -> No
 
 
 def test_rewrite_answer_and_user_spans(groma) -> None:
-    ids_cfg = groma.regions.token_ids
+    ids_cfg = groma.connector.token_ids(groma.tokenizer)
     turns = [Turn("user", "<image>\nWhat is at [0.1,0.2,0.3,0.4]?"), Turn("assistant", "it is [0.5,0.5,0.7,0.7]")]
     ids, labels = groma.builder.build(turns)
     spans = find_spans(ids, labels, ids_cfg, groma.tokenizer.decode)
@@ -47,7 +47,7 @@ def test_rewrite_answer_and_user_spans(groma) -> None:
 
 
 def test_spans_with_an_index_token_are_kept(groma) -> None:
-    ids_cfg = groma.regions.token_ids
+    ids_cfg = groma.connector.token_ids(groma.tokenizer)
     ids, labels = groma.builder.build([Turn("user", "<image>\nfind it"), Turn("assistant", "<roi><r3></roi>")])
     spans = find_spans(ids, labels, ids_cfg, groma.tokenizer.decode)
     assert len(spans) == 1 and spans[0].region == 3 and spans[0].box is None
@@ -83,5 +83,5 @@ def test_region_list_training_adds_missed_ground_truth_and_points_answers_at_it(
 def test_box_text_survives_the_round_trip(groma) -> None:
     box = (0.031, 0.5, 0.999, 0.75)
     ids = groma.builder.encode_text(f"at {format_box(box)}")
-    spans = find_spans(ids, None, groma.regions.token_ids, groma.tokenizer.decode)
+    spans = find_spans(ids, None, groma.connector.token_ids(groma.tokenizer), groma.tokenizer.decode)
     assert spans[0].box == box

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vlbridge.grounding.box_ops import box_iou, generalized_iou, nms, select_proposals
-from vlbridge.grounding.boxes import box_iou as scalar_iou
+from vlbridge.data.boxes import box_iou as scalar_iou
 from vlbridge.grounding.roi_align import roi_align
 
 

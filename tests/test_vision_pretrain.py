@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_model_config
-from vlbridge.train.vision_pretrain import VisionPretrainConfig, patch_labels, pretrain_vision
+from vlbridge.recipes.vision_pretrain import VisionPretrainConfig, patch_labels, pretrain_vision
 
 
 def test_patch_labels_follow_box_centres():

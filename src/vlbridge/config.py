@@ -74,8 +74,14 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = opt("instruct", "'align' (connector only) or 'instruct' (connector + LLM, vision if train_vision); "
-                                 "'det' trains a groma model's region proposer alone")
+    stage: str = opt("instruct", "'align' (connector only), 'instruct' (connector + LLM; the vision encoder too "
+                                 "with train_vision), or a stage the connector declares (`vlbridge connectors "
+                                 "--describe NAME`), e.g. groma's 'det' (its region proposer alone)")
+    stages: list[str] = opt([], "several stages to run in order, each into OUT/<stage>/ and starting from the "
+                                "previous one's output, e.g. 'det,instruct'; empty = the single `stage` into OUT")
+    stage_schedules: dict = opt({}, "per-stage settings when `stages` runs several, as JSON {stage: {field: value}}: "
+                                    "TrainConfig fields for LM and det stages (steps, lr ...), the tokenizer "
+                                    "stage's own fields for a visual tokenizer")
     train_vision: bool = opt(False, "also train the vision encoder in the instruct stage")
     init_from: str | None = opt(None, "start from this saved model dir (e.g. the align stage's output)")
     steps: int = opt(1000, "optimizer steps")
@@ -117,6 +123,37 @@ class TrainConfig:
     group_by_length: bool = opt(False, "batch records of similar length (less padding; HF Trainer's "
                                        "group_by_length): each epoch's shuffled order is cut into groups of "
                                        "50 batches, each group sorted by length, then the batches shuffled")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage, as data: which parts train, on which records, run by which loop.
+
+    ``trains`` and ``frozen`` are parameter-name prefixes of the model (``"connector"``, ``"llm"``, ``"vision"``,
+    ``"connector.proposer"`` ...); a parameter trains when it matches ``trains`` and not ``frozen``. The entry
+    ``"embeddings:added"`` trains only the rows of the LLM's embedding (and untied output) matrices that belong to
+    the tokens the connector added (region ids, [IMG]...), every other row staying exactly as it was. With LoRA,
+    ``"llm"`` means the LLM's LoRA weights. ``runner`` names the loop: ``"lm"`` is the trainer's next-token loop;
+    other names are stage runners of ``vlbridge.recipes.stages`` (a region proposer's, a visual tokenizer's).
+    ``tasks`` restricts the training records to these tasks (``None`` = every record). ``schedule`` holds
+    ``TrainConfig`` fields a multi-stage recipe sets for this stage (steps, lr ...).
+    """
+    name: str
+    trains: tuple[str, ...]
+    frozen: tuple[str, ...] = ()
+    runner: str = "lm"
+    tasks: tuple[str, ...] | None = None
+    schedule: tuple[tuple[str, Any], ...] = ()
+
+    def with_trains(self, *extra: str) -> "Stage":
+        return dataclasses.replace(self, trains=tuple(dict.fromkeys(self.trains + extra)))
+
+
+# The stages every model has; a connector may adjust them or add its own (``Connector.stages``).
+STAGES: dict[str, Stage] = {
+    "align": Stage("align", trains=("connector",)),                 # LLaVA's pre-training: connector only
+    "instruct": Stage("instruct", trains=("connector", "llm")),     # connector + LLM (full or LoRA)
+}
 
 
 @dataclass

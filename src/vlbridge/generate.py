@@ -52,6 +52,22 @@ def generate(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tenso
              logits_processors: Sequence[Callable] = (), stop_token_ids: Sequence[int] | None = None) -> list[list[int]]:
     """Returns the generated ids per row, without the stop token."""
     s, _ = model.embed(list(input_ids), None, pixel_values, padding_side="left")
+    return generate_from(model, s, gen, generator, logits_processors, stop_token_ids)
+
+
+@torch.no_grad()
+def generate_answers(model, input_ids: Sequence[torch.Tensor], pixel_values: torch.Tensor | None,
+                     gen: GenerationConfig = GenerationConfig(), generator: torch.Generator | None = None) -> list[str]:
+    """The answer text per row, read back by the model's connector (region references -> boxes) from what the
+    prompt's embedding step recorded, so the encoder runs once per prompt."""
+    s, _ = model.embed(list(input_ids), None, pixel_values, padding_side="left")
+    return model.decode_answers(generate_from(model, s, gen, generator), s.info)
+
+
+@torch.no_grad()
+def generate_from(model, s, gen: GenerationConfig = GenerationConfig(), generator: torch.Generator | None = None,
+                  logits_processors: Sequence[Callable] = (), stop_token_ids: Sequence[int] | None = None) -> list[list[int]]:
+    """Generation from an embedded, left-padded prompt batch ``s`` (``model.embed(..., padding_side="left")``)."""
     embeds, mask, pos = s.inputs_embeds, s.attention_mask, s.position_ids      # [B, T, D], [B, T], [B, T]
     B = embeds.shape[0]
     stop_ids = sorted(stop_token_ids if stop_token_ids is not None else model.builder.stop_token_ids())

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from .data.records import Turn
-from .generate import GenerationConfig, generate
+from .generate import GenerationConfig, generate_answers
 
 
 @dataclass
@@ -32,9 +32,8 @@ class Predictor:
     def answer(self, queries: Sequence[Query]) -> list[str]:
         encoded = [self.encode(q) for q in queries]
         pixels = [p for _, p in encoded if p is not None]
-        out = generate(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
-                       self.gen, generator=self.generator)
-        return self.model.decode_answers([ids for ids, _ in encoded], torch.cat(pixels) if pixels else None, out)
+        return generate_answers(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
+                                self.gen, generator=self.generator)
 
     def ask(self, question: str, images: Sequence[Image.Image] = ()) -> str:
         """One question about zero or more images; adds '<image>\\n' per image when the text has none."""

@@ -34,12 +34,10 @@ class ArenaConfig:
     vision_steps: int = opt(400, "vision pretraining steps (when `vision` is None)")
     vision_attributes: list[str] = opt(["shape", "color"], "object attributes the encoder's patches learn "
                                                            "in pretraining (add 'glyph' to make glyphs legible)")
-    det_steps: int = opt(300, "proposer (`det` stage) steps before the LLM stage, for region-token connectors "
-                              "(groma); not counted in `steps`")
-    det_lr: float = opt(2e-3, "proposer learning rate in the `det` stage")
-    tokenizer_stage: dict = opt({}, "overrides of the visual-tokenizer stage that precedes a tokenizer connector's "
-                                    "(lavit) LLM stage, as JSON (fields of `vlbridge lavit tokenizer`, e.g. "
-                                    "'{\"steps_quantized\": 500}'); not counted in `steps`")
+    stage_schedules: dict = opt({"det": {"steps": 300, "lr": 2e-3, "warmup_steps": 30}},
+                                "settings of the stages a connector runs before its LLM stage (its `pre_stage`), "
+                                "as JSON {stage: {field: value}}: e.g. groma's 'det' (training fields) or lavit's "
+                                "'tokenizer' (fields of `vlbridge lavit tokenizer`); not counted in `steps`")
     eval_limit: int | None = opt(100, "test records per task (None = the whole test split)")
     eval_batch_size: int = opt(64, "records per generation batch in evaluation")
     max_new_tokens: int = opt(40, "generation budget per answer")

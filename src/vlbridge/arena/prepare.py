@@ -111,7 +111,7 @@ def prepare_vision(cfg: ArenaConfig, base_vision: VisionConfig, data: Path, out:
         return cfg.vision
     if base_vision.name_or_path:
         return base_vision.name_or_path
-    from ..train.vision_pretrain import VisionPretrainConfig, pretrain_vision
+    from ..recipes.vision_pretrain import VisionPretrainConfig, pretrain_vision
     scenes = data / "scenes.json"
     if not scenes.is_file():
         raise FileNotFoundError(f"{data} has no scenes.json to pretrain the vision encoder on; pass --vision DIR")

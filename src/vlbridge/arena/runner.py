@@ -5,13 +5,15 @@ Layout of the run directory ``OUT``::
     arena.json               the resolved ArenaConfig
     data/  vision/           shared ShapesWorld data and frozen encoder (unless --data / --vision are given)
     configs/<name>.json      each connector's resolved run config (`vlbridge train --config` re-runs it)
-    <name>/                  its training run (config.json, log.jsonl, checkpoints/, final/), eval/ and
-      result.json            ... the marker of a finished connector, written atomically after its eval
-    <name>-det/ <name>-tok/  the stage a region-token connector (groma: the proposer) or a tokenizer connector
-                             (lavit: its visual tokenizer) trains first, not counted in the step budget
+    <name>/                  one dir per connector: run.json (its config), eval/, result.json (the marker of a
+                             finished connector, written atomically after its eval) and one dir per stage:
+      <pre_stage>/           the stage the connector declares it needs first (groma: det, lavit: tokenizer),
+                             not counted in the step budget
+      instruct/              the LLM stage (config.json, log.jsonl, checkpoints/, final/)
     arena.md  arena.csv      the table;  arena_tasks.png  arena_tokens.png  the plots
 
-A connector with a ``result.json`` is not retrained; one with checkpoints resumes from the latest.
+A connector with a ``result.json`` is not retrained; a finished stage is not rerun; an interrupted LLM stage
+resumes from its latest checkpoint.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ from ..data.records import SkipReport
 from ..generate import GenerationConfig
 from ..train.checkpoint import latest_checkpoint
 from ..train.data import load_split, make_dataset
-from ..train.trainer import train
 from .breakdown import group_scores, load_scenes
 from .config import ArenaConfig
 from .prepare import (as_saved, base_run_config, data_image_size, log, plain, prepare_data, prepare_vision,
@@ -53,7 +54,18 @@ def check_connectors(cfg: ArenaConfig) -> None:
     for name, options in cfg.connector_options.items():
         if not isinstance(options, dict):
             raise ValueError(f"--connector_options {name!r}: expected a JSON object of options, got {options!r}")
-    check_tokenizer_stage(cfg.tokenizer_stage)
+    from ..recipes.stages import check_schedule
+    for stage, schedule in cfg.stage_schedules.items():
+        if not isinstance(schedule, dict):
+            raise ValueError(f"--stage_schedules {stage!r}: expected a JSON object of settings, got {schedule!r}")
+    for name in cfg.connectors:
+        cls, options = CONNECTORS[name], cfg.connector_options.get(name, {})
+        if set(options) - {f.name for f in dataclasses.fields(cls.Options)}:
+            continue                                        # reported by dry_build_connectors, with the names
+        stages = cls.stages(cls.Options(**options))
+        for stage in connector_stages(name):
+            if stage in cfg.stage_schedules:
+                check_schedule(stages[stage], cfg.stage_schedules[stage])
 
 
 def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | None) -> None:
@@ -79,11 +91,17 @@ def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | No
 
 
 def connector_options(cfg: ArenaConfig, name: str, vision: VisionConfig) -> dict:
-    """The connector's options in the arena; a tokenizer connector's pixel decoder paints the encoder's image size."""
+    """The connector's options in the arena; an ``image_size`` option (a pixel decoder's) defaults to the encoder's."""
     options = dict(cfg.connector_options.get(name, {}))
-    if CONNECTORS[name].trains_tokenizer:
+    if "image_size" in {f.name for f in dataclasses.fields(CONNECTORS[name].Options)}:
         options.setdefault("image_size", vision.image_size)
     return options
+
+
+def connector_stages(name: str) -> list[str]:
+    """The stages a connector's row trains: its declared pre-stage (if any), then the LLM stage."""
+    pre = CONNECTORS[name].pre_stage
+    return ([pre] if pre else []) + ["instruct"]
 
 
 def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Path, vision: str, out: Path) -> RunConfig:
@@ -100,51 +118,18 @@ def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Pat
     tc.lr = cfg.lr or tc.lr
     tc.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else min(tc.warmup_steps, cfg.steps // 10)
     tc.resume, tc.stop_after = False, None
+    tc.stages = connector_stages(name)
+    tc.stage_schedules = {s: dict(v) for s, v in cfg.stage_schedules.items() if s in tc.stages}
     rc.out = str(out / name)
     rc.preset = f"arena:{name}"
-    if CONNECTORS[name].proposes_regions:                       # the LLM stage starts from the trained proposer
-        tc.init_from = str(Path(det_run_config(cfg, rc).out) / "final")
-    if CONNECTORS[name].trains_tokenizer:                       # the model is built around the trained tokenizer
-        rc.model.connector.options["tokenizer"] = f"{rc.out}-tok"
     return rc
-
-
-def tokenizer_stage_config(cfg: ArenaConfig, run: RunConfig, data: Path):
-    """The visual-tokenizer stage (LaVIT's; encoder frozen, its own schedule) that precedes such a connector's run:
-    trained on the arena's scenes and encoder with the connector's tokenizer options."""
-    from ..lavit.tokenizer_training import TokenizerTrainConfig
-    from ..lavit.visual_tokenizer import tokenizer_options
-    connector = run.model.connector
-    options = CONNECTORS[connector.name].Options(**connector.options)
-    tok_cfg = TokenizerTrainConfig(annotations=str(data / "scenes.json"), vision=run.model.vision.name_or_path,
-                                   out=connector.options["tokenizer"], seed=cfg.seed,
-                                   options=tokenizer_options(options))
-    return dataclasses.replace(tok_cfg, **cfg.tokenizer_stage)
-
-
-def check_tokenizer_stage(overrides: dict) -> None:
-    from ..lavit.tokenizer_training import TokenizerTrainConfig
-    fields = {f.name for f in dataclasses.fields(TokenizerTrainConfig)} - {"annotations", "vision", "out", "options"}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"--tokenizer_stage: unknown field(s) {unknown}; fields: {', '.join(sorted(fields))}")
-
-
-def det_run_config(cfg: ArenaConfig, run: RunConfig) -> RunConfig:
-    """The `det` stage (region proposer alone, encoder frozen) that precedes a region-token connector's run."""
-    det = copy.deepcopy(run)
-    det.out = f"{run.out}-det"
-    det.train.stage, det.train.init_from, det.train.steps, det.train.lr = "det", None, cfg.det_steps, cfg.det_lr
-    det.train.warmup_steps = min(det.train.warmup_steps, cfg.det_steps // 10)
-    det.preset = f"{run.preset}:det"
-    return det
 
 
 def rerun_commands(config_file: Path, run: RunConfig, test_file: Path, limit: int | None) -> str:
     again = f"{run.out}-rerun"
     limit_flag = f" --limit {limit}" if limit else ""
     return (f"vlbridge train --config {config_file} --out {again} && "
-            f"vlbridge eval --model {again}/final --data {test_file}{limit_flag}")
+            f"vlbridge eval --model {again}/{run.train.stages[-1]}/final --data {test_file}{limit_flag}")
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -161,44 +146,6 @@ def train_tokens_per_s(log_file: Path) -> float | None:
     rates = [json.loads(line).get("tokens_per_s") for line in log_file.read_text().splitlines() if line.strip()]
     rates = [r for r in rates if r is not None]
     return rates[-1] if rates else None
-
-
-def train_proposer(det: RunConfig) -> float:
-    """Run the `det` stage unless its final model exists (it is short and has no resume); returns seconds."""
-    if (Path(det.out) / "final" / "model.safetensors").is_file():
-        return 0.0
-    log(f"{det.model.connector.name}: training the region proposer ({det.train.steps} det steps) into {det.out}")
-    t0 = time.perf_counter()
-    train(det)
-    return time.perf_counter() - t0
-
-
-def train_visual_tokenizer(tok_cfg) -> float:
-    """Run the tokenizer stage unless its output exists (it has no resume); returns seconds."""
-    from ..lavit.tokenizer_training import train_tokenizer
-    if (Path(tok_cfg.out) / "model.safetensors").is_file():
-        return 0.0
-    log(f"training the visual tokenizer into {tok_cfg.out}")
-    t0 = time.perf_counter()
-    train_tokenizer(tok_cfg)
-    return time.perf_counter() - t0
-
-
-def train_connector(run: RunConfig) -> tuple[float, int]:
-    """Train `run` to the end (resuming from its latest checkpoint); returns (seconds spent here, steps run here),
-    seconds including set-up and checkpoints."""
-    out = Path(run.out)
-    if (out / "final" / "model.safetensors").is_file():
-        return 0.0, 0
-    resume_from = latest_checkpoint(out / "checkpoints")
-    start = json.loads((resume_from / "trainer_state.json").read_text())["trainer"]["step"] if resume_from else 0
-    run = copy.deepcopy(run)
-    run.train.resume = resume_from is not None
-    if resume_from is not None:
-        log(f"{run.model.connector.name}: resuming from {resume_from} (step {start} of {run.train.steps})")
-    t0 = time.perf_counter()
-    train(run)
-    return time.perf_counter() - t0, run.train.steps - start
 
 
 def select_per_task(records, limit: int | None):
@@ -225,11 +172,26 @@ def mean_visual_tokens(model, dataset, n_images: int = 32) -> float:
     return float(out.lengths.float().mean())
 
 
+def train_stages(run: RunConfig) -> dict:
+    """Train every stage of the connector's row (resuming or skipping what ran earlier); seconds and steps run
+    here, per stage, and for the LLM stage its ms per step."""
+    from ..recipes.stages import run_stages
+    timing = {}
+    for name in run.train.stages:
+        stage_dir = Path(run.out) / name
+        resume_from = latest_checkpoint(stage_dir / "checkpoints")
+        start = json.loads((resume_from / "trainer_state.json").read_text())["trainer"]["step"] if resume_from else 0
+        t0 = time.perf_counter()
+        result = run_stages(run, run.train.stages[: run.train.stages.index(name) + 1], run.out)[-1]
+        timing[name] = {"seconds": time.perf_counter() - t0, "start_step": start, "out": str(result.out)}
+    return timing
+
+
 def evaluate_connector(cfg: ArenaConfig, run: RunConfig, test_file: Path) -> dict:
     """Generate answers on the shared test records and score them with the eval runner."""
     from ..eval.runner import predict, summarize, write_reports
     from ..models.vlm import VLBridgeModel
-    model = VLBridgeModel.from_pretrained(Path(run.out) / "final")
+    model = VLBridgeModel.from_pretrained(Path(run.out) / run.train.stages[-1] / "final")
     data_cfg = DataConfig(path=str(test_file))
     report = SkipReport()
     records = select_per_task(load_split(test_file, data_cfg, report), cfg.eval_limit)
@@ -255,7 +217,7 @@ def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) 
     name = run.model.connector.name
     run_dir = Path(run.out)
     wanted = plain(run)
-    saved_cfg = run_dir / "config.json"
+    saved_cfg = run_dir / "run.json"
     if saved_cfg.is_file():
         saved = as_saved(RunConfig, json.loads(saved_cfg.read_text()))
         saved["train"].update(resume=False, stop_after=None)               # how it ran, not what it is
@@ -263,20 +225,22 @@ def run_connector(cfg: ArenaConfig, run: RunConfig, out: Path, test_file: Path) 
     config_file = out / "configs" / f"{name}.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     save_json(run, config_file)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_json(run, saved_cfg)
     result_file = run_dir / RESULT
     if result_file.is_file():
         log(f"{name}: finished earlier ({result_file}); not retrained")
         return json.loads(result_file.read_text())
-    det_seconds = train_proposer(det_run_config(cfg, run)) if CONNECTORS[name].proposes_regions else None
-    tokenizer_seconds = (train_visual_tokenizer(tokenizer_stage_config(cfg, run, Path(run.data.path)))
-                         if CONNECTORS[name].trains_tokenizer else None)
-    seconds, steps_run = train_connector(run)
+    timing = train_stages(run)
+    lm = timing[run.train.stages[-1]]
+    steps_run = run.train.steps - lm["start_step"]
     log(f"{name}: evaluating on {test_file}")
     result = {"connector": name, "options": run.model.connector.options,
-              "train_seconds": seconds, "train_steps_run": steps_run, "det_seconds": det_seconds,
-              "tokenizer_seconds": tokenizer_seconds,
-              "train_ms_per_step": 1000 * seconds / steps_run if steps_run else None,
-              "train_tokens_per_s": train_tokens_per_s(run_dir / "log.jsonl"),
+              "train_seconds": lm["seconds"], "train_steps_run": steps_run,
+              "pre_stage_seconds": sum(v["seconds"] for k, v in timing.items() if k != run.train.stages[-1]),
+              "stages": timing,
+              "train_ms_per_step": 1000 * lm["seconds"] / steps_run if steps_run else None,
+              "train_tokens_per_s": train_tokens_per_s(run_dir / run.train.stages[-1] / "log.jsonl"),
               **evaluate_connector(cfg, run, test_file),
               "config": str(config_file),
               "command": rerun_commands(config_file, run, test_file, cfg.eval_limit)}

@@ -77,7 +77,7 @@ def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
     """One grounded question: print the answer with each phrase's box and draw them into a PNG."""
     from pathlib import Path
 
-    from ..grounding.grounded_chat import describe, draw_grounding, grounded_prompt, parse_region, phrase_boxes
+    from ..recipes.groma.grounded_chat import describe, draw_grounding, grounded_prompt, parse_region, phrase_boxes
     if image is None:
         raise ValueError("--grounded and --region need --image")
     region = parse_region(args.region, image.size) if args.region else None

@@ -30,10 +30,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from ..lavit.captions import parse_prompt
-    from ..lavit.checker import agreement, detect_objects
+    from ..data.scene_captions import parse_prompt
+    from ..eval.image_checker import agreement, detect_objects
     from ..lavit.grid import sample_grid
-    from ..lavit.image_generation import ImageGenConfig, generate_images
+    from ..recipes.lavit.image_generation import ImageGenConfig, generate_images
     from ..models.vlm import VLBridgeModel
     if args.n < 1:
         raise ValueError("--n must be >= 1")

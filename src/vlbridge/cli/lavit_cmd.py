@@ -29,7 +29,7 @@ from .args import add_config_args, apply_overrides
 
 
 def add_parser(sub) -> None:
-    from ..lavit.tokenizer_training import TokenizerTrainConfig
+    from ..recipes.lavit.tokenizer_stage import TokenizerTrainConfig
     p = sub.add_parser("lavit", help="LaVIT: train the dynamic visual tokenizer, prepare generation data, measure",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -40,14 +40,14 @@ def add_parser(sub) -> None:
                                        "config.json, model.safetensors, metrics.json.")
     tok.set_defaults(run=run_tokenizer, _dests=add_config_args(tok, TokenizerTrainConfig))
 
-    from ..lavit.prepare import PrepareConfig
+    from ..recipes.lavit.prepare import PrepareConfig
     prep = steps.add_parser("prepare", help="text->image records + the initial LaVIT model for `vlbridge train`",
                             description="Writes DATA/<train_file> (understanding records + 'Draw <caption>' -> "
                                         "[IMG] codes [/IMG] records) and OUT, a model to pass to `vlbridge train "
                                         "--init-from OUT --data DATA --data.train_file <train_file>`.")
     prep.set_defaults(run=run_prepare, _dests=add_config_args(prep, PrepareConfig))
 
-    from ..lavit.measure import MeasureConfig
+    from ..recipes.lavit.measure import MeasureConfig
     meas = steps.add_parser("measure", help="kept tokens, reconstruction, codebook, text->image agreement, grid",
                             description="Figures of a trained LaVIT model on a ShapesWorld split; writes "
                                         "metrics.json, summary.md and samples.png into --out.")
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
-    from ..lavit.tokenizer_training import TokenizerTrainConfig, train_tokenizer
+    from ..recipes.lavit.tokenizer_stage import TokenizerTrainConfig, train_tokenizer
     cfg = apply_overrides(TokenizerTrainConfig(), args, args._dests)
     out = train_tokenizer(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -65,14 +65,14 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from ..lavit.prepare import PrepareConfig, prepare
+    from ..recipes.lavit.prepare import PrepareConfig, prepare
     summary = prepare(apply_overrides(PrepareConfig(), args, args._dests))
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def run_measure(args: argparse.Namespace) -> int:
-    from ..lavit.measure import MeasureConfig, measure, summary_markdown
+    from ..recipes.lavit.measure import MeasureConfig, measure, summary_markdown
     cfg = apply_overrides(MeasureConfig(), args, args._dests)
     figures = measure(cfg)
     print(summary_markdown(figures, cfg))

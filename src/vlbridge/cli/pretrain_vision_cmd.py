@@ -9,7 +9,7 @@ from .args import add_config_args, apply_overrides
 
 
 def add_parser(sub) -> None:
-    from ..train.vision_pretrain import VisionPretrainConfig
+    from ..recipes.vision_pretrain import VisionPretrainConfig
     p = sub.add_parser("pretrain-vision", help="pretrain a from-scratch vision encoder on box annotations",
                        description="Stands in for CLIP-style pretraining where no checkpoint can be downloaded: "
                                    "each patch learns the attributes of the object under it. Writes a Hugging Face "
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.vision_pretrain import VisionPretrainConfig, pretrain_vision
+    from ..recipes.vision_pretrain import VisionPretrainConfig, pretrain_vision
     cfg = VisionPretrainConfig(vision=get_preset(args.preset).model.vision)
     cfg = apply_overrides(cfg, args, args._dests)
     if not cfg.annotations or not cfg.out:

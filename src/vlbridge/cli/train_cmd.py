@@ -19,7 +19,7 @@ ALIASES = {
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model (stages: align, instruct; det for region proposers)",
+    p = sub.add_parser("train", help="train a model, one stage at a time (align, instruct, or a stage the connector declares)",
                        description="Train a VLBridge model. Start from --preset (or --config RUN/config.json); "
                                    "every config field can be overridden as --section.field.")
     p.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS), help="named preset (default: tiny-cpu)")
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
         return 0
-    from ..train.trainer import train
-    final = train(cfg)
+    from ..recipes.stages import run_stage, run_stages
+    result = run_stages(cfg)[-1] if cfg.train.stages else run_stage(cfg)
     if os.environ.get("RANK", "0") == "0":           # under torchrun, one line from rank 0
-        print(f"model: {final}")
+        print(f"model: {result.out}")
     return 0

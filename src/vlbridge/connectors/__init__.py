@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .base import Connector, ConnectorOutput, VisualFeatures
+from .base import Arranged, Connector, ConnectorOutput, SequenceContext, VisualFeatures
 from .cabstractor import CAbstractorConnector
 from .groma import GromaConnector
 from .lavit import LavitConnector
@@ -42,4 +42,4 @@ def build_connector(name: str, options: dict, vis_dim: int, llm_dim: int, grid) 
     return cls(cls.Options(**options), vis_dim, llm_dim, grid)
 
 
-__all__ = ["CONNECTORS", "Connector", "ConnectorOutput", "VisualFeatures", "build_connector"]
+__all__ = ["CONNECTORS", "Arranged", "Connector", "ConnectorOutput", "SequenceContext", "VisualFeatures", "build_connector"]

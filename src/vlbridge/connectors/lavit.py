@@ -10,8 +10,8 @@ The whole visual tokenizer (selector, merger, quantizer, feature and pixel decod
 connector so a saved model carries everything generation needs. It is trained in the `tokenizer` stage
 (``vlbridge lavit tokenizer``). In the LLM stages the selection is deterministic (argmax; ``sample`` as an
 option) and the selector, quantizer and decoders stay frozen: the code ids in the generation records are
-fixed targets, and the codebook + decoders that paint them do not move. ``train_merger`` lets the merger
-learn from the LLM loss (LaVIT's understanding recipe trains LLM, merger and projection).
+fixed targets, and the codebook + decoders that paint them do not move (``stages``). ``train_merger`` lets the
+merger learn from the LLM loss (LaVIT's understanding recipe trains LLM, merger and projection).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import opt
+from ..config import Stage, opt
 from ..lavit.options import TokenizerOptions
 from ..lavit.selector import MODES
 from ..lavit.visual_tokenizer import DynamicVisualTokenizer, tokenizer_options
@@ -44,7 +44,7 @@ class LavitConnector(Connector):
     Options = LavitOptions
     dynamic = True
     wrap_tokens = (IMG_OPEN, IMG_CLOSE)
-    trains_tokenizer = True
+    pre_stage = "tokenizer"
 
     def __init__(self, options: LavitOptions, vis_dim: int, llm_dim: int, grid):
         super().__init__(options, vis_dim, llm_dim, grid)
@@ -62,14 +62,17 @@ class LavitConnector(Connector):
             layers.append(nn.Linear(d_in, d_out))
         self.proj = nn.Sequential(*layers)
 
-    def adjust_stage(self, model, stage: str) -> None:
-        """In the LLM stages only the projection trains (and, with ``train_merger``, the merger and its input
-        Linear): the selector's decisions, the codebook the generation records are written in, and the decoders
-        that paint those codes stay as the tokenizer stage left them."""
-        trained = {"inp", "merger"} if self.options.train_merger else set()
-        for name, child in self.visual_tokenizer.named_children():
-            if name not in trained:
-                child.requires_grad_(False)
+    @classmethod
+    def stages(cls, options: LavitOptions) -> dict[str, Stage]:
+        """``tokenizer`` (the visual tokenizer alone, on frozen encoder features; run first), then the LLM stages,
+        in which only the projection trains (and, with ``train_merger``, the merger and its input Linear): the
+        selector's decisions, the codebook the generation records are written in, and the decoders that paint
+        those codes stay as the tokenizer stage left them."""
+        connector = ("connector.proj",) + (("connector.visual_tokenizer.inp", "connector.visual_tokenizer.merger")
+                                          if options.train_merger else ())
+        return {"tokenizer": Stage("tokenizer", trains=("connector.visual_tokenizer",), runner="lavit_tokenizer"),
+                "align": Stage("align", trains=connector),
+                "instruct": Stage("instruct", trains=connector + ("llm",))}
 
     def load_parts(self) -> None:
         """Load the trained tokenizer named by ``options.tokenizer``, after checking it is the one these

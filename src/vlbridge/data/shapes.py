@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 from PIL import Image, ImageDraw
 
 from ..config import opt
-from ..grounding.boxes import format_box
+from .boxes import format_box
 
 # --------------------------------------------------------------------------- constants
 

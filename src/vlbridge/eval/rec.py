@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..grounding.boxes import box_iou, parse_box
+from ..data.boxes import box_iou, parse_box
 
 IOU_THRESHOLD = 0.5
 

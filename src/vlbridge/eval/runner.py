@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..data.dataset import InstructionDataset, collate
 from ..data.records import Record, SkipReport
-from ..generate import GenerationConfig, generate
+from ..generate import GenerationConfig, generate_answers
 from .exact_match import exact_match
 from .report import main_value, markdown_table  # noqa: F401  (re-exported for callers)
 from .task_metrics import BadReference, evaluate, metric_for
@@ -87,8 +87,7 @@ def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: Gener
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         if not len(batch):
             continue
-        outs = generate(model, batch.input_ids, batch.pixel_values, gen)
-        texts = model.decode_answers(batch.input_ids, batch.pixel_values, outs)   # region tokens -> boxes
+        texts = generate_answers(model, batch.input_ids, batch.pixel_values, gen)   # region tokens -> boxes
         for rec, text in zip(batch.records, texts):
             preds.append(prediction_for(rec, text))
     return preds

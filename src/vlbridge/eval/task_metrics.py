@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..grounding.metrics import absent_score, grounded_caption_score
+from .grounding import absent_score, grounded_caption_score
 from .captioning import caption_scores
 from .counting import count_correct
 from .exact_match import exact_match

@@ -1,48 +1,14 @@
-"""Spatial feature maps for the region proposer and the region encoder, from any encoder layer.
+"""Building blocks on spatial feature maps for the region proposer and the region encoder.
 
-The LLM's image tokens come from ``vision.feature_layers``; region features may come from other layers,
-e.g. an earlier, higher-resolution stage of a conv encoder (the tiny ResNet: 16x16 after its first stage vs
-8x8 at the end), as Groma reads regions from a high-resolution map while the LLM gets a cheaper view.
-
-``encode_with_hidden_states`` runs the vision tower once and also returns every hidden state (captured from
-the HF model's output with a forward hook, so the tower itself is unchanged); ``hidden_to_map`` turns one
-hidden state into ``[B, C, H, W]`` (conv maps as they are; ViT tokens without their CLS/prefix, on the grid).
+The maps come from any encoder layers (``VisualFeatures.layer_map``), e.g. an earlier, higher-resolution
+stage of a conv encoder (the tiny ResNet: 16x16 after its first stage vs 8x8 at the end), as Groma reads
+regions from a high-resolution map while the LLM gets a cheaper view.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def encode_with_hidden_states(tower, pixel_values: torch.Tensor):
-    """(VisualFeatures for the connector, tuple of every hidden state of the encoder) from one forward pass."""
-    captured = {}
-
-    def keep(_module, _args, output):
-        captured["hidden"] = output.hidden_states
-
-    handle = tower.model.register_forward_hook(keep)
-    try:
-        feats = tower(pixel_values)
-    finally:
-        handle.remove()
-    return feats, captured["hidden"]
-
-
-def hidden_to_map(h: torch.Tensor, image_hw: tuple[int, int], patch_size: int | None) -> torch.Tensor:
-    """One hidden state -> [B, C, H, W]: conv maps unchanged, tokens [B, P + rows*cols, D] put on their grid."""
-    if h.dim() == 4:
-        return h
-    if patch_size is None:
-        raise ValueError("a token hidden state needs the encoder's patch_size to be put on a grid")
-    rows, cols = image_hw[0] // patch_size, image_hw[1] // patch_size
-    patches = h[:, h.shape[1] - rows * cols:]                                  # drop CLS/prefix: [B, N, D]
-    return patches.transpose(1, 2).reshape(h.shape[0], h.shape[2], rows, cols)
-
-
-def select_maps(hidden: tuple, layers: list[int], image_hw: tuple[int, int], patch_size: int | None) -> list[torch.Tensor]:
-    return [hidden_to_map(hidden[i], image_hw, patch_size) for i in layers]
 
 
 def coordinate_channels(fmap: torch.Tensor) -> torch.Tensor:

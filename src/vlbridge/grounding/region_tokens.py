@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder
-from .boxes import Box, find_boxes, format_box, parse_box
+from ..data.boxes import Box, find_boxes, format_box, parse_box
 
 ROI_START, ROI_END = "<roi>", "</roi>"
 _GENERATED = re.compile(r"<roi>\s*((?:<r\d+>\s*)+)</roi>")

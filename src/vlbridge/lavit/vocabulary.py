@@ -104,3 +104,11 @@ class ModalityMask:
                 blocked[self.vocab.close_id] = True
                 out[b] = out[b].masked_fill(blocked, float("-inf"))
         return out
+
+
+GENERATE_WORD = "Draw"
+
+
+def generation_prompt(text: str) -> str:
+    """The user turn of a text->image request ("Draw a red circle"; "Draw" alone = unconditional)."""
+    return f"{GENERATE_WORD} {text.strip()}".strip()

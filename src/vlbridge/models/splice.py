@@ -29,6 +29,7 @@ class Spliced:
                                     # pads continue the count, left pads are 0
     labels: torch.Tensor | None     # [B, T] or None
     visual_mask: torch.Tensor       # [B, T] True where a visual token sits
+    info: list | None = None        # per sample, what the connector's decode_answer reads (Connector.arrange)
 
 
 def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tensor] | None,

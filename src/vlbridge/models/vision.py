@@ -1,8 +1,10 @@
 """The vision encoder: any Hugging Face vision model, by name/path or built from a config.
 
-``VisionTower`` runs the encoder with hidden states, picks ``feature_layers`` (concatenated on the channel
-axis), drops or keeps the CLS/prefix tokens, and returns ``VisualFeatures`` with the patch grid. Works for
-CLIP and SigLIP vision towers, DINOv2, and any model whose ``AutoModel`` returns ``hidden_states``.
+``VisionTower`` runs the encoder once with hidden states, picks ``feature_layers`` (concatenated on the
+channel axis), drops or keeps the CLS/prefix tokens, also keeps every other layer a connector asked for
+(``request_layers``: e.g. a region encoder's higher-resolution map, an aggregator's intermediate layers), and
+returns ``VisualFeatures`` with the patch grid. Works for CLIP and SigLIP vision towers, DINOv2, conv nets
+(ResNet maps) and any model whose ``AutoModel`` returns ``hidden_states``.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class VisionTower(nn.Module):
         self.image_size = cfg.image_size or (size if isinstance(size, int) else size[0])
         self.image_mean, self.image_std = self._normalisation()
         self.cache: FeatureCache | None = None                   # attached by the trainer while frozen
+        self.extra_layers: tuple[int, ...] = ()                  # hidden states kept besides feature_layers
+        self._hidden_shapes: list[tuple[int, ...]] | None = None
         with torch.no_grad(), torch.random.fork_rng():           # one dry run tells width and grid for any model
             probe = self(torch.zeros(1, 3, self.image_size, self.image_size))
         self.out_dim, self.grid = probe.features.shape[-1], probe.grid
@@ -74,6 +78,26 @@ class VisionTower(nn.Module):
             return h.flatten(2).transpose(1, 2), (h.shape[-2], h.shape[-1])
         return h, (image_hw[0] // self.patch_size, image_hw[1] // self.patch_size)
 
+    def request_layers(self, layers) -> None:
+        """Also return these hidden-state indices (``VisualFeatures.hidden``) from every forward pass."""
+        n = len(self.hidden_shapes())
+        bad = [i for i in layers if not -n <= i < n]
+        if bad:
+            raise ValueError(f"encoder layer(s) {bad} do not exist: the encoder gives {n} hidden states "
+                             f"(indices {-n}..{n - 1})")
+        self.extra_layers = tuple(dict.fromkeys(layers))
+        if self.cache is not None:
+            self.cache.clear()
+
+    def hidden_shapes(self) -> list[tuple[int, ...]]:
+        """The per-image shape of every hidden state, (P + N, D) for tokens or (C, H, W) for maps (a dry run)."""
+        if self._hidden_shapes is None:
+            with torch.no_grad(), torch.random.fork_rng():
+                out = self.model(pixel_values=torch.zeros(1, 3, self.image_size, self.image_size),
+                                 output_hidden_states=True)
+            self._hidden_shapes = [tuple(h.shape[1:]) for h in out.hidden_states]
+        return self._hidden_shapes
+
     def frozen(self) -> bool:
         """Eval mode with nothing to train: the output is a fixed function of the pixels."""
         return not self.training and not any(p.requires_grad for p in self.parameters())
@@ -98,4 +122,5 @@ class VisionTower(nn.Module):
         features = torch.cat(patches, -1)                              # [B, N, D * len(layers)]
         if self.cfg.keep_cls and cls is not None:
             features = torch.cat([cls, features], 1)                   # [B, P + N, D_vis]
-        return VisualFeatures(features=features, grid=(rows, cols), layers=patches, cls=cls)
+        hidden = {i: out.hidden_states[i] for i in self.extra_layers}   # as the encoder gives them
+        return VisualFeatures(features=features, grid=(rows, cols), layers=patches, cls=cls, hidden=hidden)

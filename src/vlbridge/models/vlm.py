@@ -22,9 +22,8 @@ from torch import nn
 
 from .. import __version__
 from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from_dict
-from ..connectors import ConnectorOutput, build_connector
-from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder, get_template
-from ..grounding.region_wiring import attach_regions
+from ..connectors import ConnectorOutput, SequenceContext, build_connector
+from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, get_template
 from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
@@ -61,16 +60,14 @@ class VLBridgeModel(nn.Module):
             self._resize_embeddings()
         self.connector = build_connector(cfg.connector.name, cfg.connector.options, self.vision.out_dim,
                                          self.llm_dim, self.vision.grid)
-        wanted = getattr(self.connector, "added_tokens", None)       # e.g. LaVIT's [IMG], [/IMG], code ids
-        if wanted is not None and any(t not in tokenizer.get_vocab() for t in wanted()):
-            self.add_tokens([t for t in wanted() if t not in tokenizer.get_vocab()])
-        self.builder = SequenceBuilder(tokenizer, self.template)
+        self.connector.bind_vision(self.vision)
+        self.vision.request_layers(self.connector.encoder_layers())
+        missing = [t for t in self.connector.added_tokens() if t not in tokenizer.get_vocab()]
+        if missing:                                          # e.g. region ids, [IMG] / [/IMG], visual codes
+            self.add_tokens(missing)
+        self.builder = self.connector.sequence_builder(tokenizer, self.template)
         self.image_token_id = self.builder.image_token_id
         self.lora: dict | None = None
-        self.regions = attach_regions(self)     # region tokens for connectors that propose regions (groma)
-        if self.regions is not None and cfg.llm.image_positions != "sequential":
-            raise ValueError(f"connector {cfg.connector.name!r} lists regions after the image tokens and needs "
-                             f"llm.image_positions 'sequential' (got {cfg.llm.image_positions!r})")
 
     # ---- construction -------------------------------------------------------------------------------
     @property
@@ -129,20 +126,29 @@ class VLBridgeModel(nn.Module):
         return instruction_text(self.llm.get_input_embeddings(), spans)
 
     def embed(self, input_ids, labels, pixel_values, padding_side: str = "right") -> tuple[Spliced, dict]:
-        if self.regions is not None:
-            return self.regions.embed(self, input_ids, labels, pixel_values, padding_side)
-        visual, aux = [], {}
+        """The LLM input of a batch: text embeddings with each image's visual tokens in place of its placeholder
+        (after the connector's ``arrange``); ``Spliced.info`` carries what ``decode_answers`` needs."""
+        input_ids, visual, aux, info = list(input_ids), [], {}, None
         if pixel_values is not None and len(pixel_values):
-            text = self.image_instructions(input_ids) if getattr(self.connector, "wants_text", False) else None
-            out = self.encode_images(pixel_values, text)
-            visual, aux = self._wrap_images(out.per_image()), out.aux_losses
+            text = self.image_instructions(input_ids) if self.connector.wants_text else None
+            feats = self.vision(pixel_values)              # features [n_img, N, D_vis] (+ requested layers)
+            feats.text = text
+            out = self.connector(feats)                    # tokens [n_img, M, D_llm]
+            arranged = self.connector.arrange(self.sequence_context(), input_ids, labels, feats, out, self._wrap_images(out.per_image()))
+            input_ids, labels, visual, info = arranged.input_ids, arranged.labels, arranged.visual, arranged.info
+            aux = out.aux_losses
         spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side,
                          self.cfg.llm.image_positions)
+        spliced.info = info
         return spliced, aux
 
+    def sequence_context(self) -> SequenceContext:
+        return SequenceContext(self.tokenizer, self.llm.get_input_embeddings(), self.image_token_id,
+                               self.cfg.llm.image_positions, self.training)
+
     def _wrap_images(self, visual: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each image's tokens between the embeddings of the connector's ``wrap_tokens`` (LaVIT: [IMG] ... [/IMG])."""
-        wrap = getattr(self.connector, "wrap_tokens", None)
+        """Each image's tokens between the embeddings of the connector's ``wrap_tokens`` (e.g. [IMG] ... [/IMG])."""
+        wrap = self.connector.wrap_tokens
         if not wrap:
             return visual
         ids = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(wrap)))
@@ -186,15 +192,15 @@ class VLBridgeModel(nn.Module):
         drop = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         return self.tokenizer.decode([t for t in ids if t not in drop]).strip()
 
-    def decode_answers(self, input_ids, pixel_values, outs: list[list[int]]) -> list[str]:
-        """Texts of a batch's generated ids; a region-token model writes each ``<roi><rj></roi>`` as region j's box."""
-        if self.regions is not None:
-            return self.regions.decode_answers(self, input_ids, pixel_values, outs)
-        return [self.decode(ids) for ids in outs]
+    def decode_answers(self, outs: list[list[int]], info: list | None = None) -> list[str]:
+        """Texts of a batch's generated ids, read back by the connector (``info``: ``Spliced.info`` of the prompts;
+        e.g. a region-token model writes each ``<roi><rj></roi>`` as region j's box)."""
+        infos = info if info is not None else [None] * len(outs)
+        return [self.connector.decode_answer(self.decode(ids), i) for ids, i in zip(outs, infos)]
 
     def visual_tokens_per_image(self) -> int:
         """Visual tokens one image takes (the maximum, for dynamic connectors): used for length checks."""
-        return self.connector.num_tokens() + len(getattr(self.connector, "wrap_tokens", ()))
+        return self.connector.num_tokens() + len(self.connector.wrap_tokens)
 
     # ---- persistence ----------------------------------------------------------------------------------
     def resolved_config(self) -> ModelConfig:

@@ -1,38 +1,68 @@
-"""Training stages: which modules train, per-module parameter groups and learning rates.
+"""Training stages applied to a model: which parameters train, per-module parameter groups and learning rates.
 
-- ``align``: the connector only (vision encoder and LLM frozen), as in LLaVA's pre-training stage.
-- ``instruct``: connector + LLM (full or LoRA), and the vision encoder when ``train_vision``.
+A stage is data (``config.Stage``): the parts that train as parameter-name prefixes, the parts kept frozen,
+the records it trains on and the loop that runs it. The common stages are ``align`` (the connector only, as
+in LLaVA's pre-training) and ``instruct`` (connector + LLM, full or LoRA, plus the encoder with
+``train_vision``); a connector adjusts or extends them through ``Connector.stages`` (e.g. groma's ``det``).
 """
 from __future__ import annotations
 
 import torch
 
-from ..config import TrainConfig
+from ..config import Stage, TrainConfig
 from ..models.vlm import MODULES
 
-STAGES = {"align": ("connector",), "instruct": ("connector", "llm")}
+ADDED_ROWS = "embeddings:added"        # Stage.trains entry: only the embedding rows of the connector's tokens
+_ROW_HOOKS = "_added_row_hooks"
 
 
-def trainable_modules(cfg: TrainConfig) -> tuple[str, ...]:
-    if cfg.stage not in STAGES:
-        raise ValueError(f"unknown stage {cfg.stage!r}; stages: {', '.join(STAGES)}")
-    mods = STAGES[cfg.stage]
-    return mods + ("vision",) if cfg.train_vision and cfg.stage == "instruct" else mods
+def resolve_stage(connector, cfg: TrainConfig) -> Stage:
+    """The stage ``cfg.stage`` names, as this model's connector declares it (``train_vision`` adds the encoder
+    to ``instruct``)."""
+    stages = type(connector).stages(connector.options)
+    if cfg.stage not in stages:
+        raise ValueError(f"unknown stage {cfg.stage!r} for connector {type(connector).__name__}; "
+                         f"stages: {', '.join(stages)}")
+    stage = stages[cfg.stage]
+    return stage.with_trains("vision") if cfg.train_vision and cfg.stage == "instruct" else stage
 
 
-def apply_stage(model, cfg: TrainConfig) -> dict[str, tuple[int, int]]:
-    """Freeze/unfreeze modules for the stage; returns {module: (trainable, total)} parameter counts."""
-    train = trainable_modules(cfg)
-    for name in MODULES:
-        module = model.module_named(name)
-        lora_llm = name == "llm" and model.lora is not None
-        for pname, p in module.named_parameters():
-            p.requires_grad = name in train and (not lora_llm or "lora_" in pname)
-    adjust = getattr(model.connector, "adjust_stage", None)   # e.g. groma: proposer frozen, new token rows
-    if adjust is not None:
-        adjust(model, cfg.stage)
+def _matches(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def apply_stage(model, stage: Stage) -> dict[str, tuple[int, int]]:
+    """Freeze/unfreeze the model's parameters for ``stage``; returns {module: (trainable, total)} counts."""
+    clear_row_masks(model)
+    for name, p in model.named_parameters():
+        p.requires_grad = _matches(name, stage.trains) and not _matches(name, stage.frozen)
+        if p.requires_grad and model.lora is not None and name.startswith("llm.") and "lora_" not in name:
+            p.requires_grad = False                              # LoRA: the LLM trains through its adapters
+    if ADDED_ROWS in stage.trains:
+        added = model.connector.added_tokens()
+        train_only_rows(model, model.tokenizer.convert_tokens_to_ids(added) if added else [])
     return {name: (sum(p.numel() for p in model.module_named(name).parameters() if p.requires_grad),
                    sum(p.numel() for p in model.module_named(name).parameters())) for name in MODULES}
+
+
+def train_only_rows(model, rows: list[int]) -> None:
+    """Make the LLM's embedding (and untied output) matrices trainable in ``rows`` only: a gradient mask keeps
+    every other row at exactly its value, and the matrices are excluded from weight decay."""
+    handles = []
+    embeddings = [model.llm.get_input_embeddings(), model.llm.get_output_embeddings()]
+    for weight in {id(e.weight): e.weight for e in embeddings if e is not None}.values():
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
+        mask[rows] = 1
+        weight.requires_grad = True
+        weight.no_weight_decay = True                            # read by param_groups
+        handles.append((weight.register_hook(lambda g, m=mask: g * m), weight))
+    model.__dict__[_ROW_HOOKS] = handles
+
+
+def clear_row_masks(model) -> None:
+    for handle, weight in model.__dict__.pop(_ROW_HOOKS, []):
+        handle.remove()
+        weight.no_weight_decay = False
 
 
 def format_counts(counts: dict[str, tuple[int, int]], stage: str) -> str:
@@ -62,6 +92,6 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
-    # the fused kernel updates all parameters in one pass (5x faster than the per-tensor loop on CPU)
+    # the fused kernel updates all parameters in one pass (much faster than the per-tensor loop on CPU)
     fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)

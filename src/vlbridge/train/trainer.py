@@ -34,7 +34,7 @@ from .checkpoint import TrainerState, latest_checkpoint, load_training_state, sa
 from .data import BatchStream, data_files, load_split, make_dataset
 from .distributed import barrier, check_same_everywhere, init_from_env, shutdown, sum_across, wrap
 from .schedule import warmup_cosine
-from .stages import apply_stage, format_counts, make_optimizer
+from .stages import apply_stage, format_counts, make_optimizer, resolve_stage
 
 
 def log(msg: str) -> None:
@@ -90,9 +90,15 @@ class Trainer:
             texts = (t.text.replace("<image>", "") for r in train_records for t in r.turns)
             model = build_model(cfg.model, texts)
         check_same_everywhere("tokenizer", model.tokenizer.backend_tokenizer.to_str(), self.ctx)
-        if tc.lora_r and tc.stage == "instruct" and model.lora is None:
+        self.stage = stage = resolve_stage(model.connector, tc)
+        if stage.runner != "lm":
+            raise ValueError(f"stage {stage.name!r} is not a language-model stage (its runner is {stage.runner!r}); "
+                             f"run it with `vlbridge train --stage {stage.name}`")
+        if tc.lora_r and "llm" in stage.trains and model.lora is None:
             model.apply_lora(tc.lora_r, tc.lora_alpha, tc.lora_targets)
-        self.log(format_counts(apply_stage(model, tc), tc.stage))
+        self.log(format_counts(apply_stage(model, stage), stage.name))
+        if stage.tasks is not None:
+            train_records, val_records = self.select_tasks(train_records, stage), self.select_tasks(val_records, stage)
         self.model = model.train()            # after freezing: frozen modules stay in eval mode
         if tc.cache_vision_features > 0 and model.vision.frozen():
             model.vision.cache = FeatureCache(tc.cache_vision_features)
@@ -118,6 +124,14 @@ class Trainer:
             self.state = load_training_state(resume_from, self.optimizer, self.scheduler)
             self.log(f"resumed from {resume_from} at step {self.state.step}")
         self.stream = BatchStream(self.train_set, tc, self.state.epoch, self.state.batch_in_epoch, self.ctx)
+
+    def select_tasks(self, records: list, stage) -> list:
+        """The records of the stage's tasks (its data mix)."""
+        kept = [r for r in records if r.task in stage.tasks]
+        self.log(f"stage {stage.name!r}: {len(kept)} of {len(records)} records (tasks {', '.join(stage.tasks)})")
+        if records and not kept:
+            raise ValueError(f"stage {stage.name!r} trains on tasks {list(stage.tasks)}, and the data has none of them")
+        return kept
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -235,9 +249,8 @@ class Trainer:
 
 
 def train(cfg: RunConfig) -> Path:
-    if cfg.train.stage == "det":                 # a region proposer's own loop (grounding models)
-        from ..grounding.det_stage import train_det
-        return train_det(cfg)
+    """Run a language-model stage (``Stage.runner == "lm"``) to its end; returns the final model dir (or the
+    checkpoint where ``stop_after`` stopped)."""
     trainer = Trainer(cfg)
     try:
         return trainer.train()

@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import RunConfig, save_json
-from ..data.records import SkipReport, load_image
-from ..models.build import build_model
-from ..models.vlm import VLBridgeModel
-from ..train.data import data_files, load_split
-from ..train.schedule import warmup_cosine
-from ..train.vision_pretrain import load_annotations
-from .feature_maps import encode_with_hidden_states
-from .proposer import proposer_loss, recall_at_k
-from .stages import apply_region_stage
+from ...config import RunConfig, Stage, save_json
+from ...data.records import SkipReport, load_image
+from ...models.build import build_model
+from ...models.vlm import VLBridgeModel
+from ...train.data import data_files, load_split
+from ...train.schedule import warmup_cosine
+from ..vision_pretrain import load_annotations
+from ...grounding.proposer import proposer_loss, recall_at_k
+from ...models.feature_cache import FeatureCache
+from ...train.stages import apply_stage
 
 
 def log(msg: str) -> None:
@@ -64,12 +64,12 @@ def evaluate_proposer(model, pixels: torch.Tensor, boxes: list[torch.Tensor], ks
     model.eval()
     kept = []
     for i in range(0, len(pixels), batch):
-        _, hidden = encode_with_hidden_states(model.vision, pixels[i:i + batch])
-        kept += [b for b, _ in model.connector.propose(hidden, tuple(pixels.shape[-2:]))]
+        kept += [b for b, _ in model.connector.propose(model.vision(pixels[i:i + batch]))]
     return recall_at_k(kept, boxes, ks)
 
 
-def train_det(cfg: RunConfig) -> Path:
+def train_det(cfg: RunConfig, stage: Stage) -> Path:
+    """Train the proposer of ``cfg``'s model (``stage`` says which parameters) and save the whole model."""
     tc = cfg.train
     out = Path(cfg.out)
     if (out / "final").exists() and not tc.resume:
@@ -83,15 +83,13 @@ def train_det(cfg: RunConfig) -> Path:
     if not scenes.is_file():
         raise FileNotFoundError(f"stage det: {scenes} not found (it lists every object box per image)")
     model = build_or_load(cfg, SkipReport())
-    if model.regions is None:
-        raise ValueError(f"stage det trains a region proposer; connector {model.cfg.connector.name!r} has none "
-                         f"(use --model.connector.name groma)")
     transform = model.vision.image_transform()
     train = load_boxes(scenes, "train", transform)
     if train is None:
         raise ValueError(f"{scenes}: no scenes with split 'train'")
     val = load_boxes(scenes, "val", transform)
-    apply_region_stage(model, "det")
+    apply_stage(model, stage)
+    model.vision.cache = FeatureCache()                                # the frozen encoder runs once per image
     proposer = model.connector.proposer
     params = [p for p in proposer.parameters() if p.requires_grad]
     log(f"stage 'det': training the proposer ({sum(p.numel() for p in params):,} parameters) on "
@@ -102,15 +100,14 @@ def train_det(cfg: RunConfig) -> Path:
     model.eval()                                                    # frozen encoder: running statistics
     proposer.train()
     g = torch.Generator().manual_seed(tc.seed)
-    image_hw = tuple(train[0].shape[-2:])
     t0 = time.perf_counter()
     with (out / "log.jsonl").open("a") as log_file:
         bar = tqdm(range(tc.steps), desc="train[det]", file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
         for step in bar:
             idx = torch.randint(0, len(train[0]), (min(tc.batch_size, len(train[0])),), generator=g)
             with torch.no_grad():
-                _, hidden = encode_with_hidden_states(model.vision, train[0][idx])
-            dense = proposer(model.connector.proposer_maps(hidden, image_hw))
+                feats = model.vision(train[0][idx])
+            dense = proposer(model.connector.proposer_maps(feats))
             losses = proposer_loss(dense, [train[1][i] for i in idx.tolist()])
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)

@@ -21,23 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConnectorConfig, VisionConfig, opt
-from ..data.records import load_records
-from ..models.build import build_model
-from ..models.vision import VisionTower
-from ..presets import get_preset
-from .captions import caption
-from .tokenizer_training import encode_split, load_scenes
-from .visual_tokenizer import DynamicVisualTokenizer, read_config
-from .vocabulary import VisualVocab, image_text
-
-GENERATE_WORD = "Draw"
-
-
-def generation_prompt(text: str) -> str:
-    """The user turn of a text->image request ("Draw a red circle"; "Draw" alone = unconditional)."""
-    return f"{GENERATE_WORD} {text.strip()}".strip()
-
+from ...config import ConnectorConfig, VisionConfig, opt
+from ...data.records import load_records
+from ...models.build import build_model
+from ...models.vision import VisionTower
+from ...presets import get_preset
+from ...data.scene_captions import caption
+from .tokenizer_stage import encode_split, load_scenes
+from ...lavit.visual_tokenizer import DynamicVisualTokenizer, read_config
+from ...lavit.vocabulary import VisualVocab, generation_prompt, image_text
 
 @dataclass
 class PrepareConfig:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import opt
-from ..models.vlm import VLBridgeModel
-from .captions import caption, parse_prompt
-from .checker import SMALL_LARGE_SPLIT, Agreement, agreement, detect_objects, size_split
-from .grid import sample_grid
+from ...config import opt
+from ...models.vlm import VLBridgeModel
+from ...data.scene_captions import caption, parse_prompt
+from ...eval.image_checker import SMALL_LARGE_SPLIT, Agreement, agreement, detect_objects, size_split
+from ...lavit.grid import sample_grid
 from .image_generation import ImageGenConfig, generate_images, render_codes, to_image
-from .tokenizer_training import encode_split, load_scenes, recon_features, tokenizer_metrics
+from .tokenizer_stage import encode_split, load_scenes, recon_features, tokenizer_metrics
 
 
 @dataclass

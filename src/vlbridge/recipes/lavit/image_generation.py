@@ -17,10 +17,9 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from ..data.records import Turn
-from ..generate import cache_kwargs, filter_logits
-from .prepare import generation_prompt
-from .vocabulary import ModalityMask, VisualVocab
+from ...data.records import Turn
+from ...generate import cache_kwargs, filter_logits
+from ...lavit.vocabulary import ModalityMask, VisualVocab, generation_prompt
 
 
 @dataclass

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..data.shapes import SHORT_ANSWER_SUFFIX
-from .boxes import Box, format_box, parse_box
-from .phrases import grounded_phrases
+from ...data.shapes import SHORT_ANSWER_SUFFIX
+from ...data.boxes import Box, format_box, parse_box
+from ...data.grounded_phrases import grounded_phrases
 
 GROUNDED_PROMPT = "Describe the image briefly, with a box for each object."     # ShapesWorld's gcap question
 REGION_PROMPT = "What is the object at {region}?\n" + SHORT_ANSWER_SUFFIX     # ShapesWorld's reg question

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.shapes import BACKGROUND, COLORS, GLYPH_DARK, GLYPH_LIGHT
-from .captions import PromptSpec
+from ..data.scene_captions import PromptSpec
 
 PALETTE = list(COLORS)
 SMALL_LARGE_SPLIT = 0.25       # box side / image side: small objects are 0.16-0.22, large 0.28-0.36 (defaults)

@@ -52,13 +52,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import VisionConfig, opt
-from ..data.records import load_image
-from ..models.vision import VisionTower
-from ..train.vision_pretrain import object_patches, patch_labels
-from .options import TokenizerOptions
-from .quantizer import usage
-from .visual_tokenizer import PLACEMENTS, DynamicVisualTokenizer, cosine_loss, pad_ids, salience_weights
+from ...config import VisionConfig, opt
+from ...data.records import load_image
+from ...models.vision import VisionTower
+from ..vision_pretrain import object_patches, patch_labels
+from ...lavit.options import TokenizerOptions
+from ...lavit.quantizer import usage
+from ...lavit.visual_tokenizer import PLACEMENTS, DynamicVisualTokenizer, cosine_loss, pad_ids, salience_weights
 
 
 @dataclass

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..eval.exact_match import normalize
-from .boxes import box_iou, parse_boxes
-from .phrases import grounded_phrases
+from .exact_match import normalize
+from ..data.boxes import box_iou, parse_boxes
+from ..data.grounded_phrases import grounded_phrases
 
 IOU_THRESHOLD = 0.5
 NOT_PRESENT = "not present"

@@ -1,0 +1,194 @@
+"""Run stages: one stage of a run config with the loop its ``Stage.runner`` names, or several in order.
+
+``run_stage(cfg)`` resolves ``cfg.train.stage`` through the connector's declared stages
+(``Connector.stages``) and runs it: ``lm`` stages in the trainer's resumable next-token loop, a region
+proposer's ``det`` stage and a visual tokenizer's ``lavit_tokenizer`` stage in their own runners. Each runner
+returns a ``StageResult``: where its output is and which config fields the next stage takes from it
+(``train.init_from`` for a saved model, the connector's ``tokenizer`` option for a tokenizer directory).
+
+``run_stages(cfg, names, out)`` runs a sequence (e.g. a connector's ``pre_stage`` then ``instruct``) into
+``OUT/<stage>/``, each stage starting from the previous one's output; a finished stage is not rerun and an
+interrupted LM stage resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import RunConfig, Stage, TrainConfig
+from ..connectors import CONNECTORS
+from ..train.checkpoint import latest_checkpoint
+from ..train.trainer import train
+
+
+@dataclass
+class StageResult:
+    out: Path                                       # the stage's output (a model dir, a tokenizer dir)
+    hand_off: dict[str, Any] = field(default_factory=dict)   # dotted config fields the next stage takes
+
+
+def run_connector(cfg: RunConfig) -> tuple[str, dict]:
+    """The connector (name, options) the run trains: the resumed checkpoint's or the ``init_from`` model's when
+    there is one (the run's model comes from there), else the config's."""
+    saved = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.train.resume else None
+    source = saved / "model" if saved is not None else Path(cfg.train.init_from) if cfg.train.init_from else None
+    if source is not None and (source / "config.json").is_file():
+        connector = json.loads((source / "config.json").read_text()).get("connector", {})
+        return connector.get("name", cfg.model.connector.name), connector.get("options", {})
+    return cfg.model.connector.name, cfg.model.connector.options
+
+
+def declared_stage(cfg: RunConfig) -> Stage:
+    """``cfg.train.stage`` as the run's connector declares it."""
+    name, options = run_connector(cfg)
+    if name not in CONNECTORS:
+        raise ValueError(f"unknown connector {name!r}; registered: {', '.join(sorted(CONNECTORS))}")
+    cls = CONNECTORS[name]
+    stages = cls.stages(cls.Options(**options))
+    if cfg.train.stage not in stages:
+        raise ValueError(f"connector {name!r} has no stage {cfg.train.stage!r}; stages: {', '.join(stages)}")
+    return stages[cfg.train.stage]
+
+
+def saved_model(final: Path) -> StageResult:
+    """A stage whose output is a saved model: the next stage starts from it."""
+    return StageResult(final, {"train.init_from": str(final)})
+
+
+def finished_model(cfg: RunConfig) -> StageResult | None:
+    final = Path(cfg.out) / "final"
+    return saved_model(final) if (final / "model.safetensors").is_file() else None
+
+
+def training_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def tokenizer_fields() -> set[str]:
+    from .lavit.tokenizer_stage import TokenizerTrainConfig
+    return {f.name for f in dataclasses.fields(TokenizerTrainConfig)} - {"annotations", "vision", "out", "options"}
+
+
+def check_schedule(stage: Stage, schedule: dict) -> None:
+    """Fail on a schedule field the stage's runner does not have."""
+    fields = RUNNERS[stage.runner].fields()
+    unknown = sorted(set(schedule) - fields)
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: unknown schedule field(s) {unknown}; fields: {', '.join(sorted(fields))}")
+
+
+def with_schedule(cfg: RunConfig, stage: Stage) -> RunConfig:
+    """``cfg`` with the stage's schedule (TrainConfig fields) applied."""
+    if not stage.schedule:
+        return cfg
+    check_schedule(stage, dict(stage.schedule))
+    run = copy.deepcopy(cfg)
+    run.train = dataclasses.replace(run.train, **dict(stage.schedule))
+    return run
+
+
+def run_lm(cfg: RunConfig, stage: Stage) -> StageResult:
+    return saved_model(train(with_schedule(cfg, stage)))
+
+
+def run_det(cfg: RunConfig, stage: Stage) -> StageResult:
+    from .groma.det_stage import train_det
+    return saved_model(train_det(with_schedule(cfg, stage), stage))
+
+
+def tokenizer_dir(out: Path) -> StageResult:
+    """A visual tokenizer's output: the next stage's connector loads it (its ``tokenizer`` option)."""
+    return StageResult(out, {"model.connector.options.tokenizer": str(out)})
+
+
+def finished_tokenizer(cfg: RunConfig) -> StageResult | None:
+    return tokenizer_dir(Path(cfg.out)) if (Path(cfg.out) / "model.safetensors").is_file() else None
+
+
+def run_lavit_tokenizer(cfg: RunConfig, stage: Stage) -> StageResult:
+    """The visual tokenizer on the data's scenes and the run's (pretrained) encoder, with the connector's options;
+    ``stage.schedule`` may set fields of the tokenizer stage (``TokenizerTrainConfig``)."""
+    from ..lavit.visual_tokenizer import tokenizer_options
+    from .lavit.tokenizer_stage import TokenizerTrainConfig, train_tokenizer
+    if not cfg.model.vision.name_or_path:
+        raise ValueError("the tokenizer stage reads a pretrained encoder: set --model.vision.name_or_path "
+                         "(e.g. the output of `vlbridge pretrain-vision`)")
+    if not cfg.data.path or not (Path(cfg.data.path) / "scenes.json").is_file():
+        raise ValueError("the tokenizer stage trains on DATA/scenes.json: pass --data DIR holding it "
+                         "(`vlbridge data shapes` writes one)")
+    options = CONNECTORS[cfg.model.connector.name].Options(**cfg.model.connector.options)
+    tok_cfg = TokenizerTrainConfig(annotations=str(Path(cfg.data.path) / "scenes.json"),
+                                   vision=cfg.model.vision.name_or_path, out=cfg.out, seed=cfg.train.seed,
+                                   options=tokenizer_options(options))
+    check_schedule(stage, dict(stage.schedule))
+    return tokenizer_dir(train_tokenizer(dataclasses.replace(tok_cfg, **dict(stage.schedule))))
+
+
+@dataclass(frozen=True)
+class Runner:
+    run: Callable[[RunConfig, Stage], StageResult]
+    finished: Callable[[RunConfig], StageResult | None]      # the result of an earlier complete run, else None
+    fields: Callable[[], set[str]]                           # the settings a stage schedule may give it
+
+
+RUNNERS: dict[str, Runner] = {
+    "lm": Runner(run_lm, finished_model, training_fields),
+    "det": Runner(run_det, finished_model, training_fields),
+    "lavit_tokenizer": Runner(run_lavit_tokenizer, finished_tokenizer, tokenizer_fields),
+}
+
+
+def run_stage(cfg: RunConfig, schedule: dict | None = None) -> StageResult:
+    """Run ``cfg.train.stage`` with ``schedule`` (in its runner's terms; the connector's declared schedule applies
+    only inside ``run_stages``)."""
+    stage = dataclasses.replace(declared_stage(cfg), schedule=tuple((schedule or {}).items()))
+    if stage.runner not in RUNNERS:
+        raise ValueError(f"stage {stage.name!r} names runner {stage.runner!r}; runners: {', '.join(RUNNERS)}")
+    return RUNNERS[stage.runner].run(cfg, stage)
+
+
+def set_field(cfg: RunConfig, dotted: str, value) -> None:
+    """Set a nested config field by its dotted name (``model.connector.options.tokenizer`` reaches into the dict)."""
+    *path, last = dotted.split(".")
+    obj = cfg
+    for part in path:
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    if isinstance(obj, dict):
+        obj[last] = value
+    else:
+        setattr(obj, last, value)
+
+
+def stage_config(cfg: RunConfig, name: str, out: Path, hand_off: dict) -> RunConfig:
+    """``cfg`` for stage ``name`` alone, into ``out/name``, with the previous stage's hand-off."""
+    run = copy.deepcopy(cfg)
+    run.train.stage, run.train.stages, run.train.stage_schedules = name, [], {}
+    run.out = str(out / name)
+    for key, value in hand_off.items():
+        set_field(run, key, value)
+    return run
+
+
+def run_stages(cfg: RunConfig, names: list[str] | None = None, out: str | Path | None = None) -> list[StageResult]:
+    """Run stages ``names`` (default ``cfg.train.stages``) in order into ``out/<stage>/`` (default ``cfg.out``), each
+    from the previous one's output, with the connector's declared schedule and ``cfg.train.stage_schedules``;
+    stages that finished earlier are skipped (their hand-off still passes on), an interrupted LM stage resumes."""
+    names = list(names if names is not None else cfg.train.stages)
+    out, results, hand_off = Path(out if out is not None else cfg.out), [], {}
+    unknown = sorted(set(cfg.train.stage_schedules) - set(names))
+    if unknown:
+        raise ValueError(f"train.stage_schedules names stage(s) {unknown} that are not run (stages: {names})")
+    for name in names:
+        run = stage_config(cfg, name, out, hand_off)
+        stage = declared_stage(run)
+        result = RUNNERS[stage.runner].finished(run)
+        if result is None:
+            run.train.resume = latest_checkpoint(Path(run.out) / "checkpoints") is not None
+            result = run_stage(run, {**dict(stage.schedule), **cfg.train.stage_schedules.get(name, {})})
+        results.append(result)
+        hand_off = {**hand_off, **result.hand_off}
+    return results
