@@ -1,7 +1,7 @@
 """Box text format, robust parsing of generated boxes, IoU (hand-computed cases)."""
 import pytest
 
-from vlbridge.grounding.boxes import box_iou, format_box, parse_box, parse_boxes
+from vlbridge.data.boxes import box_iou, format_box, parse_box, parse_boxes
 
 
 def test_format_round_trip() -> None:

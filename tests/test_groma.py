@@ -6,11 +6,12 @@ import torch
 from grounding_fixtures import grounding_data, groma_config, groma_model  # noqa: F401  (fixtures)
 
 from vlbridge.config import DataConfig, RunConfig, TrainConfig
+from vlbridge.data.boxes import format_box
 from vlbridge.data.dataset import collate
-from vlbridge.data.records import SkipReport, Turn, load_image, load_records
+from vlbridge.data.images import load_image
+from vlbridge.data.records import SkipReport, Turn, load_records
 from vlbridge.data.template import IGNORE_INDEX
 from vlbridge.eval.runner import prediction_for, summarize
-from vlbridge.grounding.boxes import format_box
 from vlbridge.grounding.feature_maps import encode_with_hidden_states
 from vlbridge.grounding.metrics import absent_score
 from vlbridge.models.build import build_model

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from vlbridge.data.shapes import COLORS, ShapesWorldConfig, generate_scene, render_scene, scene_rng
+from vlbridge.data.shapesworld import COLORS, ShapesWorldConfig, generate_scene, render_scene, scene_rng
 from vlbridge.lavit.captions import PromptObject, caption, parse_prompt
 from vlbridge.lavit.checker import agreement, detect_objects
 

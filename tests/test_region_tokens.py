@@ -3,9 +3,9 @@ import pytest
 import torch
 from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtures)
 
+from vlbridge.data.boxes import format_box
 from vlbridge.data.records import Turn
 from vlbridge.data.template import IGNORE_INDEX
-from vlbridge.grounding.boxes import format_box
 from vlbridge.grounding.region_list import build_region_list
 from vlbridge.grounding.region_tokens import boxes_to_text, find_spans, rewrite
 

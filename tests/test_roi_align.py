@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from vlbridge.data.boxes import box_iou as scalar_iou
 from vlbridge.grounding.box_ops import box_iou, generalized_iou, nms, select_proposals
-from vlbridge.grounding.boxes import box_iou as scalar_iou
 from vlbridge.grounding.roi_align import roi_align
 
 

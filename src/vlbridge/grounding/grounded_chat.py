@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..data.shapes import SHORT_ANSWER_SUFFIX
-from .boxes import Box, format_box, parse_box
+from ..data.boxes import Box, format_box, parse_box
+from ..data.shapesworld import SHORT_ANSWER_SUFFIX
 from .phrases import grounded_phrases
 
 GROUNDED_PROMPT = "Describe the image briefly, with a box for each object."     # ShapesWorld's gcap question

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.boxes import box_iou, parse_boxes
 from ..eval.exact_match import normalize
-from .boxes import box_iou, parse_boxes
 from .phrases import grounded_phrases
 
 IOU_THRESHOLD = 0.5

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .boxes import Box
+from ..data.boxes import Box
 from .box_ops import box_iou, nms
 
 

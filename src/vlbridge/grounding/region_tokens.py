@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..data.boxes import Box, find_boxes, format_box, parse_box
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder
-from .boxes import Box, find_boxes, format_box, parse_box
 
 ROI_START, ROI_END = "<roi>", "</roi>"
 _GENERATED = re.compile(r"<roi>\s*((?:<r\d+>\s*)+)</roi>")

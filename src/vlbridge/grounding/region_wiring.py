@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.boxes import Box
 from ..models.splice import Spliced, splice
-from .boxes import Box
 from .feature_maps import encode_with_hidden_states
 from .region_list import RegionList, build_region_list
 from .region_tokens import RegionSequenceBuilder, RegionTokenIds, boxes_to_text, find_spans, rewrite

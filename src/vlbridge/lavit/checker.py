@@ -1,6 +1,6 @@
 """Find ShapesWorld objects in an image (colour, shape, size, box) and score prompt/image agreement.
 
-Built from how ShapesWorld renders (``data/shapes.py``): flat palette colours on a flat dark background,
+Built from how ShapesWorld renders (``data/shapesworld/render.py``): flat palette colours on a flat dark background,
 objects at least 2 px apart, glyphs in black/white inside large objects. Every pixel takes the nearest of
 the palette, background and glyph colours (pixels farther than ``max_dist`` from all of them, e.g. blurred
 edges of generated images, are ignored); 4-connected regions of one palette colour of at least ``min_area``
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..data.shapes import BACKGROUND, COLORS, GLYPH_DARK, GLYPH_LIGHT
+from ..data.shapesworld import BACKGROUND, COLORS, GLYPH_DARK, GLYPH_LIGHT
 from .captions import PromptSpec
 
 PALETTE = list(COLORS)
