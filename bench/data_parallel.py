@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from train_step import ATTENTION_FLOPS, attention_part, matmul_peak        # bench/ is on sys.path when run as a script
-from vlbridge.data.shapes import ShapesWorldConfig, generate
+from vlbridge.data.shapesworld import ShapesWorldConfig, generate
 from vlbridge.presets import get_preset
 from vlbridge.train.trainer import Trainer
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlbridge.data.shapes import ShapesWorldConfig, generate
+from vlbridge.data.shapesworld import ShapesWorldConfig, generate
 from vlbridge.presets import get_preset
 from vlbridge.train.data import BatchStream
 from vlbridge.train.trainer import Trainer

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlbridge.config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainConfig, VisionConfig
-from vlbridge.data.shapes import ShapesWorldConfig, generate
+from vlbridge.data.shapesworld import ShapesWorldConfig, generate
 
 
 def tiny_model_config(connector: str = "mlp", options: dict | None = None) -> ModelConfig:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from vlbridge.data.shapes import ShapesWorldConfig, generate
+from vlbridge.data.shapesworld import ShapesWorldConfig, generate
 
 GROMA_OPTIONS = {"max_regions": 4, "max_user_regions": 2, "dim": 16, "hidden": 32, "roi_size": 2,
                  "proposer_convs": 1}

@@ -8,7 +8,8 @@ from grounding_fixtures import grounding_data, groma_config, groma_model  # noqa
 
 from vlbridge.config import DataConfig, RunConfig, TrainConfig
 from vlbridge.data.dataset import collate
-from vlbridge.data.records import SkipReport, Turn, load_image, load_records
+from vlbridge.data.images import load_image
+from vlbridge.data.records import SkipReport, Turn, load_records
 from vlbridge.data.template import IGNORE_INDEX
 from vlbridge.eval.runner import prediction_for, summarize
 from vlbridge.data.boxes import format_box

@@ -6,7 +6,7 @@ from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtu
 from PIL import Image
 
 from vlbridge.cli.main import main
-from vlbridge.data.shapes import GCAP_QUESTION, NOT_PRESENT
+from vlbridge.data.shapesworld import GCAP_QUESTION, NOT_PRESENT
 from vlbridge.recipes.groma.grounded_chat import PALETTE, draw_grounding, grounded_prompt, parse_region
 from vlbridge.eval.grounding import grounded_caption_score
 from vlbridge.data.grounded_phrases import grounded_phrases
@@ -86,7 +86,7 @@ def test_shapes_grounded_captions_and_negatives_match_the_scenes(grounding_data)
 
 
 def test_task_weights_shape_the_train_mix(tmp_path) -> None:
-    from vlbridge.data.shapes import ShapesWorldConfig, generate
+    from vlbridge.data.shapesworld import ShapesWorldConfig, generate
     summary = generate(ShapesWorldConfig(n=20, seed=1, image_size=32, extra_tasks=["rec_neg"], train_turns=4,
                                          task_weights={"rec": 5, "glyph": 0, "color": 0}), tmp_path)
     mix = summary["per_task"]["train"]
@@ -96,7 +96,7 @@ def test_task_weights_shape_the_train_mix(tmp_path) -> None:
 
 
 def test_single_turn_tasks_get_their_own_records(tmp_path) -> None:
-    from vlbridge.data.shapes import ShapesWorldConfig, generate
+    from vlbridge.data.shapesworld import ShapesWorldConfig, generate
     grounding = ["rec", "reg", "gcap", "rec_neg"]
     generate(ShapesWorldConfig(n=20, seed=2, image_size=32, extra_tasks=["gcap", "rec_neg"], train_turns=3,
                                single_turn_tasks=grounding, single_turn_records=3), tmp_path)
@@ -114,7 +114,7 @@ def test_single_turn_tasks_get_their_own_records(tmp_path) -> None:
 
 
 def test_single_turn_negatives_never_outnumber_the_objects(tmp_path) -> None:
-    from vlbridge.data.shapes import ShapesWorldConfig, generate
+    from vlbridge.data.shapesworld import ShapesWorldConfig, generate
     generate(ShapesWorldConfig(n=40, seed=4, image_size=32, max_objects=2, extra_tasks=["rec_neg"], train_turns=1,
                                single_turn_tasks=["rec", "rec_neg"], single_turn_records=6), tmp_path)
     scenes = {s["image"]: len(s["objects"]) for s in json.loads((tmp_path / "scenes.json").read_text())}

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from vlbridge.data.shapes import COLORS, ShapesWorldConfig, generate_scene, render_scene, scene_rng
+from vlbridge.data.shapesworld import COLORS, ShapesWorldConfig, generate_scene, render_scene, scene_rng
 from vlbridge.data.scene_captions import PromptObject, caption, parse_prompt
 from vlbridge.eval.image_checker import agreement, detect_objects
 

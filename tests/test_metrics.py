@@ -229,7 +229,7 @@ def test_task_metric_mapping():
     assert metric_for("caption", "exact_match") == "exact_match"               # a record's field wins
     with pytest.raises(ValueError, match="unknown metric 'bleu'"):
         metric_for("caption", "bleu")
-    from vlbridge.data.shapes import TASKS
+    from vlbridge.data.shapesworld import TASKS
     assert set(TASKS) <= set(TASK_METRICS)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlbridge.data.records import load_image
+from vlbridge.data.images import load_image
 from vlbridge.generate import GenerationConfig
 from vlbridge.inference import Predictor
 

@@ -1,4 +1,4 @@
-"""Tests for vlbridge.data.records: LLaVA-style JSON loading, validation and image decoding."""
+"""Tests for vlbridge.data.records and vlbridge.data.images: LLaVA-style JSON loading, validation and image decoding."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlbridge.data.images import ImageError, load_image
 from vlbridge.data.records import (
     IMAGE_TOKEN,
     DataError,
-    ImageError,
     Record,
     SkipReport,
     Turn,
     check_record,
-    load_image,
     load_records,
 )
 

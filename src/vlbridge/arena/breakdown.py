@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from ..data.shapes import COLORS, SHAPES
+from ..data.shapesworld import COLORS, SHAPES
 
 MANY = 4
 GROUPS = ("small", "large", "many", "few")

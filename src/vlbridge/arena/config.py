@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import opt
-from ..data.shapes import ShapesWorldConfig
+from ..data.shapesworld import ShapesWorldConfig
 
 ALL_CONNECTORS = ["mlp", "qformer", "resampler", "cabstractor", "pixel_shuffle", "pargo"]
 

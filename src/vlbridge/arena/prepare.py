@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..config import RunConfig, VisionConfig, from_dict, load_run_config
-from ..data.shapes import ShapesWorldConfig, generate
+from ..data.shapesworld import ShapesWorldConfig, generate
 from ..presets import get_preset
 from .config import ArenaConfig
 

@@ -12,7 +12,7 @@ import io
 import json
 from pathlib import Path
 
-from ..data.shapes import TASKS
+from ..data.shapesworld import TASKS
 from ..eval.report import label
 
 # Used only when a task's metrics do not name their ``main`` number: preferred keys, then GENERIC.

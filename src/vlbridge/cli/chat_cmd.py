@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.records import ImageError, Turn, load_image
+from ..data.images import ImageError, load_image
+from ..data.records import Turn
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
 from ..models.vlm import VLBridgeModel

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data.shapes import ShapesWorldConfig, generate
+from ..data.shapesworld import ShapesWorldConfig, generate
 from .args import add_config_args, apply_overrides
 
 

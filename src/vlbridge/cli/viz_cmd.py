@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.records import SkipReport, load_image, load_records
+from ..data.images import load_image
+from ..data.records import SkipReport, load_records
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
 from ..models.vlm import VLBridgeModel

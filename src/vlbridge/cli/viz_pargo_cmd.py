@@ -101,7 +101,7 @@ def run_masks(args: argparse.Namespace) -> int:
 
 
 def run_windows(args: argparse.Namespace) -> int:
-    from ..data.records import load_image
+    from ..data.images import load_image
     from ..viz.pargo_masks import windows_figure
     geometry, _ = resolve_geometry(args)
     image = load_image(args.image, where=str(args.image))[0]

@@ -1,1 +1,2 @@
-"""vlbridge.data"""
+"""Data: LLaVA-style records and their validation, image loading, boxes as text, chat templates, the
+training/eval dataset, and the ShapesWorld generator (``shapesworld``)."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .image_transform import ImageTransform
-from .records import DataError, ImageError, Record, SkipReport, load_image
+from .images import ImageError, load_image
+from .records import DataError, Record, SkipReport
 from .template import SequenceBuilder
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .boxes import Box, find_boxes
+from ..data.boxes import Box, find_boxes
 
 _LEADING = re.compile(r"^(?:\s|[,.;:]|\band\b|\bthen\b)+", re.IGNORECASE)
 _TRAILING = re.compile(r"(?:\s|[,;:]|\bat\b|\bis\b)+$", re.IGNORECASE)

@@ -14,7 +14,7 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
-            raise ValueError(f"ImageTransform expects RGB, got {image.mode} (load images with data.records.load_image)")
+            raise ValueError(f"ImageTransform expects RGB, got {image.mode} (load images with data.images.load_image)")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BICUBIC)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0  # [3, S, S]

@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .shapes import COLORS, MIN_SPATIAL_DELTA, SHAPES, SIZES, article
+from .shapesworld import COLORS, MIN_SPATIAL_DELTA, SHAPES, SIZES, article
 
 RELATIONS = ("above", "below", "left of", "right of")
 GENERATE_PREFIX = "Draw "          # the user turn of a text->image record: "Draw a red circle above ..."

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..data.shapes import BACKGROUND, COLORS, GLYPH_DARK, GLYPH_LIGHT
+from ..data.shapesworld import BACKGROUND, COLORS, GLYPH_DARK, GLYPH_LIGHT
 from ..data.scene_captions import PromptSpec
 
 PALETTE = list(COLORS)

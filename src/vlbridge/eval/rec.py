@@ -2,7 +2,7 @@
 
 Boxes are normalised ``[x1, y1, x2, y2]``. The metric is a function of (predicted box or ``None`` for a
 parse failure, reference box), so any way of producing a box (box text read by
-``grounding.boxes.parse_box``, region tokens, a detection head) is scored the same way. A missing or
+``data.boxes.parse_box``, region tokens, a detection head) is scored the same way. A missing or
 unparsable prediction is a miss with IoU 0: it counts in the denominator of Acc@0.5 and of mean IoU,
 and the number of such answers is reported as ``unparsable``.
 """

@@ -1,7 +1,7 @@
 """Box operations on tensors: pairwise IoU, generalized IoU, non-maximum suppression, proposal selection.
 
 Boxes are ``[N, 4]`` corner boxes ``(x1, y1, x2, y2)`` (normalised to [0, 1] in this package), the same
-convention as the text format of ``boxes.py``. Written in plain torch (no torchvision here).
+convention as the text format of ``data/boxes.py``. Written in plain torch (no torchvision here).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import VisionConfig, opt
-from ..data.records import load_image
+from ..data.images import load_image
 from ..models.vision import VisionTower
 
 BACKGROUND = "<background>"

@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ...config import RunConfig, Stage, save_json
-from ...data.records import SkipReport, load_image
+from ...data.images import load_image
+from ...data.records import SkipReport
 from ...models.build import build_model
 from ...models.vlm import VLBridgeModel
 from ...train.data import data_files, load_split

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ...data.shapes import SHORT_ANSWER_SUFFIX
+from ...data.shapesworld import SHORT_ANSWER_SUFFIX
 from ...data.boxes import Box, format_box, parse_box
 from ...data.grounded_phrases import grounded_phrases
 

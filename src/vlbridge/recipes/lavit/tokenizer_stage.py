@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ...config import VisionConfig, opt
-from ...data.records import load_image
+from ...data.images import load_image
 from ...models.vision import VisionTower
 from ..vision_pretrain import object_patches, patch_labels
 from ...lavit.options import TokenizerOptions
