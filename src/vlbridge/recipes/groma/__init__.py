@@ -1,0 +1,1 @@
+"""Groma's pipelines: the proposer (det) stage and grounded chat."""
