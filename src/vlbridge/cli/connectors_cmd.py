@@ -18,9 +18,16 @@ from .args import add_config_args, apply_overrides
 
 
 def add_parser(sub) -> None:
+    from ..connectors import CONNECTORS
+    summaries = "\n".join(f"  {name:<14} {summary(cls)}" for name, cls in CONNECTORS.items())
     p = sub.add_parser("connectors", help="list connectors with tokens, parameters and FLOPs for a preset",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="List every registered connector with its output token count, parameter count "
-                                   "and forward FLOPs (per image) for a preset's vision grid and widths.")
+                                   "and forward FLOPs (per image) for a preset's vision grid and widths; "
+                                   "--describe NAME shows one connector's options, defaults and stages.\n\n"
+                                   f"connectors:\n{summaries}")
+    p.add_argument("--describe", metavar="NAME", choices=sorted(CONNECTORS),
+                   help="print what connector NAME does, every option with its meaning and default, its stages")
     p.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS), help="named preset (default: tiny-cpu)")
     p.add_argument("--options", type=json.loads, default={},
                    help='options per connector as JSON, e.g. \'{"qformer": {"layers": 2, "hidden": 128}}\'')
@@ -95,7 +102,40 @@ def format_table(header: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(cls) -> str:
+    """The first sentence of a connector module's docstring, without its name prefix."""
+    import sys
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return doc.split(": ", 1)[-1].split(". ")[0].rstrip(".")
+
+
+def describe(name: str) -> str:
+    """What connector ``name`` does, its options (type, default, meaning) and its stages."""
+    import dataclasses
+    import sys
+    from ..connectors import CONNECTORS
+    cls = CONNECTORS[name]
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+    lines = [doc, "", f"options (--model.connector.options '{{\"NAME\": VALUE, ...}}'):"]
+    for f in dataclasses.fields(cls.Options):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        lines.append(f"  {f.name} ({kind}, default {json.dumps(default)}): {f.metadata.get('help', '')}")
+    stages = cls.stages(cls.Options())
+    lines += ["", "stages:"]
+    for stage in stages.values():
+        frozen = f"; frozen: {', '.join(stage.frozen)}" if stage.frozen else ""
+        runner = f" (runner {stage.runner})" if stage.runner != "lm" else ""
+        lines.append(f"  {stage.name}{runner}: trains {', '.join(stage.trains)}{frozen}")
+    if cls.pre_stage:
+        lines.append(f"  runs first: {cls.pre_stage}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.describe:
+        print(describe(args.describe))
+        return 0
     cfg = apply_overrides(get_preset(args.preset), args, args._dests)
     if not isinstance(args.options, dict) or not all(isinstance(v, dict) for v in args.options.values()):
         raise ValueError('--options must be a JSON object of objects, e.g. {"qformer": {"layers": 2}}')

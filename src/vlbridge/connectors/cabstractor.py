@@ -26,19 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 
 
 @dataclass
 class CAbstractorOptions:
-    grid_out: list[int] | None = None   # output token grid [rows, cols]; None = half the patch grid per side
-    depth: int = 3                      # bottleneck blocks before and after the pooling (Honeybee: 3)
-    hidden: int | None = None           # block width; None = the vision width (Honeybee: 1024 for CLIP-L)
-    bottleneck_ratio: float = 1.0       # inner width of a block / its output width (RegNet bottle_ratio)
-    group_size: int = 1                 # channels per group of the 3x3 conv: 1 = depthwise (Honeybee), 0 = dense
-    se_ratio: float = 0.0               # squeeze-excitation width / block input width (Honeybee: 0.25; global)
-    mlp_depth: int = 2                  # Linear layers of the readout (Honeybee: 2)
-    pos_emb: bool = True                # learned position embedding of the patches (Honeybee: True)
+    grid_out: list[int] | None = opt(None, "output token grid [rows, cols]; None = half the patch grid per side")
+    depth: int = opt(3, "bottleneck blocks before and after the pooling (Honeybee: 3)")
+    hidden: int | None = opt(None, "block width; None = the vision width (Honeybee: 1024 for CLIP-L)")
+    bottleneck_ratio: float = opt(1.0, "inner width of a block / its output width (RegNet bottle_ratio)")
+    group_size: int = opt(1, "channels per group of the 3x3 conv: 1 = depthwise (Honeybee), 0 = dense")
+    se_ratio: float = opt(0.0, "squeeze-excitation width / block input width (Honeybee: 0.25; global)")
+    mlp_depth: int = opt(2, "Linear layers of the readout (Honeybee: 2)")
+    pos_emb: bool = opt(True, "learned position embedding of the patches (Honeybee: True)")
 
 
 class LayerNorm2d(nn.LayerNorm):

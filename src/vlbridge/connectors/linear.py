@@ -5,12 +5,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 
 
 @dataclass
 class LinearOptions:
-    bias: bool = True
+    bias: bool = opt(True, "a bias in the Linear map")
 
 
 class LinearConnector(Connector):

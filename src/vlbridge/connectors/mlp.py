@@ -5,13 +5,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 
 
 @dataclass
 class MLPOptions:
-    depth: int = 2                 # number of Linear layers (LLaVA-1.5: 2, i.e. "mlp2x_gelu")
-    hidden: int | None = None      # hidden width; None = the LLM width (as in LLaVA-1.5)
+    depth: int = opt(2, "number of Linear layers (LLaVA-1.5: 2, i.e. \"mlp2x_gelu\")")
+    hidden: int | None = opt(None, "hidden width; None = the LLM width (as in LLaVA-1.5)")
 
 
 class MLPConnector(Connector):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 from .pargo_layer import ParGoLayer
 from .pargo_windows import ParGoGeometry
@@ -33,23 +34,23 @@ from .pargo_windows import ParGoGeometry
 
 @dataclass
 class ParGoOptions:
-    hidden: int | None = None          # projector width; None = the vision feature width (released: bert-small)
-    layers: int = 3                    # projector layers L (CPP + PGP + FFN each)
-    heads: int = 4                     # attention heads (must divide hidden)
-    ffn_mult: int = 4                  # FFN width = ffn_mult * hidden (BERT: 4)
-    num_global: int = 4                # G global tokens (released: 16)
-    windows: str = "tile"              # "tile" (2-D tiles of the grid) or "raster" (released: runs of N/P patches)
-    tile: list[int] = field(default_factory=lambda: [2, 2])  # tile windows: (rows, cols) patches per partial token
-    stride: list[int] | None = None    # tile: (rows, cols) between tiles; raster: [step]; None = window size (no overlap)
-    raster_size: int | None = None     # raster: patches per window; None = N / num_partial
-    num_partial: int | None = None     # P; None = follows from the grid and the windows (released: 288)
-    cpp: str = "cascade"               # "cascade" (band widening with depth, paper figure) or "all" (released code)
-    cpp_radii: list[int] | None = None  # explicit band half-width per layer (-1 = one-to-all); overrides cpp
-    mix_partial_global: bool = False   # let partial and global tokens attend to each other (released: blocked)
-    attention_impl: str = "structured"  # "structured" (gathered windows) or "dense" (masked reference)
-    dropout: float = 0.0               # on the query embeddings and every residual branch
-    aux_weight: float = 0.0            # weight of the masked-patch reconstruction loss (0 = off)
-    aux_mask_ratio: float = 0.25       # fraction of each window's patches occluded for that loss
+    hidden: int | None = opt(None, "projector width; None = the vision feature width (released: bert-small)")
+    layers: int = opt(3, "projector layers L (CPP + PGP + FFN each)")
+    heads: int = opt(4, "attention heads (must divide hidden)")
+    ffn_mult: int = opt(4, "FFN width = ffn_mult * hidden (BERT: 4)")
+    num_global: int = opt(4, "G global tokens (released: 16)")
+    windows: str = opt("tile", "\"tile\" (2-D tiles of the grid) or \"raster\" (released: runs of N/P patches)")
+    tile: list[int] = opt([2, 2], "tile windows: (rows, cols) patches per partial token")
+    stride: list[int] | None = opt(None, "tile: (rows, cols) between tiles; raster: [step]; None = window size (no overlap)")
+    raster_size: int | None = opt(None, "raster: patches per window; None = N / num_partial")
+    num_partial: int | None = opt(None, "P; None = follows from the grid and the windows (released: 288)")
+    cpp: str = opt("cascade", "\"cascade\" (band widening with depth, paper figure) or \"all\" (released code)")
+    cpp_radii: list[int] | None = opt(None, "explicit band half-width per layer (-1 = one-to-all); overrides cpp")
+    mix_partial_global: bool = opt(False, "let partial and global tokens attend to each other (released: blocked)")
+    attention_impl: str = opt("structured", "\"structured\" (gathered windows) or \"dense\" (masked reference)")
+    dropout: float = opt(0.0, "on the query embeddings and every residual branch")
+    aux_weight: float = opt(0.0, "weight of the masked-patch reconstruction loss (0 = off)")
+    aux_mask_ratio: float = opt(0.25, "fraction of each window's patches occluded for that loss")
 
 
 class ParGoConnector(Connector):

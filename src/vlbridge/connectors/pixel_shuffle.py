@@ -21,16 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 
 
 @dataclass
 class PixelShuffleOptions:
-    factor: int = 2                # r: each r x r block of patches -> one token (InternVL: 2)
-    pad: bool = False              # zero-pad a grid not divisible by r (else: error)
-    depth: int = 2                 # Linear layers after the shuffle (InternVL: 2; nanoVLM: 1)
-    norm: bool = True              # LayerNorm on the shuffled features first (InternVL: yes; nanoVLM: no)
-    hidden: int | None = None      # MLP hidden width; None = the LLM width
+    factor: int = opt(2, "r: each r x r block of patches -> one token (InternVL: 2)")
+    pad: bool = opt(False, "zero-pad a grid not divisible by r (else: error)")
+    depth: int = opt(2, "Linear layers after the shuffle (InternVL: 2; nanoVLM: 1)")
+    norm: bool = opt(True, "LayerNorm on the shuffled features first (InternVL: yes; nanoVLM: no)")
+    hidden: int | None = opt(None, "MLP hidden width; None = the LLM width")
 
 
 def space_to_depth(x: torch.Tensor, rows: int, cols: int, r: int) -> torch.Tensor:

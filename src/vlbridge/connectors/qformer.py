@@ -28,21 +28,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 
 
 @dataclass
 class QFormerOptions:
-    num_queries: int = 32              # learned query tokens = visual tokens per image (BLIP-2: 32)
-    hidden: int = 768                  # Q-Former width (BLIP-2: BERT-base, 768)
-    layers: int = 12                   # BLIP-2: 12
-    heads: int = 12                    # BLIP-2: 12
-    intermediate: int = 3072           # FFN width (BLIP-2: 3072)
-    cross_attention_every: int = 2     # cross-attention in layers 0, k, 2k, ... (BLIP-2: 2)
-    instruction_aware: bool = False    # InstructBLIP: the instruction joins the queries' self-attention
-    max_text_len: int = 128            # instruction tokens kept (instruction-aware mode)
-    dropout: float = 0.0               # attention and hidden dropout (BLIP-2: 0.1)
-    layer_norm_eps: float = 1e-12      # BERT's LayerNorm epsilon
+    num_queries: int = opt(32, "learned query tokens = visual tokens per image (BLIP-2: 32)")
+    hidden: int = opt(768, "Q-Former width (BLIP-2: BERT-base, 768)")
+    layers: int = opt(12, "Q-Former layers (BLIP-2: 12)")
+    heads: int = opt(12, "attention heads (BLIP-2: 12)")
+    intermediate: int = opt(3072, "FFN width (BLIP-2: 3072)")
+    cross_attention_every: int = opt(2, "cross-attention in layers 0, k, 2k, ... (BLIP-2: 2)")
+    instruction_aware: bool = opt(False, "InstructBLIP: the instruction joins the queries' self-attention")
+    max_text_len: int = opt(128, "instruction tokens kept (instruction-aware mode)")
+    dropout: float = opt(0.0, "attention and hidden dropout (BLIP-2: 0.1)")
+    layer_norm_eps: float = opt(1e-12, "BERT's LayerNorm epsilon")
 
 
 class PostLNFeedForward(nn.Module):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import opt
 from .base import Connector, ConnectorOutput, VisualFeatures
 
 POS_EMBEDS = ("none", "sincos", "learned")
@@ -30,13 +31,13 @@ POS_EMBEDS = ("none", "sincos", "learned")
 
 @dataclass
 class ResamplerOptions:
-    num_latents: int = 64          # learned latents = visual tokens per image (Flamingo: 64)
-    layers: int = 6                # Flamingo: 6
-    hidden: int | None = None      # latent width; None = the vision width (Flamingo)
-    heads: int = 8                 # Flamingo: 8
-    head_dim: int = 64             # Flamingo: 64
-    ff_mult: int = 4               # FFN width = ff_mult * hidden (Flamingo: 4)
-    pos_embed: str = "none"        # "none", "sincos" (fixed 2-D, Qwen-VL) or "learned" (per patch)
+    num_latents: int = opt(64, "learned latents = visual tokens per image (Flamingo: 64)")
+    layers: int = opt(6, "Perceiver layers (Flamingo: 6)")
+    hidden: int | None = opt(None, "latent width; None = the vision width (Flamingo)")
+    heads: int = opt(8, "attention heads (Flamingo: 8)")
+    head_dim: int = opt(64, "width per attention head (Flamingo: 64)")
+    ff_mult: int = opt(4, "FFN width = ff_mult * hidden (Flamingo: 4)")
+    pos_embed: str = opt("none", "\"none\", \"sincos\" (fixed 2-D, Qwen-VL) or \"learned\" (per patch)")
 
 
 def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:

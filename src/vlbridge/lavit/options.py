@@ -30,18 +30,13 @@ class TokenizerOptions:
                                      "increasing patch centres (kept tokens come in raster order, one per patch) "
                                      "before placing them; false = the raw read-out")
     position_weight: float = opt(2.0, "weight of the loss that teaches each kept code its patch position (the "
-                                     "feature decoder places codes by it). At 20 the merger outputs were 81% "
-                                     "position by variance and colour 2%, and the LLM read colour at 18%; at 2 "
-                                     "reconstruction is as good and understanding reads colour at 57%; at 0 "
-                                     "the decoder cannot place codes")
+                                     "feature decoder places codes by it; 0 = codes cannot be placed)")
     keep_ratio: float = opt(1 / 3, "target share of kept patches (LaVIT: 1/3)")
     ratio_weight: float = opt(20.0, "weight of the keep-ratio regulariser (kept share - target)^2")
     min_keep: int = opt(1, "at least this many tokens are kept per image (guards 'all tokens dropped')")
     gumbel_tau: float = opt(1.0, "Gumbel-softmax temperature of the straight-through selection in training")
     code_dim: int = opt(32, "dimension of the l2-normalised codes")
-    codebook_size: int = opt(4096, "number of codes (visual vocabulary size). 256 kept shape but dropped colour "
-                                   "(reconstructions with exactly the prompt's colours 8%; 4096: 37.5%); LaVIT: "
-                                   "16,384")
+    codebook_size: int = opt(4096, "number of codes (visual vocabulary size; LaVIT: 16,384)")
     ema_decay: float = opt(0.99, "EMA decay of the codebook statistics")
     commitment: float = opt(0.25, "weight of the commitment loss ||z - sg(q)||^2")
     dead_ratio: float = opt(0.03, "a code is dead when its EMA usage is below dead_ratio x the uniform share")
