@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # Training processes (torchrun, the cores shared out as threads); the global batch stays 16.
 NPROC   ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# the inner loop: everything but the end-to-end tests marked slow
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py

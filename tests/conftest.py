@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny ShapesWorld dataset and tiny random-initialised models (nothing downloaded)."""
+"""Shared fixtures: tiny ShapesWorld datasets and tiny random-initialised models (nothing downloaded).
+
+Session-scoped: each is built once and read only by the tests. Plain helpers (configs) are in ``support.py``.
+"""
 from __future__ import annotations
 
 import os
@@ -9,25 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from vlbridge.config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainConfig, VisionConfig
+from support import groma_config, tiny_model_config
 from vlbridge.data.shapesworld import ShapesWorldConfig, generate
-
-
-def tiny_model_config(connector: str = "mlp", options: dict | None = None) -> ModelConfig:
-    vision = VisionConfig(arch=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8))
-    llm = LLMConfig(arch=dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                              tie_word_embeddings=True), max_length=512, tokenizer_vocab=400)
-    return ModelConfig(vision, ConnectorConfig(connector, options or {}), llm)
-
-
-def tiny_run_config(data_dir, out_dir, steps: int = 6) -> RunConfig:
-    train = TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=4, lr=3e-3, warmup_steps=2,
-                        eval_every=0, eval_batches=1, save_every=0, log_every=1)
-    cfg = RunConfig(model=tiny_model_config(), train=train, out=str(out_dir))
-    cfg.data.path = str(data_dir)
-    return cfg
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -68,3 +54,21 @@ def untied_tiny_model(shapes_dir):
     cfg.llm.arch["tie_word_embeddings"] = False
     records = load_records(shapes_dir / "train.json")
     return build_model(cfg, [t.text for r in records for t in r.turns]).eval()
+
+
+@pytest.fixture(scope="session")
+def grounding_data(tmp_path_factory):
+    """A tiny ShapesWorld with grounded captions and absent-object questions (for region-token models)."""
+    out = tmp_path_factory.mktemp("grounding_shapes")
+    generate(ShapesWorldConfig(n=30, seed=5, image_size=32, object_size=[0.25, 0.3, 0.35, 0.45],
+                               extra_tasks=["gcap", "rec_neg"]), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def groma_model(grounding_data):
+    from vlbridge.data.records import load_records
+    from vlbridge.models.build import build_model
+    torch.manual_seed(0)
+    records = load_records(grounding_data / "train.json")
+    return build_model(groma_config(), [t.text for r in records for t in r.turns]).eval()

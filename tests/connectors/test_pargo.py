@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import tiny_model_config, tiny_run_config
+from support import tiny_model_config, tiny_run_config
 from vlbridge.connectors import CONNECTORS, VisualFeatures, build_connector
 from vlbridge.connectors.pargo import ParGoConnector, ParGoOptions
 from vlbridge.connectors.pargo_windows import ParGoGeometry, cpp_schedule, raster_windows, tile_windows

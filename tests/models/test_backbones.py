@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, Qwen2Config
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 from vlbridge.config import VisionConfig
 from vlbridge.models.build import build_model
 from vlbridge.models.vision import VisionTower

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from grounding_fixtures import grounding_data, groma_config, groma_model  # noqa: F401  (fixtures)
+from support import groma_config
 
 from vlbridge.config import DataConfig, RunConfig, TrainConfig
 from vlbridge.data.dataset import collate
@@ -135,7 +135,7 @@ def test_det_stage_trains_the_proposer_only_and_reports_recall(groma_model, grou
 
 def test_det_stage_needs_a_region_connector(grounding_data, tmp_path):
     from vlbridge.recipes.stages import run_stage
-    from conftest import tiny_model_config
+    from support import tiny_model_config
     cfg = RunConfig(model=tiny_model_config(), train=TrainConfig(stage="det", steps=1), out=str(tmp_path / "x"))
     cfg.data.path = str(grounding_data)
     with pytest.raises(ValueError, match="has no stage 'det'"):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 from vlbridge.connectors import CONNECTORS, ConnectorOutput, build_connector
 from vlbridge.data.dataset import InstructionDataset, collate
 from vlbridge.data.records import SkipReport, load_records

@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import tiny_model_config, tiny_run_config
+from support import tiny_model_config, tiny_run_config
 from vlbridge.cli.main import main
 from vlbridge.connectors import CONNECTORS, VisualFeatures, build_connector
 from vlbridge.connectors.pixel_shuffle import space_to_depth

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from conftest import tiny_run_config
+from support import tiny_run_config
 from vlbridge.cli.main import main
 from vlbridge.data.records import DataError, SkipReport, load_records
 from vlbridge.train.data import make_dataset

@@ -11,11 +11,13 @@ from safetensors.torch import load_file
 
 import vlbridge.arena.runner as runner
 import vlbridge.recipes.stages as stages_module
-from conftest import tiny_run_config
+from support import tiny_run_config
 from vlbridge.arena.prepare import differences
 from vlbridge.arena.report import headline, summary_scores
 from vlbridge.cli.main import main
 from vlbridge.config import load_run_config, save_json
+
+pytestmark = pytest.mark.slow          # end to end: subprocesses, several trainings
 
 CONNECTORS = ("mlp", "linear")
 

@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 from test_model_io import make_batch
 from test_sparse_logits import grads
 from vlbridge.models.compile import compile_decoder_layers
 from vlbridge.models.vlm import VLBridgeModel
+
+pytestmark = pytest.mark.slow          # end to end: subprocesses, several trainings
 
 
 def test_compiled_layers_match_eager_and_keep_parameter_names(tiny_model, shapes_dir):

@@ -14,7 +14,7 @@ from vlbridge.lavit.vocabulary import IMG_CLOSE, IMG_OPEN, VisualVocab, image_te
 from vlbridge.models.build import build_model
 from vlbridge.models.vlm import VLBridgeModel
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 
 OPTIONS = {"codebook_size": 16, "image_size": 32, "heads": 2, "merger_layers": 1, "decoder_layers": 1,
            "pixel_channels": [16, 8, 8]}

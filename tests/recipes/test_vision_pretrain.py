@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 from vlbridge.recipes.vision_pretrain import VisionPretrainConfig, patch_labels, pretrain_vision
 
 

@@ -7,7 +7,7 @@ import copy
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 from test_model_io import make_batch
 from vlbridge.models.sparse_logits import head_is_separable
 from vlbridge.models.vlm import VLBridgeModel

@@ -1,7 +1,6 @@
 """Region-token text interface: box spans, rewriting to <roi><rj></roi>, box recovery, the region list."""
 import pytest
 import torch
-from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtures)
 
 from vlbridge.data.records import Turn
 from vlbridge.data.template import IGNORE_INDEX

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from support import tiny_run_config
 from vlbridge.train import checkpoint as ckpt_mod
 from vlbridge.train.checkpoint import latest_checkpoint
 from vlbridge.train.schedule import warmup_cosine

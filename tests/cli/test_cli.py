@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from conftest import tiny_run_config
+from support import tiny_run_config
 from vlbridge.cli.main import build_parser, main
 from vlbridge.config import save_json
+
+pytestmark = pytest.mark.slow          # end to end: subprocesses, several trainings
 
 
 def _command_paths(parser, path=()):

@@ -1,6 +1,8 @@
 """Data-parallel training under torchrun (gloo, loopback): 2 processes x batch b == 1 process x batch 2b."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import socket
@@ -11,8 +13,10 @@ from dataclasses import asdict
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
+from support import tiny_run_config
 from vlbridge.train.trainer import train
+
+pytestmark = pytest.mark.slow          # end to end: subprocesses, several trainings
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtures)
 from PIL import Image
 
 from vlbridge.cli.main import main

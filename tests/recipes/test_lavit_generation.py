@@ -13,7 +13,7 @@ from vlbridge.recipes.lavit.image_generation import ImageGenConfig, generate_cod
 from vlbridge.lavit.vocabulary import ModalityMask, VisualVocab
 from vlbridge.models.build import build_model
 
-from conftest import tiny_model_config
+from support import tiny_model_config
 
 OPTIONS = {"codebook_size": 16, "image_size": 32, "heads": 2, "merger_layers": 1, "decoder_layers": 1,
            "pixel_channels": [16, 8, 8]}

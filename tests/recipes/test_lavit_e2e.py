@@ -3,6 +3,8 @@ training -> eval (understanding) -> measure -> generate-image. Seconds of traini
 runs, writes what it promises, and that the trained pieces reload."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 
@@ -12,6 +14,8 @@ from vlbridge.cli.main import main
 from vlbridge.lavit.visual_tokenizer import DynamicVisualTokenizer
 from vlbridge.lavit.vocabulary import IMG_OPEN, VisualVocab
 from vlbridge.models.vlm import VLBridgeModel
+
+pytestmark = pytest.mark.slow          # end to end: subprocesses, several trainings
 
 TINY_VIT = json.dumps(dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                            num_attention_heads=2, image_size=32, patch_size=8))
