@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import unknown_name
+
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
 MEMO_SIZE, MEMO_MAX_CHARS = 65536, 512      # SequenceBuilder.encode remembers up to 64k texts of <= 512 chars
@@ -52,7 +54,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
 
 def get_template(name: str) -> ChatTemplate:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; known: {', '.join(TEMPLATES)}")
+        raise unknown_name("chat template", name, TEMPLATES)
     return TEMPLATES[name]
 
 
