@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from_dict
 from ..connectors import ConnectorOutput, build_connector
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, SequenceBuilder, get_template
+from ..errors import UserError
 from ..grounding.region_wiring import attach_regions
 from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
@@ -69,7 +70,7 @@ class VLBridgeModel(nn.Module):
         self.lora: dict | None = None
         self.regions = attach_regions(self)     # region tokens for connectors that propose regions (groma)
         if self.regions is not None and cfg.llm.image_positions != "sequential":
-            raise ValueError(f"connector {cfg.connector.name!r} lists regions after the image tokens and needs "
+            raise UserError(f"connector {cfg.connector.name!r} lists regions after the image tokens and needs "
                              f"llm.image_positions 'sequential' (got {cfg.llm.image_positions!r})")
 
     # ---- construction -------------------------------------------------------------------------------
@@ -223,11 +224,9 @@ class VLBridgeModel(nn.Module):
     def from_pretrained(cls, path: str | Path) -> "VLBridgeModel":
         path = Path(path)
         cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path} is not a vlbridge model directory (no config.json)")
-        meta = json.loads(cfg_file.read_text())
-        if meta.get("model_type") != "vlbridge":
-            raise ValueError(f"{cfg_file}: model_type is {meta.get('model_type')!r}, expected 'vlbridge'")
+        meta = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        if not isinstance(meta, dict) or meta.get("model_type") != "vlbridge":
+            raise not_a_model(path)
         cfg = ModelConfig(vision=from_dict(VisionConfig, meta["vision"]),
                           connector=from_dict(ConnectorConfig, meta["connector"]),
                           llm=from_dict(LLMConfig, meta["llm"]))
@@ -236,9 +235,29 @@ class VLBridgeModel(nn.Module):
             model.apply_lora(meta["lora"]["r"], meta["lora"]["alpha"], meta["lora"]["targets"])
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
+            raise UserError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return model.eval()
+
+
+def not_a_model(path: Path) -> Exception:
+    """The error for a path that holds no saved model, with the likely intended one (RUN/final, the latest
+    checkpoint's model) when `path` is a training run."""
+    if not path.exists():
+        return FileNotFoundError(f"model dir {path} does not exist")
+    if not path.is_dir():
+        return UserError(f"{path} is a file, not a saved model dir (e.g. RUN/final)")
+    if (path / "final" / "config.json").is_file():
+        return UserError(f"{path} is a training run, not a saved model: did you mean {path / 'final'}?")
+    pointer = path / "checkpoints" / "latest"
+    if pointer.is_file():
+        latest = path / "checkpoints" / json.loads(pointer.read_text())["checkpoint"] / "model"
+        return UserError(f"{path} is a training run that has not finished (no final/): its latest checkpoint's "
+                         f"model is {latest}")
+    if (path / "config.json").is_file():
+        return UserError(f"{path / 'config.json'} is not a saved vlbridge model's config (no model_type "
+                         f"'vlbridge'); pass the model dir a run writes, e.g. RUN/final")
+    return FileNotFoundError(f"{path} is not a vlbridge model directory (no config.json)")
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
