@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig, save_json
 from ..data.records import SkipReport, load_image
+from ..errors import UserError
 from ..models.build import build_model
 from ..models.vlm import VLBridgeModel
 from ..train.data import data_files, load_split
@@ -44,7 +45,7 @@ def load_boxes(path: Path, split: str, transform) -> tuple[torch.Tensor, list[to
     for i, s in enumerate(scenes):
         objects = s.get("objects")
         if not isinstance(objects, list) or any("box" not in o or len(o["box"]) != 4 for o in objects):
-            raise ValueError(f"{path}: scene #{i} ({s.get('image')}): needs 'objects' with 4-number 'box' fields")
+            raise UserError(f"{path}: scene #{i} ({s.get('image')}): needs 'objects' with 4-number 'box' fields")
         pixels.append(transform(load_image(path.parent / s["image"], where=str(path))[0]))
         boxes.append(torch.tensor([o["box"] for o in objects], dtype=torch.float32).view(-1, 4))
     return torch.stack(pixels), boxes
@@ -78,18 +79,18 @@ def train_det(cfg: RunConfig) -> Path:
     save_json(cfg, out / "config.json")
     torch.manual_seed(tc.seed)
     if cfg.data.path is None or not Path(cfg.data.path).is_dir():
-        raise ValueError("stage det needs --data DIR holding scenes.json (box annotations, e.g. from `vlbridge data shapes`)")
+        raise UserError("stage det needs --data DIR holding scenes.json (box annotations, e.g. from `vlbridge data shapes`)")
     scenes = Path(cfg.data.path) / "scenes.json"
     if not scenes.is_file():
         raise FileNotFoundError(f"stage det: {scenes} not found (it lists every object box per image)")
     model = build_or_load(cfg, SkipReport())
     if model.regions is None:
-        raise ValueError(f"stage det trains a region proposer; connector {model.cfg.connector.name!r} has none "
+        raise UserError(f"stage det trains a region proposer; connector {model.cfg.connector.name!r} has none "
                          f"(use --model.connector.name groma)")
     transform = model.vision.image_transform()
     train = load_boxes(scenes, "train", transform)
     if train is None:
-        raise ValueError(f"{scenes}: no scenes with split 'train'")
+        raise UserError(f"{scenes}: no scenes with split 'train'")
     val = load_boxes(scenes, "val", transform)
     apply_region_stage(model, "det")
     proposer = model.connector.proposer
