@@ -165,3 +165,14 @@ def apply_overrides(cfg, namespace: argparse.Namespace, dests: list[str]):
                 obj = getattr(obj, part)
             setattr(obj, leaf, getattr(namespace, dest))
     return cfg
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--overwrite for a command whose --out holds a model: without it such an --out is refused."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"write over the {what} --out already holds instead of refusing")
+
+
+def print_config(cfg) -> None:
+    """--print-config: the resolved config as JSON."""
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))

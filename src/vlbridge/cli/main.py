@@ -1,15 +1,15 @@
 """The `vlbridge` command: one entry point, a subcommand per job.
 
 examples:
-  vlbridge data shapes --out data/shapes --n 3000                   generate ShapesWorld
+  vlbridge data shapes --out data/shapes --n 3000
   vlbridge pretrain-vision --annotations data/shapes/scenes.json --out runs/demo/vision
   vlbridge train --preset tiny-cpu --data data/shapes --out runs/demo --vision runs/demo/vision
   vlbridge eval --model runs/demo/final --data data/shapes/test.json
-  vlbridge chat --model runs/demo/final --image photo.png            interactive; /help lists commands
+  vlbridge chat --model runs/demo/final --image photo.png        (/help lists the chat commands)
   vlbridge viz answers --model runs/demo/final --data data/shapes/test.json --out answers.png
-  vlbridge connectors --preset tiny-cpu                             tokens, parameters, FLOPs per connector
-  vlbridge arena --connectors mlp,qformer,pargo --out runs/arena     compare connectors
-  vlbridge lavit tokenizer|prepare|measure ...                      LaVIT's visual tokenizer and data
+  vlbridge connectors --preset tiny-cpu                         (tokens, parameters, FLOPs per connector)
+  vlbridge arena --connectors mlp,qformer,pargo --out runs/arena
+  vlbridge lavit tokenizer --annotations data/shapes/scenes.json --vision runs/demo/vision --out runs/tok
   vlbridge generate-image --model RUN/final --prompt "a red circle" --out img.png
 
 Every option takes - or _ between words (--batch-size = --batch_size); `vlbridge COMMAND --help` lists a

@@ -223,10 +223,7 @@ class VLBridgeModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "VLBridgeModel":
         path = Path(path)
-        cfg_file = path / "config.json"
-        meta = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-        if not isinstance(meta, dict) or meta.get("model_type") != "vlbridge":
-            raise not_a_model(path)
+        meta = read_model_meta(path)
         cfg = ModelConfig(vision=from_dict(VisionConfig, meta["vision"]),
                           connector=from_dict(ConnectorConfig, meta["connector"]),
                           llm=from_dict(LLMConfig, meta["llm"]))
@@ -238,6 +235,18 @@ class VLBridgeModel(nn.Module):
             raise UserError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return model.eval()
+
+
+def read_model_meta(path: str | Path) -> dict:
+    """A saved model's config.json; a path holding no saved model is an error that names the likely one."""
+    cfg_file = Path(path) / "config.json"
+    try:
+        meta = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(meta, dict) or meta.get("model_type") != "vlbridge":
+        raise not_a_model(Path(path))
+    return meta
 
 
 def not_a_model(path: Path) -> Exception:
