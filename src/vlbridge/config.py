@@ -78,11 +78,6 @@ class VisionConfig:
     image_mean: list[float] | None = opt(None, "normalisation mean; None = CLIP's")
     image_std: list[float] | None = opt(None, "normalisation std; None = CLIP's")
 
-    def check(self) -> None:
-        if not self.name_or_path and "model_type" not in self.arch:
-            raise UserError("model.vision: give name_or_path (a local dir or hub id) or an arch with a model_type "
-                            "(e.g. 'clip_vision_model')")
-
 
 @dataclass
 class ConnectorConfig:
@@ -109,11 +104,6 @@ class LLMConfig:
     image_positions: str = opt("sequential", "position ids of visual tokens: 'sequential' (LLaVA) or 'shared' (all "
                                              "of an image's tokens at one position; text continues after it)",
                                choices=image_position_names)
-
-    def check(self) -> None:
-        if not self.name_or_path and "model_type" not in self.arch:
-            raise UserError("model.llm: give name_or_path (a local dir or hub id) or an arch with a model_type "
-                            "(e.g. 'llama')")
 
 
 @dataclass

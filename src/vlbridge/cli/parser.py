@@ -106,7 +106,7 @@ class Parser(argparse.ArgumentParser):
     # ---- errors -----------------------------------------------------------------------------------------
     def error(self, message: str):
         # argparse names an option by all its spellings ("argument --a/--b/--a_b: ..."): keep the first
-        message = re.sub(r"^argument (-[^/:\s]+)(/-[^:\s]+)+:", r"argument \1:", message)
+        message = re.sub(r"(-{1,2}[\w.\-]+)(?:/-{1,2}[\w.\-]+)+", r"\1", message)
         self.exit(2, f"{self.prog}: error: {message}\nsee: {self.prog} --help\n")
 
     def _check_value(self, action, value):
@@ -117,7 +117,8 @@ class Parser(argparse.ArgumentParser):
 
     def option_suggestion(self, flag: str) -> str:
         name = flag.split("=", 1)[0]
-        options = [s for a in self._actions for s in a.option_strings]
+        options = [s for a in self._actions for s in a.option_strings          # in the style typed
+                   if "_" in name or s not in getattr(a, "twins", ())]
         close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
         return f" (did you mean {close[0]}?)" if close else ""
 
@@ -138,25 +139,23 @@ class Parser(argparse.ArgumentParser):
         return namespace
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def at_least(kind: type, low: float):
+    """An argparse type: a `kind` (int or float) value >= `low`, with a clear message otherwise."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = at_least(int, 1)
+non_negative_float = at_least(float, 0)
 
 
 def debug() -> bool:
@@ -164,4 +163,5 @@ def debug() -> bool:
     return os.environ.get("VLBRIDGE_DEBUG", "") not in ("", "0")
 
 
-__all__ = ["Parser", "HelpFormatter", "examples", "positive_int", "non_negative_float", "debug", "kebab", "snake"]
+__all__ = ["Parser", "HelpFormatter", "examples", "at_least", "positive_int", "non_negative_float", "debug", "kebab",
+           "snake"]

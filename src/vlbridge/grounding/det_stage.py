@@ -75,8 +75,6 @@ def train_det(cfg: RunConfig) -> Path:
     out = Path(cfg.out)
     if (out / "final").exists() and not tc.resume:
         raise SystemExit(f"{out}/final already exists: use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(cfg, out / "config.json")
     torch.manual_seed(tc.seed)
     if cfg.data.path is None or not Path(cfg.data.path).is_dir():
         raise UserError("stage det needs --data DIR holding scenes.json (box annotations, e.g. from `vlbridge data shapes`)")
@@ -92,6 +90,8 @@ def train_det(cfg: RunConfig) -> Path:
     if train is None:
         raise UserError(f"{scenes}: no scenes with split 'train'")
     val = load_boxes(scenes, "val", transform)
+    out.mkdir(parents=True, exist_ok=True)                           # the inputs have loaded: write the run
+    save_json(cfg, out / "config.json")
     apply_region_stage(model, "det")
     proposer = model.connector.proposer
     params = [p for p in proposer.parameters() if p.requires_grad]

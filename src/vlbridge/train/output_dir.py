@@ -62,7 +62,7 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False, resume: bool =
             return
         raise UserError(f"--resume: {out} holds {' and '.join(work)} but no checkpoint to resume from; pass "
                         f"--overwrite to train again from scratch (replacing it), or use another --out")
-    again = "--resume to continue it, " if can_resume else ""
+    again = "--resume to continue it, " if can_resume and has_checkpoint(out) else ""
     raise UserError(f"{out} already holds {' and '.join(work)}: pass {again}--overwrite to replace it, or use "
                     f"another --out")
 
