@@ -210,26 +210,20 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
 
 
 @pytest.mark.slow
-def test_real_entry_point_errors_and_version(tmp_path):
+def test_real_entry_point_errors(tmp_path):
     """`python -m vlbridge`: a user error is one line and exit 2; a bug is a traceback and exit 1."""
     env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
 
-    def run(*argv, **extra):
-        return subprocess.run([sys.executable, "-m", "vlbridge", *argv], capture_output=True, text=True,
-                              env={**env, **extra}, timeout=300)
-    bad = run("train", "--batch-size", "0", "--out", str(tmp_path / "run"))
+    bad = subprocess.run([sys.executable, "-m", "vlbridge", "train", "--batch-size", "0", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and bad.stderr == "vlbridge train: error: train.batch_size: must be >= 1, got 0\n"
     assert not (tmp_path / "run").exists()
-    debug = run("train", "--batch-size", "0", VLBRIDGE_DEBUG="1")
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "UserError" in debug.stderr
     # a bug (here a ZeroDivisionError planted in a command) keeps Python's traceback and exits 1
     bug = subprocess.run([sys.executable, "-c", "import sys; import vlbridge.cli.connectors_cmd as c; "
                           "c.run = lambda args: 1 / 0; from vlbridge.cli.main import main; sys.exit(main(['connectors']))"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr
     assert "internal error" in bug.stderr
-    version = run("--version")
-    assert version.returncode == 0 and version.stdout.startswith("vlbridge ")
 
 
 # ---- help -------------------------------------------------------------------------------------------------
