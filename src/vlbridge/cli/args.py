@@ -76,8 +76,11 @@ def _converter(kind) -> tuple[Callable[[str], Any], bool]:
 
 
 def _short(value: Any, limit: int = 70) -> str:
-    """A value as it is typed on the command line (none, true, plain strings, JSON), cut at `limit`."""
-    text = "none" if value is None else value if isinstance(value, str) else json.dumps(value)
+    """A value as it is typed on the command line (none, true, plain strings, comma lists, JSON), cut at `limit`."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int, float)) for v in value):
+        text = ", ".join(str(v) for v in value)            # typed comma-separated
+    else:
+        text = "none" if value is None else value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
