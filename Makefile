@@ -23,13 +23,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# ShapesWorld -> pretrain the tiny vision encoder (no CLIP to download) -> train the MLLM data-parallel
-# (resumes if interrupted) -> evaluate on the test split -> a figure of answers.
+# ShapesWorld -> pretrain the tiny vision encoder (no CLIP to download; kept when already there) -> train the
+# MLLM data-parallel (resumes if interrupted) -> evaluate on the test split -> a figure of answers.
 demo: $(STAMP)
 	$(BIN)/vlbridge data shapes --out $(DATA) --n 3000 --seed 0
-	$(BIN)/vlbridge pretrain-vision --preset tiny-cpu --annotations $(DATA)/scenes.json --out $(DEMO)/vision
+	test -f $(DEMO)/vision/model.safetensors || \
+		$(BIN)/vlbridge pretrain-vision --preset tiny-cpu --annotations $(DATA)/scenes.json --out $(DEMO)/vision
 	OMP_NUM_THREADS=$$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 )) $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m vlbridge train --preset tiny-cpu \
-		--batch-size $$((16 / $(NPROC))) --model.vision.name_or_path $(DEMO)/vision --train.train_vision false \
+		--batch-size $$((16 / $(NPROC))) --vision $(DEMO)/vision --train.train-vision false \
 		--data $(DATA) --out $(DEMO) --resume
 	$(BIN)/vlbridge eval --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/eval
 	$(BIN)/vlbridge viz answers --model $(DEMO)/final --data $(DATA)/test.json --out $(DEMO)/answers.png

@@ -8,21 +8,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
+from .parser import examples, non_negative_float, positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate-image", help="generate an image from text with a LaVIT model",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__.split("\n\n")[0],
+                       epilog=examples("vlbridge generate-image --model RUN/final --prompt "
+                                       "'a red circle above a small blue square' --out img.png",
+                                       "vlbridge generate-image --model RUN/final --prompt 'a red circle' "
+                                       "--prompt 'a blue square' --n 4 --out grid.png --check"))
     p.add_argument("--model", required=True, help="saved LaVIT model dir (e.g. RUN/final)")
     p.add_argument("--prompt", required=True, action="append",
                    help="what to draw, e.g. 'a red circle above a small blue square' (repeat for several)")
     p.add_argument("--out", required=True, help="output PNG (a grid when there are several images)")
-    p.add_argument("--n", type=int, default=1, help="images per prompt (default: 1; >1 implies --sample)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off; default: 3)")
+    p.add_argument("--n", type=positive_int, default=1, help="images per prompt (default: 1; >1 implies --sample)")
+    p.add_argument("--cfg-scale", type=non_negative_float, default=3.0,
+                   help="classifier-free guidance scale (1 = off; default: 3)")
     p.add_argument("--sample", action="store_true", help="sample codes instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="sampling temperature (default: 1.0)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely codes (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--size", type=int, default=256, help="side of each saved image in pixels (default: 256)")
+    p.add_argument("--size", type=positive_int, default=256, help="side of each saved image in pixels (default: 256)")
     p.add_argument("--check", action="store_true", help="print what the ShapesWorld checker sees in each image")
     p.set_defaults(run=run)
 
@@ -35,13 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from ..lavit.grid import sample_grid
     from ..recipes.lavit.image_generation import ImageGenConfig, generate_images
     from ..models.vlm import VLBridgeModel
-    if args.n < 1:
-        raise ValueError("--n must be >= 1")
     model = VLBridgeModel.from_pretrained(args.model)
     if model.cfg.connector.name != "lavit":
-        raise ValueError(f"{args.model}: connector is {model.cfg.connector.name!r}; image generation needs a "
+        raise UserError(f"{args.model}: connector is {model.cfg.connector.name!r}; image generation needs a "
                          "LaVIT model (connector 'lavit')")
-    gen = ImageGenConfig(cfg_scale=args.cfg, do_sample=args.sample or args.n > 1, temperature=args.temperature,
+    gen = ImageGenConfig(cfg_scale=args.cfg_scale, do_sample=args.sample or args.n > 1, temperature=args.temperature,
                          top_k=args.top_k, seed=args.seed)
     prompts = [p for p in args.prompt for _ in range(args.n)]
     images, codes = generate_images(model, prompts, gen)

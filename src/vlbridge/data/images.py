@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
+
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageError",
@@ -31,7 +33,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 ImageModes = Literal["convert", "reject"]
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that cannot be used; ``kind`` is "missing_image", "unreadable_image", "image_mode" or
     "image_too_large" (the image kinds of ``records.ERROR_KINDS``)."""
 

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from ..data.template import IGNORE_INDEX
+from ..config import register_names
 
 IMAGE_POSITIONS = ("sequential", "shared")
+register_names("image_positions", lambda: IMAGE_POSITIONS)
+
 
 
 @dataclass
