@@ -12,6 +12,9 @@ import torch
 from vlbridge.config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainConfig, VisionConfig
 from vlbridge.data.shapes import ShapesWorldConfig, generate
 
+# lmms-eval's harness tests run in their own environment (`make test-lmms`), not in the main suite.
+collect_ignore = ["lmms"]
+
 
 def tiny_model_config(connector: str = "mlp", options: dict | None = None) -> ModelConfig:
     vision = VisionConfig(arch=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
