@@ -15,7 +15,7 @@ LMMS_BIN   := $(LMMS_VENV)/bin
 LMMS_EVAL  := lmms-eval==0.7.3
 LMMS_STAMP := $(LMMS_VENV)/.installed
 
-.PHONY: install demo test test-lmms bench clean
+.PHONY: install demo test install-lmms test-lmms bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -58,9 +58,12 @@ $(LMMS_STAMP): pyproject.toml
 	$(LMMS_BIN)/pip install --quiet -c $(LMMS_VENV)/constraints.txt -e ".[dev]"
 	touch $(LMMS_STAMP)
 
-# The plugin run by lmms-eval's own evaluator on local tasks (tests/lmms/; no network).
+install-lmms: $(LMMS_STAMP)
+
+# The plugin against lmms-eval's own classes, and run by lmms-eval's evaluator on the local tasks of
+# tests/lmms/ (a model trained in the test; no network).
 test-lmms: $(LMMS_STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LMMS_BIN)/python -m pytest tests/lmms
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LMMS_BIN)/python -m pytest tests/test_lmms_eval_plugin.py tests/lmms
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py

@@ -14,6 +14,7 @@ questions (tests/lmms/data/shapes_qa.json):
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -41,8 +42,10 @@ from vlbridge.train.trainer import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-sys.path.insert(0, str(TASKS_DIR / "vlbridge_shapes"))
-from utils import CHOICES, DATA_DIR, doc_to_target  # noqa: E402
+_spec = importlib.util.spec_from_file_location("vlbridge_shapes_task", TASKS_DIR / "vlbridge_shapes" / "utils.py")
+task_utils = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(task_utils)
+CHOICES, DATA_DIR, doc_to_target = task_utils.CHOICES, task_utils.DATA_DIR, task_utils.doc_to_target
 
 GEN, MC, PPL = "vlbridge_shapes_gen", "vlbridge_shapes_mc", "vlbridge_shapes_ppl"
 TRAIN_STEPS = 600
@@ -76,7 +79,7 @@ def harness(model_dir, tmp_path_factory) -> dict:
     results file it writes only when every task was scored.
     """
     out = tmp_path_factory.mktemp("lmms_out")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(out / "hf_home"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(out / "hf_home"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "vlbridge",
            "--model_args", f"pretrained={model_dir},batch_size=8", "--tasks", f"{GEN},{MC},{PPL}",
            "--include_path", str(TASKS_DIR), "--output_path", str(out), "--log_samples"]
