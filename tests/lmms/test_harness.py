@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("lmms_eval", reason="lmms-eval lives in the side environment built by `make test-lmms`")
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from conftest import tiny_model_config  # noqa: E402
 from shapes_qa import QUESTIONS, world  # noqa: E402
@@ -109,7 +110,6 @@ def predictor(model_dir) -> Predictor:
 
 
 def question(record: dict) -> Query:
-    from PIL import Image
     image = Image.open(DATA_DIR / record["image"]).convert("RGB")
     return Query([Turn("user", record["conversations"][0]["value"])], [image])
 

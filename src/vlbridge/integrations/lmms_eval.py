@@ -37,14 +37,15 @@ whether every continuation token is the model's most likely one. What this gives
 
 - ``multiple_choice`` ``acc`` picks the choice with the lowest loss (lmms-eval's ``argmin``), ``acc_norm``
   the lowest loss per character; ``exact_match`` is the gold choice's ``is_greedy``.
-- ``loglikelihood`` tasks: ``acc`` is the share of greedy continuations; the ``perplexity`` metric's items
-  are the losses, and lmms-eval's built-in ``perplexity`` aggregation, exp(-mean), then reports the
-  reciprocal of exp(mean loss): a task that wants perplexity declares an aggregation of exp(mean loss)
-  (tests/lmms/tasks/vlbridge_shapes/utils.py has one).
+- ``loglikelihood`` tasks: ``acc`` is the share of greedy continuations and the ``perplexity`` metric's
+  items are the losses. lmms-eval 0.7.3's built-in scoring of this output type fails for every model (it
+  unpacks the list of a document's results, not its one result), and its built-in ``perplexity``
+  aggregation, exp(-mean), expects log-likelihoods; such a task declares its own ``process_results`` and an
+  aggregation of exp(mean loss) (tests/lmms/tasks/vlbridge_shapes/utils.py has both).
 - ``acc_mutual_info`` takes an argmax of loss differences, so it is inverted under this convention (for
   lmms-eval's own models as well).
 
-lmms-eval 0.7 turns any result that is not text into a string before scoring, so the pairs are handed back
+lmms-eval 0.7.3 turns any result that is not text into a string before scoring, so the pairs are handed back
 wrapped in its ``GenerationResult`` (whose text it passes on unchanged). Its response cache
 (``--use_cache``) expects text in a ``GenerationResult`` and cannot store them.
 
