@@ -15,6 +15,9 @@ import torch
 from support import groma_config, tiny_model_config
 from vlbridge.data.shapesworld import ShapesWorldConfig, generate
 
+# lmms-eval's harness tests run in their own environment (`make test-lmms`), not in the main suite.
+collect_ignore = ["lmms"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
