@@ -10,6 +10,8 @@
     vlbridge lavit tokenizer|prepare|measure ...       LaVIT: visual tokenizer stage, generation data, figures
     vlbridge generate-image --model DIR --prompt TEXT --out PNG   text->image with a LaVIT model
     vlbridge arena --connectors mlp,qformer,... --steps N --out RUN   compare connectors (table + plots)
+    vlbridge serve --model DIR [--port 8000]           OpenAI-compatible server + web demo on 127.0.0.1
+    vlbridge export --model DIR --format hf-llava --out DIR2   a transformers LLaVA checkpoint
 
 User errors (bad data, missing files, bad options) print one clear line and exit 2; set VLBRIDGE_DEBUG=1
 for the traceback.
@@ -23,9 +25,11 @@ import sys
 from ..data.records import DataError
 from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
                pretrain_vision_cmd, train_cmd, viz_cmd)
+from . import export_cmd, serve_cmd
 
 COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
             generate_image_cmd)
+COMMANDS += (serve_cmd, export_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

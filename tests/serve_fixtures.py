@@ -1,0 +1,82 @@
+"""Fixtures for the server tests: tiny models whose answers depend on the input, and a live server on loopback.
+
+``answering_model`` redraws the LLM and connector weights at std 0.2: at the default init a random LLM repeats
+one token whatever the input, which would make "batched equals alone" trivially true.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+from vlbridge.serve.app import create_app
+from vlbridge.serve.config import ImageLimits, ServeConfig
+
+
+def redraw(model, std: float = 0.2, seed: int = 0):
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(m.llm.parameters()) + list(m.connector.parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return m.eval()
+
+
+def png_data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1 in a thread, serving ``create_app(model, config)``."""
+
+    def __init__(self, model, config: ServeConfig):
+        self.config = config
+        self.app = create_app(model, config)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def scheduler(self):
+        return self.app.state.scheduler
+
+
+def serve_config(**kw) -> ServeConfig:
+    images = kw.pop("images", None) or ImageLimits()
+    return ServeConfig(model_name="tiny", default_max_tokens=12, images=images, **kw)
+
+
+@pytest.fixture(scope="session")
+def answering_model(untied_tiny_model):
+    return redraw(untied_tiny_model)
