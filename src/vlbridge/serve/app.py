@@ -151,7 +151,8 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
         temperature = cfg.default_temperature if body.temperature is None else body.temperature
         cfg_scale = body.vlbridge.cfg_scale if body.vlbridge and body.vlbridge.cfg_scale else cfg.cfg_scale
         job = Job(ids, pixels, max_new, temperature, body.top_p or 1.0, body.seed, body.stop_strings(), cfg_scale,
-                  asyncio.get_running_loop(), deltas=bool(body.stream))
+                  asyncio.get_running_loop(), deltas=bool(body.stream),
+                  ignore_eos=bool(body.vlbridge and body.vlbridge.ignore_eos))
         scheduler.submit(job)
         cid = new_id()
         if body.stream:

@@ -42,6 +42,7 @@ class EngineRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop_ids: Sequence[int] = ()
+    ignore_stop: bool = False                  # generate max_new_tokens even past the model's stop ids
     end_ids: Sequence[int] = ()                # ids that end the row with reason "end" (kept as its last id)
     cancelled: bool = False                    # set from any thread; the row is dropped at the next step
     prompt_tokens: int = 0                     # LLM positions of the prompt (visual tokens included), set at prefill
@@ -96,7 +97,7 @@ class BatchEngine:
         if token in req.end_ids:
             req.sink.finish("end", row.generated + [token])
             return True
-        if token in self.stop_ids or token in req.stop_ids:
+        if (token in self.stop_ids and not req.ignore_stop) or token in req.stop_ids:
             req.sink.finish("stop", row.generated)
             return True
         row.generated.append(token)

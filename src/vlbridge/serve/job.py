@@ -29,8 +29,9 @@ class Outcome:
 class Job:
     def __init__(self, input_ids: list[int], pixel_values: torch.Tensor | None, max_new_tokens: int,
                  temperature: float, top_p: float, seed: int | None, stop: list[str], cfg_scale: float,
-                 loop: asyncio.AbstractEventLoop, deltas: bool = True):
-        self.request = EngineRequest(input_ids, pixel_values, max_new_tokens, self, temperature, top_p, seed)
+                 loop: asyncio.AbstractEventLoop, deltas: bool = True, ignore_eos: bool = False):
+        self.request = EngineRequest(input_ids, pixel_values, max_new_tokens, self, temperature, top_p, seed,
+                                     ignore_stop=ignore_eos)
         self.stop, self.cfg_scale = stop, cfg_scale
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
