@@ -74,7 +74,8 @@ class LiveServer:
 
 def serve_config(**kw) -> ServeConfig:
     images = kw.pop("images", None) or ImageLimits()
-    return ServeConfig(model_name="tiny", default_max_tokens=12, images=images, **kw)
+    kw.setdefault("default_max_tokens", 12)
+    return ServeConfig(model_name="tiny", images=images, **kw)
 
 
 @pytest.fixture(scope="session")

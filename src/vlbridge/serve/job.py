@@ -37,7 +37,8 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.stream: TextStream | None = None
         self.image_queue: list | None = None
-        self.generated: list[int] = []
+        self.generated: list[int] = []            # text ids so far
+        self.opened: list[int] = []               # the id that opened an image, if the answer opened one
         self.deltas = deltas                       # post text deltas (streaming) or only the outcome
 
     # ---- scheduler side ---------------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class Job:
         if reason == "cancelled":
             return
         if reason == "end":                        # the answer opened an image: the image writer takes over
+            self.opened = generated[-1:]
             self.image_queue.append(self)
             return
         self.done(reason)
@@ -73,14 +75,14 @@ class Job:
         if delta and self.deltas:
             self._post("delta", delta)
         self._post("done", Outcome(self.stream.text, reason, self.request.prompt_tokens,
-                                   len(self.generated) + image_tokens, images or []))
+                                   len(self.generated) + len(self.opened) + image_tokens, images or []))
 
     def fail(self, error: Exception) -> None:
         self._post("error", error)
 
     def image_job(self) -> ImageJob:
         r = self.request
-        return ImageJob(r.input_ids + self.generated + list(r.end_ids[:1]), r.pixel_values, r.temperature,
+        return ImageJob(r.input_ids + self.generated + self.opened, r.pixel_values, r.temperature,
                         r.top_p, r.seed, self.cfg_scale)
 
     # ---- loop side ----------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Grounded and image answers through the server: a region-token (groma) answer's boxes in the ``vlbridge``
+extension, streamed and not, as ``decode_answers`` writes them; a LaVIT answer that opens an image comes
+back as a data-URL image part holding the image ``lavit.image_generation`` paints for the same prompt."""
+from __future__ import annotations
+
+import base64
+import io
+
+import openai
+import pytest
+import torch
+from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtures)
+from PIL import Image
+from serve_fixtures import LiveServer, png_data_url, redraw, serve_config
+
+from vlbridge.data.records import Turn, load_image, load_records
+from vlbridge.generate import GenerationConfig, generate
+from vlbridge.grounding.phrases import grounded_phrases
+from vlbridge.grounding.region_tokens import ROI_END, ROI_START, region_token
+from vlbridge.inference import Predictor, Query
+from vlbridge.lavit.image_generation import ImageGenConfig, generate_codes_after, render_codes
+from vlbridge.lavit.vocabulary import VisualVocab
+from vlbridge.models.build import build_model
+
+from conftest import tiny_model_config
+
+pytestmark = pytest.mark.slow
+
+
+def force(schedule: dict[int, int]):
+    """A logits processor that makes the t-th generated token ``schedule[t]`` (as if the model chose it)."""
+    def proc(logits, generated):
+        out = logits.clone()
+        t = generated.shape[1]
+        if t in schedule:
+            out[:, schedule[t]] += 1e4
+        return out
+    return proc
+
+
+def test_grounded_answers_carry_their_boxes(groma_model, grounding_data):
+    model = redraw(groma_model, seed=1)
+    tok = model.tokenizer
+    roi, end, r0 = tok.convert_tokens_to_ids([ROI_START, ROI_END, region_token(0)])
+    forced = force({2: roi, 3: r0, 4: end})
+    image = load_image(load_records(grounding_data / "test.json")[0].images[0])[0]
+    question = "Describe the image briefly, with a box for each object."
+    ids, pixels = Predictor(model).encode(Query([Turn("user", "<image>\n" + question)], [image]))
+    out = generate(model, [ids], pixels, GenerationConfig(max_new_tokens=10), logits_processors=[forced])
+    expected = model.decode_answers([ids], pixels, out)[0]
+    pairs = grounded_phrases(expected)
+    assert pairs, expected                                     # region 0 became box text
+    with LiveServer(model, serve_config(default_max_tokens=10)) as srv:
+        srv.scheduler.engine.processors.append(forced)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(image)}},
+                                                 {"type": "text", "text": question}]}]
+        r = client.chat.completions.create(model="tiny", messages=messages)
+        message = r.choices[0].message
+        assert message.content == expected
+        boxes = message.model_extra["vlbridge"]["boxes"]
+        assert [(b["phrase"], b["box"]) for b in boxes] == [(p, pytest.approx(list(b), abs=1e-4)) for p, b in pairs]
+        chunks = list(client.chat.completions.create(model="tiny", messages=messages, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+        assert chunks[-1].choices[0].delta.model_extra["vlbridge"]["boxes"] == boxes
+        with pytest.raises(openai.BadRequestError, match="one image"):
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": messages[0]["content"]
+                                                                    + messages[0]["content"][:1]}])
+
+
+OPTIONS = {"codebook_size": 16, "image_size": 32, "heads": 2, "merger_layers": 1, "decoder_layers": 1,
+           "pixel_channels": [16, 8, 8]}
+
+
+@pytest.fixture(scope="module")
+def lavit_model(shapes_dir):
+    torch.manual_seed(0)
+    texts = [t.text for r in load_records(shapes_dir / "train.json") for t in r.turns] + ["Draw a red circle"]
+    model = redraw(build_model(tiny_model_config("lavit", OPTIONS), texts).eval())
+    palette = model.connector.visual_tokenizer.pixel_decoder.palette        # unfitted: all black
+    palette.copy_(torch.rand(palette.shape, generator=torch.Generator().manual_seed(0)))
+    return model
+
+
+def test_an_answer_that_opens_an_image_returns_the_painted_image(lavit_model):
+    vocab = VisualVocab.from_model(lavit_model)
+    opens = force({0: vocab.open_id})
+    prompt, _ = Predictor(lavit_model).encode(Query([Turn("user", "Draw a red circle")], []))
+    codes = generate_codes_after(lavit_model, [prompt.tolist() + [vocab.open_id]], None, ImageGenConfig(cfg_scale=2.0))
+    expected, unguided = render_codes(lavit_model, codes + generate_codes_after(
+        lavit_model, [prompt.tolist() + [vocab.open_id]], None, ImageGenConfig(cfg_scale=1.0)))
+    assert expected.tobytes() != unguided.tobytes()                    # the image shows what was generated
+    with LiveServer(lavit_model, serve_config(cfg_scale=2.0)) as srv:
+        srv.scheduler.engine.processors.insert(0, opens)
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Draw a red circle"}])
+        parts = r.choices[0].message.content
+        assert [p["type"] for p in parts] == ["image_url"]
+        url = parts[0]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        got = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert got.size == expected.size and got.tobytes() == expected.tobytes()
+        assert r.usage.completion_tokens == len(codes[0]) + 2          # [IMG], the codes, [/IMG]
+        assert srv.app.state.scheduler.writer is not None
+        other = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Draw a red circle"}],
+                                               extra_body={"vlbridge": {"cfg_scale": 1.0}})
+        assert other.choices[0].message.content[0]["image_url"]["url"] != url   # guidance reaches the writer
