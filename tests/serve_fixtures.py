@@ -81,3 +81,32 @@ def serve_config(**kw) -> ServeConfig:
 @pytest.fixture(scope="session")
 def answering_model(untied_tiny_model):
     return redraw(untied_tiny_model)
+
+
+GROUNDED_ANSWER = "a red circle [0.125,0.250,0.500,0.625] and a blue square [0.550,0.500,0.900,0.850]"
+
+
+def overfit(model, turns, image, steps: int = 400, lr: float = 1e-2):
+    """Train a copy of ``model`` on one conversation until it answers it word for word (a model that really
+    writes boxes, for the tests that need one); raises if it has not learnt it."""
+    from vlbridge.data.dataset import Batch
+    from vlbridge.generate import GenerationConfig
+    from vlbridge.inference import Predictor, Query
+    m = copy.deepcopy(model).train()
+    ids, labels = m.builder.build(turns)
+    pixels = m.vision.image_transform()(image)[None]
+    batch = Batch([torch.tensor(ids)], [torch.tensor(labels)], pixels, [1])
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr)
+    torch.manual_seed(0)
+    for step in range(steps):
+        loss = m(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    m.eval()
+    answer = Predictor(m, GenerationConfig(max_new_tokens=96)).answer([Query(turns[:-1], [image])])[0]
+    if answer != turns[-1].text:
+        raise RuntimeError(f"the model did not learn the answer in {steps} steps (loss {loss.item():.4f}): {answer!r}")
+    return m
