@@ -219,3 +219,22 @@ def test_a_client_that_disconnects_frees_its_row(server):
             time.sleep(0.01)
         assert server.scheduler.running == 0
         assert engine.steps - steps < 200                        # it stopped long before its 400 tokens
+
+
+def test_a_waiting_client_that_disconnects_frees_its_row(server):
+    """The same without streaming: the handler notices the closed connection while it waits for the answer."""
+    engine = server.scheduler.engine
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Tell me everything."}],
+                       "max_tokens": 400, "vlbridge": {"ignore_eos": True}}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    steps = engine.steps
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    deadline = time.monotonic() + 10
+    while server.scheduler.running == 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert server.scheduler.running == 1
+    conn.sock.close()
+    while server.scheduler.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.scheduler.running == 0
+    assert engine.steps - steps < 200

@@ -74,6 +74,12 @@ class BatchEngine:
         return self.max_batch - len(self.rows)
 
     # ---- picking tokens ---------------------------------------------------------------------------------
+    def _pick_all(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Next token of every row from logits [B, V] (greedy rows without processors in one argmax)."""
+        greedy = logits.argmax(-1).tolist() if not self.processors else None
+        return [greedy[i] if greedy is not None and row.req.temperature <= 0 else self._pick(row, logits[i])
+                for i, row in enumerate(rows)]
+
     def _pick(self, row: _Row, logits: torch.Tensor) -> int:
         """Next token of one row from its logits [V]."""
         logits = logits[None].float()                                            # [1, V]
@@ -131,7 +137,8 @@ class BatchEngine:
         for r, n in zip(requests, mask.sum(1).tolist()):
             r.prompt_tokens = int(n)
         rows = [_Row(r, int(p) + 1) for r, p in zip(requests, last_pos)]
-        keep = [i for i, row in enumerate(rows) if not self._accept(row, self._pick(row, logits[i]))]
+        picked = self._pick_all(rows, logits)
+        keep = [i for i, row in enumerate(rows) if not self._accept(row, picked[i])]
         if not keep:
             return
         index = torch.tensor(keep, dtype=torch.long)
@@ -172,9 +179,9 @@ class BatchEngine:
         logits = out.logits[:, -1]                                                               # [B, V]
         self.steps += 1
         keep = []
-        for i, row in enumerate(self.rows):
+        for i, (row, token) in enumerate(zip(self.rows, self._pick_all(self.rows, logits))):
             row.next_pos += 1
-            if not self._accept(row, self._pick(row, logits[i])):
+            if not self._accept(row, token):
                 keep.append(i)
         if len(keep) < B:
             self._keep(keep)
