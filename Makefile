@@ -41,6 +41,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/data_parallel.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) runs data

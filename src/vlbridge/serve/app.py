@@ -67,7 +67,7 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
     max_prompt = min(cfg.max_prompt_tokens or context, context)
     one_image = getattr(model, "regions", None) is not None      # region tokens index the regions of one image
     max_images = 1 if one_image else cfg.images.max_images
-    card = model_card(model, cfg.model_name)
+    card = model_card(model, cfg.model_name, max_images)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -8,7 +8,7 @@ def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def model_card(model, name: str) -> dict:
+def model_card(model, name: str, max_images: int | None = None) -> dict:
     conn = model.connector
     return {
         "name": name,
@@ -25,5 +25,5 @@ def model_card(model, name: str) -> dict:
                        "connector": _params(conn), "llm": _params(model.llm)},
         "region_tokens": getattr(model, "regions", None) is not None,
         "generates_images": model.cfg.connector.name in WRITERS,
-        "max_images_per_request": 1 if getattr(model, "regions", None) is not None else None,
+        "max_images_per_request": max_images,
     }
