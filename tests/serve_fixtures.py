@@ -15,8 +15,11 @@ import time
 import pytest
 import torch
 import uvicorn
+from conftest import tiny_model_config
 from PIL import Image
 
+from vlbridge.data.records import load_records
+from vlbridge.models.build import build_model
 from vlbridge.serve.app import create_app
 from vlbridge.serve.config import ImageLimits, ServeConfig
 
@@ -110,3 +113,28 @@ def overfit(model, turns, image, steps: int = 400, lr: float = 1e-2):
     if answer != turns[-1].text:
         raise RuntimeError(f"the model did not learn the answer in {steps} steps (loss {loss.item():.4f}): {answer!r}")
     return m
+
+
+def force(schedule: dict[int, int]):
+    """A logits processor that makes the t-th generated token ``schedule[t]`` (as if the model chose it)."""
+    def proc(logits, generated):
+        out = logits.clone()
+        t = generated.shape[1]
+        if t in schedule:
+            out[:, schedule[t]] += 1e4
+        return out
+    return proc
+
+
+LAVIT_OPTIONS = {"codebook_size": 16, "image_size": 32, "heads": 2, "merger_layers": 1, "decoder_layers": 1,
+                 "pixel_channels": [16, 8, 8]}
+
+
+@pytest.fixture(scope="session")
+def lavit_model(shapes_dir):
+    torch.manual_seed(0)
+    texts = [t.text for r in load_records(shapes_dir / "train.json") for t in r.turns] + ["Draw a red circle"]
+    model = redraw(build_model(tiny_model_config("lavit", LAVIT_OPTIONS), texts).eval())
+    palette = model.connector.visual_tokenizer.pixel_decoder.palette        # unfitted: all black
+    palette.copy_(torch.rand(palette.shape, generator=torch.Generator().manual_seed(0)))
+    return model

@@ -3,7 +3,6 @@ vlbridge's pixels and prompt ids, and greedy answers equal vlbridge's on the sam
 (tiny CLIP + Llama from configs; mlp, and linear with merged LoRA); other connectors are refused with a reason."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -8,10 +8,9 @@ import io
 
 import openai
 import pytest
-import torch
 from grounding_fixtures import grounding_data, groma_model  # noqa: F401  (fixtures)
 from PIL import Image
-from serve_fixtures import LiveServer, png_data_url, redraw, serve_config
+from serve_fixtures import LiveServer, force, lavit_model, png_data_url, redraw, serve_config  # noqa: F401
 
 from vlbridge.data.records import Turn, load_image, load_records
 from vlbridge.generate import GenerationConfig, generate
@@ -20,22 +19,8 @@ from vlbridge.grounding.region_tokens import ROI_END, ROI_START, region_token
 from vlbridge.inference import Predictor, Query
 from vlbridge.lavit.image_generation import ImageGenConfig, generate_codes_after, render_codes
 from vlbridge.lavit.vocabulary import VisualVocab
-from vlbridge.models.build import build_model
-
-from conftest import tiny_model_config
 
 pytestmark = pytest.mark.slow
-
-
-def force(schedule: dict[int, int]):
-    """A logits processor that makes the t-th generated token ``schedule[t]`` (as if the model chose it)."""
-    def proc(logits, generated):
-        out = logits.clone()
-        t = generated.shape[1]
-        if t in schedule:
-            out[:, schedule[t]] += 1e4
-        return out
-    return proc
 
 
 def test_grounded_answers_carry_their_boxes(groma_model, grounding_data):
@@ -66,20 +51,6 @@ def test_grounded_answers_carry_their_boxes(groma_model, grounding_data):
         with pytest.raises(openai.BadRequestError, match="one image"):
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": messages[0]["content"]
                                                                     + messages[0]["content"][:1]}])
-
-
-OPTIONS = {"codebook_size": 16, "image_size": 32, "heads": 2, "merger_layers": 1, "decoder_layers": 1,
-           "pixel_channels": [16, 8, 8]}
-
-
-@pytest.fixture(scope="module")
-def lavit_model(shapes_dir):
-    torch.manual_seed(0)
-    texts = [t.text for r in load_records(shapes_dir / "train.json") for t in r.turns] + ["Draw a red circle"]
-    model = redraw(build_model(tiny_model_config("lavit", OPTIONS), texts).eval())
-    palette = model.connector.visual_tokenizer.pixel_decoder.palette        # unfitted: all black
-    palette.copy_(torch.rand(palette.shape, generator=torch.Generator().manual_seed(0)))
-    return model
 
 
 def test_an_answer_that_opens_an_image_returns_the_painted_image(lavit_model):

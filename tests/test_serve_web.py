@@ -7,8 +7,7 @@ import os
 import shutil
 
 import pytest
-from grounding_fixtures import grounding_data  # noqa: F401  (fixture)
-from serve_fixtures import GROUNDED_ANSWER, LiveServer, overfit, serve_config
+from serve_fixtures import GROUNDED_ANSWER, LiveServer, force, lavit_model, overfit, serve_config  # noqa: F401
 
 from vlbridge.data.records import Turn, load_image, load_records
 from vlbridge.grounding.phrases import grounded_phrases
@@ -64,3 +63,17 @@ def test_upload_ask_stream_and_see_the_boxes(browser, untied_tiny_model, shapes_
         assert len(page.query_selector_all(".msg.error")) == 0
         page.screenshot(path=os.environ.get("VLBRIDGE_DEMO_SCREENSHOT", str(tmp_path / "demo.png")))
         assert not errors
+
+
+def test_a_generated_image_appears_in_the_answer(browser, lavit_model):
+    from vlbridge.lavit.vocabulary import VisualVocab
+    with LiveServer(lavit_model, serve_config()) as srv:
+        srv.scheduler.engine.processors.insert(0, force({0: VisualVocab.from_model(lavit_model).open_id}))
+        page = browser.new_page()
+        page.goto(srv.url + "/")
+        page.wait_for_selector("#card-connector")
+        assert "images" in page.text_content("#card")                     # the card says the model draws
+        page.fill("#prompt", "Draw a red circle")
+        page.press("#prompt", "Enter")
+        image = page.wait_for_selector(".msg.assistant[data-done=true] img.generated", timeout=30_000)
+        assert image.evaluate("img => img.complete && img.naturalWidth") == 32   # a decoded 32 px PNG
