@@ -72,6 +72,7 @@ test-lmms: $(LMMS_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/data_parallel.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) $(LMMS_VENV) runs data

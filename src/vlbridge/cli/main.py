@@ -11,6 +11,8 @@ examples:
   vlbridge arena --connectors mlp,qformer,pargo --out runs/arena
   vlbridge lavit tokenizer --annotations data/shapes/scenes.json --vision runs/demo/vision --out runs/tok
   vlbridge generate-image --model RUN/final --prompt "a red circle" --out img.png
+  vlbridge serve --model runs/demo/final                        (OpenAI-compatible server + web demo)
+  vlbridge export --model RUN/final --format hf-llava --out DIR (a transformers LLaVA checkpoint)
 
 Every option takes - or _ between words (--batch-size = --batch_size); `vlbridge COMMAND --help` lists a
 command's options with the values it starts from. Mistakes in what you pass (flags, files, data) print one
@@ -25,10 +27,12 @@ from .. import __version__
 from ..errors import UserError
 from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
                pretrain_vision_cmd, train_cmd, viz_cmd)
+from . import export_cmd, serve_cmd
 from .parser import Parser, debug
 
 COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
             generate_image_cmd)
+COMMANDS += (serve_cmd, export_cmd)
 
 
 def version() -> str:

@@ -114,6 +114,10 @@ class Connector(nn.Module):
     # A stage of ``stages()`` that must run before the LLM stages (a region proposer, a visual tokenizer);
     # recipes and the arena run it first. None: the LLM stages can start from scratch.
     pre_stage: ClassVar[str | None] = None
+    # The most images one sample may hold (None = any number); e.g. region tokens index one image's regions.
+    images_per_sample: ClassVar[int | None] = None
+    # True when answers may point at regions the connector lists (``decode_answer`` turns them into boxes).
+    region_tokens: ClassVar[bool] = False
 
     def __init__(self, options, vis_dim: int, llm_dim: int, grid: tuple[int, int]):
         super().__init__()
