@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from lmms_eval.tasks._task_utils.vqa_eval_metric import EvalAIAnswerProcessor
-from vlbridge.data.shapes import COLORS, SHAPES
+from vlbridge.data.shapesworld import COLORS, SHAPES
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 CHOICES = {"color": list(COLORS), "shape": list(SHAPES)}
