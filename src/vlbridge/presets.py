@@ -16,8 +16,8 @@ from .errors import unknown_name
 
 
 def tiny_llm() -> LLMConfig:
-    # MLP 2x the width: 10% faster steps than Llama's 8/3 x (344), which was 16% faster than 4x; colour/shape
-    # at 800 steps stayed >= 88.9% on three seeds (README, "What the demo learns")
+    # 4 layers of width 128, 4 heads of 32, MLP 2x the width (256, narrower than Llama's 8/3 x for speed; how
+    # it was chosen: docs/notes/demo.md)
     return LLMConfig(arch=dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                                tie_word_embeddings=True, rms_norm_eps=1e-5),
@@ -25,8 +25,8 @@ def tiny_llm() -> LLMConfig:
 
 
 def tiny_train(steps: int = 800) -> TrainConfig:
-    """800 steps: by then the lookups that colour and shape questions need had formed in both seeds tried
-    (colour 90.8% / 97.8%, shape 99.0%); at 750 seed 0 was at 84% (README, "What the demo learns")."""
+    """The demo's schedule: ``steps`` (default 800) of batch 16 at lr 1e-3, 40 warm-up steps, records grouped by
+    length (how it was chosen: docs/notes/demo.md)."""
     return TrainConfig(stage="instruct", train_vision=True, steps=steps, batch_size=16, lr=1e-3,
                        warmup_steps=40, weight_decay=0.01, eval_every=200, save_every=200,
                        group_by_length=True,       # ShapesWorld records vary in length: less padding
@@ -37,13 +37,13 @@ def tiny_cpu() -> RunConfig:
     """A tiny ResNet (conv inductive bias: learns shapes fast from scratch) + pixel shuffle + 4-layer Llama.
 
     Pixel shuffle turns the 8x8 patch grid into 16 tokens without discarding anything (each token holds a 2x2
-    block's features), so a record is ~20% shorter than with the MLP's 64 tokens; at 900 steps both reached
-    ~98% on colour and shape (README, "What the demo learns").
+    block's features), so records are shorter than with the MLP's 64 tokens at no loss on colour and shape
+    (docs/notes/demo.md).
 
     For the demo the encoder is first pretrained with ``vlbridge pretrain-vision`` (there is no CLIP to
     download), passed as ``--model.vision.name_or_path`` and frozen (``--train.train_vision false``), as in
     LLaVA; without it the same architecture is built from ``arch`` and trains end to end through the LLM's
-    loss (which learns colours but not shapes within minutes).
+    loss (which learns colours before shapes; docs/notes/demo.md).
     """
     vision = VisionConfig(arch=dict(model_type="resnet", num_channels=3, embedding_size=32, hidden_sizes=[64, 128],
                                     depths=[1, 1], layer_type="basic", downsample_in_first_stage=False),

@@ -51,7 +51,7 @@ class ArenaConfig:
 
 
 def arena_cpu() -> ArenaConfig:
-    """Six connectors in <= 40 min on 2 CPU cores: the tiny-cpu stack (frozen pretrained ResNet, 8x8 grid ->
+    """Six connectors compared on 2 CPU cores: the tiny-cpu stack (frozen pretrained ResNet, 8x8 grid ->
     connector -> 4-layer LM) on scenes made for fine detail: up to 6 objects (counting), small objects of
     ~6-8 px (below one 8-px patch) and 3x5-px glyphs the encoder is pretrained to see."""
     shapes = ShapesWorldConfig(n=3000, seed=0, image_size=64, min_objects=1, max_objects=6,
@@ -73,7 +73,7 @@ def tiny_connector_options() -> dict:
         "pixel_shuffle": {"factor": 2},
         "pargo": {"layers": 2, "num_global": 4, "tile": [2, 2]},
         # not in the default lists (a `det` stage / a visual-tokenizer stage first); `--connectors mlp,groma,lavit`
-        # adds them as rows. lavit: LaVIT's defaults at the CPU scale (width 64, 256 codes, keep ratio 1/3)
+        # adds them as rows. lavit: LaVIT's defaults at the CPU scale (width 64, 4,096 codes, keep ratio 1/3)
         "lavit": {},
         "groma": {"proposer_layers": [-2, -1], "region_layers": [-2, -1], "tag_features": True},
     }

@@ -6,7 +6,7 @@
         text->image records (DATA/lavit_train.json = understanding + generation records) and the initial
         model (tiny-cpu LLM + lavit connector holding the trained tokenizer) for `vlbridge train --init-from`
     vlbridge lavit measure --model RUN/final --data DATA --out DIR
-        the closing-note figures: kept tokens, reconstruction, codebook, text->image agreement, sample grid
+        figures: kept tokens, reconstruction, codebook, text->image agreement, sample grid
 
 The whole pipeline on ShapesWorld (CPU, one thread):
 

@@ -12,7 +12,7 @@
                  learned queries (no image yet): they run once, at batch 1, and broadcast (with dropout > 0
                  their dropout mask is then shared by the images of a batch);
                - the self-attention is one masked SDPA in both paths: T x T is small (304^2 at the
-                 released scale), and splitting it into band/global groups measured no faster.
+                 released scale), too small for splitting it into band/global groups to pay.
 Both paths share every parameter; tests assert equal outputs and gradients.
 """
 from __future__ import annotations

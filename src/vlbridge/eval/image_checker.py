@@ -1,7 +1,7 @@
 """Find ShapesWorld objects in an image (colour, shape, size, box) and score prompt/image agreement.
 
-Built from how ShapesWorld renders (``data/shapes.py``): flat palette colours on a flat dark background,
-objects at least 2 px apart, glyphs in black/white inside large objects. Every pixel takes the nearest of
+Built from how ShapesWorld renders (``data/shapesworld/render.py``): flat palette colours on a flat dark
+background, objects at least 2 px apart, glyphs in black/white inside large objects. Every pixel takes the nearest of
 the palette, background and glyph colours (pixels farther than ``max_dist`` from all of them, e.g. blurred
 edges of generated images, are ignored); 4-connected regions of one palette colour of at least ``min_area``
 pixels are objects. Shape from the region's row spans inside its box (holes such as glyphs filled):

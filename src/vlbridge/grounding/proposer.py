@@ -2,8 +2,8 @@
 
 Why dense rather than Groma's Deformable-DETR set predictor: on a CPU budget a DETR needs many epochs of
 Hungarian-matched training before its queries specialise, while a dense head gets a target at every cell from
-the first step (every cell whose centre lies inside an object), trains in about a minute on a frozen encoder
-and needs no matching. Duplicates are removed afterwards with NMS, as the issue asks anyway.
+the first step (every cell whose centre lies inside an object), trains quickly on a frozen encoder and needs
+no matching. Duplicates are removed afterwards with NMS.
 
 Per cell of the fused map ``[B, dim, H, W]`` (``FusedMap`` of ``layers``): one objectness logit and four
 distances ``(l, t, r, b)`` from the cell centre to the box sides (``softplus`` of the raw output, in cells),

@@ -3,9 +3,9 @@
 Per level: coordinate channels + 1x1 conv to ``dim``; RoIAlign ``S x S`` on CORNER boxes (``roi_align``);
 a 3x3 conv. The levels are summed, ReLU, flattened and projected (Linear) to ``hidden``; a box-position MLP
 (4 -> hidden -> hidden) of the normalised corners is added; a final GELU + Linear maps to the LLM width, and
-a LayerNorm keeps every region token at a fixed scale. (Without it, trained through the LM loss alone, the
-tokens of a tiny LLM grew to ~150x the word-embedding norm along one shared direction — cosine 0.996 between
-any two regions — so attention could no longer tell regions apart, although a linear probe still could.)
+a LayerNorm keeps every region token at a fixed scale (without it, trained through the LM loss alone, region
+tokens can grow far beyond the word embeddings along one shared direction, where attention cannot tell them
+apart; docs/notes/grounding.md).
 Shapes: maps ``[B, C_l, H_l, W_l]`` per level, boxes ``[R_b, 4]`` per image -> ``[sum R_b, D_llm]``.
 """
 from __future__ import annotations

@@ -9,20 +9,16 @@ codes into features for the pixel decoder.
 Where a code belongs: the generated code sequence is all the decoder gets, so a small head reads each code's
 patch position (y, x in [0, 1]) from the code itself (``where``), supervised in tokenizer training by the kept
 token's real raster position; the cross-attention logits get ``-scale_h * |query position - code position|^2``
-(a learned scale per head). At CPU scale, routing by content alone stayed at the "mean image" for the whole
-training budget; with the position read-out the codes learn to carry where they are, as the code vocabulary
-must if the LLM is to draw layouts with it.
+(a learned scale per head). With the position read-out the codes learn to carry where they are, as the code
+vocabulary must if the LLM is to draw layouts with it; routing by content alone does not learn the layout at
+CPU scale.
 
-How the decoder is trained to place codes matters more than anything else here (measured, issue 6, every
-patch kept, no quantisation): routing by the read-out *while it is being learnt* (its gradient flowing back
-from the reconstruction) leaves the decoder on a blurred routing where object patches come back as "an
-object" (object-patch cosine 0.69, colour probe 18%), though the codes themselves carry colour and shape
-(a per-patch read-out of the same codes: cosine 0.96, probe 99%); placing them at their true positions gives
-cosine 0.96, probe 99%. So tokenizer training places the kept codes at their true patch positions
-(``positions``; teacher forcing) in both phases (training phase 2 on the detached read-out wrecked the
-decoder: probe 0-1%), and decoding code ids places them at their read-out snapped to strictly increasing
-patch centres (``align``): kept tokens are written in raster order, one per patch. This placement aid is a
-CPU-scale deviation; LaVIT's decoder has only the codes and their sequence index.
+Tokenizer training places the kept codes at their true patch positions (``positions``; teacher forcing) in
+both phases: routing by the read-out *while it is being learnt* leaves the decoder on a blurred routing where
+object patches come back as "an object", although the codes carry colour and shape. Decoding code ids places
+them at their read-out snapped to strictly increasing patch centres (``align``): kept tokens are written in
+raster order, one per patch. This placement aid is a CPU-scale deviation (measurements: docs/notes/lavit.md);
+LaVIT's decoder has only the codes and their sequence index.
 """
 from __future__ import annotations
 

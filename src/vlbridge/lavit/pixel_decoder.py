@@ -11,8 +11,8 @@ Why this decoder: LaVIT renders with a diffusion U-Net, which on a CPU needs ten
 image and far more training than a few minutes allow. ShapesWorld images are flat palette colours, so one
 conv pass that classifies each pixel's colour recovers them crisply; a regression decoder (L1/MSE) trained on
 uncertain reconstructed features outputs the per-pixel median/mean instead — the background, or washed-out
-blobs the checker cannot read (measured on reconstructions: every prompt colour found in 0% of images with
-L1, MSE or unweighted palette cross-entropy, 17.5% with the class-balanced palette). On photos the palette would act as a colour quantisation (like a 16-colour GIF).
+blobs the checker cannot read (measurements: docs/notes/lavit.md). On photos the palette would act as a colour
+quantisation (like a 16-colour GIF).
 """
 from __future__ import annotations
 

@@ -196,8 +196,8 @@ def salience_weights(features: torch.Tensor, reference: torch.Tensor, floor: flo
     the training set: on ShapesWorld, plain background), rescaled to mean 1 per image, mixed with ``floor``.
 
     With uniform weights the 1-cosine loss is dominated by the background, which covers most of a scene:
-    the tokenizer then learns the layout and loses the objects' colours (measured: 18.5% of reconstructions
-    keep every colour of the scene). Weighting by salience needs no labels."""
+    the tokenizer then learns the layout and loses the objects' colours (docs/notes/lavit.md). Weighting by
+    salience needs no labels."""
     dist = 1 - F.cosine_similarity(features, reference.expand_as(features), dim=-1)   # [B, N]
     dist = dist / dist.mean(1, keepdim=True).clamp_min(1e-6)
     return floor + (1 - floor) * dist

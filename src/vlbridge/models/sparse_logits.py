@@ -2,8 +2,8 @@
 
 In instruction data most positions (image tokens, prompts, padding) carry no target, yet a causal LM's forward
 computes a [T, vocab] logit row for each and the softmax backward touches them all. Splitting the model into
-its decoder (hidden states) and its output embedding lets the head run on the scored rows alone (on the tiny
-CPU preset ~15% of the positions; the step is ~4% faster). This is only valid when the model's logits are
+its decoder (hidden states) and its output embedding lets the head run on the scored rows alone (on ShapesWorld
+a small share of the positions; docs/notes/speed.md). This is only valid when the model's logits are
 exactly ``output_embedding(decoder(x))``; models that post-process logits (soft-capping, scaling) are not, so
 ``head_is_separable`` checks that equality once on the model itself and the caller falls back otherwise.
 """

@@ -129,7 +129,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     train = tensors(cfg.split)
     if train is None:
         raise UserError(f"{ann_path}: no scenes with split {cfg.split!r}")
-    # channels-last convolutions: ~20% faster steps on CPU (oneDNN); weights go back to contiguous to save
+    # channels-last convolutions: faster on CPU (oneDNN; docs/notes/speed.md); weights go back to contiguous to save
     tower.model.to(memory_format=torch.channels_last)
     held_out = tensors("val")
     head = DenseAttributeHead(tower.out_dim, vocabs)

@@ -1,4 +1,4 @@
-"""Figures for the closing note of a trained LaVIT model, on a ShapesWorld split (default: test).
+"""Figures of a trained LaVIT model on a ShapesWorld split (default: test): tokens, reconstruction, text->image.
 
 - Tokens kept per image: mean, spread, range, Pearson correlation with the object count, mean per count.
 - Reconstruction: feature cosine (continuous codes and quantized codes), pixel L1 / PSNR of tokenizer ->

@@ -10,28 +10,25 @@ Phase 2 (``steps_quantized``): the codebook is initialised by k-means on the cod
 quantisation is on (EMA codebook, commitment loss, dead codes restarted every ``restart_every`` steps), as
 the LaVIT authors advise (continuous first, VQ second). Between the phases the selector's keep/drop margin
 is calibrated so that argmax keeps ``keep_ratio`` of the patches (``calibrate_keep_ratio``); then it is frozen
-and decides by argmax: with noise-free decisions and a fresh learning-rate cycle it otherwise swung the
-batch's kept share between 0.2 and 0.97 and dragged the reconstruction down (measured).
+and decides by argmax (left to train on noise-free decisions under a fresh learning-rate cycle, its kept share
+swings and the reconstruction suffers).
 Phase 3 (``steps_pixels``): the codes are fixed and the conv pixel decoder learns (cross-entropy over a
 colour palette fitted to the images) to turn the features reconstructed *from the codes* back into the image,
 i.e. exactly what generation will feed it; by default the feature decoder is fine-tuned with it
 (``pixels_tune_decoder``, its cosine loss kept), so the decoded features suit the pixel decoder.
 
-Deviations from LaVIT for CPU scale (issue 6, measured on the val split, 8x8 grid, 2 merger/decoder blocks):
+Deviations from LaVIT at CPU scale (the measurements behind them: docs/notes/lavit.md):
 
 - Placement: the feature decoder places the kept codes at their true patch positions in both phases
-  (``placement_*``); the position read-out head learns beside it (position loss) and, snapped to increasing
-  patch centres, places the codes at generation time. Routing by the read-out while it is being learnt
-  (the previous default) left object patches at "an object": with every patch kept and no quantisation,
-  object-patch cosine 0.69 and colour / shape probe 18% / 25%, against 0.96 and 99% / 99% with true
-  positions. Training phase 2 on the detached read-out instead wrecked the decoder (probe 0-1%).
+  (``placement_*``, default ``true``); the position read-out head learns beside it (position loss) and,
+  snapped to increasing patch centres, places the codes at generation time. Routing by the read-out while
+  it is still being learnt blurs object patches into "an object".
 - Selection: a label-free salience prior (``selector_prior``: cross-entropy towards the batch's patches
   farthest from the mean feature, the keep-ratio share) teaches the selector, and the reconstruction's
-  straight-through gradient is off by default (``straight_through``). With LaVIT's reconstruction-driven
-  selector the kept share of object patches here ranged from 0.6% to 53% between runs, and 21-51% with the
-  prior added; the merger carries colour / shape at the kept object patches (probe 88-96%), so dropping
-  them is what loses the objects. The selector is still LaVIT's (local + global features, argmax at
-  inference, ratio target 1/3, batch-level so busy images keep more tokens).
+  straight-through gradient is off by default (``straight_through``): a reconstruction-driven selector at this
+  scale keeps a share of the object patches that varies widely from run to run, and the merger carries an
+  object only where one of its patches is kept. The selector is otherwise LaVIT's (local + global features,
+  argmax at inference, ratio target 1/3, batch-level so busy images keep more tokens).
 
 Input: a scenes JSON (``vlbridge data shapes`` writes DATA/scenes.json; ``image`` + ``split`` per entry) and a
 vision encoder dir (``vlbridge pretrain-vision``). Output: a tokenizer dir (see ``visual_tokenizer``) with
@@ -68,16 +65,12 @@ class TokenizerTrainConfig:
     vision: str = opt("", "vision encoder dir (e.g. the output of `vlbridge pretrain-vision`)")
     out: str = opt("", "output tokenizer dir")
     steps_continuous: int = opt(500, "phase 1 steps: reconstruction without quantisation")
-    steps_quantized: int = opt(1500, "phase 2 steps: with the EMA vector quantizer (the decoder learns the objects "
-                                     "here, on the frozen selection: 500 steps gave shape 61%, 1500 gave 91%)")
-    steps_pixels: int = opt(1500, "phase 3 steps: the pixel decoder on features reconstructed from codes. It "
-                                  "learns shapes slowly: on val reconstructions every object was drawn right "
-                                  "in 6.5% of images after 400 steps, 16% after 1500")
+    steps_quantized: int = opt(1500, "phase 2 steps: with the EMA vector quantizer, on the frozen selection (the "
+                                     "phase in which the feature decoder learns the objects)")
+    steps_pixels: int = opt(1500, "phase 3 steps: the pixel decoder on features reconstructed from codes")
     pixels_tune_decoder: bool = opt(True, "phase 3 also fine-tunes the feature decoder (lr / 3, its cosine loss "
                                           "kept beside the pixel loss), so the features it reconstructs from codes "
-                                          "suit the pixel decoder. Test split, against frozen: reconstructions "
-                                          "with exactly the right colours 39% vs 30.5%, generated 14% vs 8.5%; "
-                                          "every object drawn 13% vs 17% (val: 21.5% vs 16%); cosine 0.925 vs 0.931")
+                                          "suit the pixel decoder; false = the feature decoder stays frozen")
     batch_size: int = opt(32, "images per step")
     lr: float = opt(3e-3, "AdamW peak learning rate (one-cycle per phase)")
     ratio_warmup: int = opt(300, "steps over which the keep-ratio target anneals from 1 to keep_ratio")
@@ -95,7 +88,7 @@ class TokenizerTrainConfig:
                                             "real patch positions, teacher forcing), 'readout' (each code's own "
                                             "position read-out, with a gradient into it) or 'readout_detached'")
     placement_quantized: str = opt("true", "phase 2: the same choice ('readout_detached' trains the decoder "
-                                           "on the raw read-out; measured worse, see the module docstring)")
+                                           "on the raw read-out)")
     selector_prior: float = opt(5.0, "weight of a label-free salience prior on the selector (phase 1): "
                                      "cross-entropy towards keeping the batch's most salient patches "
                                      "(farthest from the mean feature, top keep-ratio share); 0 = off (LaVIT)")
@@ -333,8 +326,8 @@ def attribute_probe(train: SplitData, held_out: SplitData, recon: torch.Tensor, 
     A high cosine alone can hide this loss: most of a feature is what all patches share.
 
     Every feature (real and reconstructed) is rescaled to the training features' mean length first: the
-    tokenizer learns with a cosine loss, so a reconstruction's length is arbitrary (measured: a third to a
-    twenty-fifth of the real one), and an unscaled linear probe then reads its bias rather than the direction."""
+    tokenizer learns with a cosine loss, so a reconstruction's length is arbitrary (far from the real one), and
+    an unscaled linear probe then reads its bias rather than the direction."""
     scale = train.features.norm(dim=-1).mean()
 
     def unit(x: torch.Tensor) -> torch.Tensor:
