@@ -77,7 +77,7 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
     out = tmp_path / "run"
     real_train, calls = stages_module.train, []
 
-    def killed_after_two_steps(cfg):                 # "linear" is killed at step 2, after its checkpoint
+    def killed_after_two_steps(cfg, overwrite=False):                 # "linear" is killed at step 2, after its checkpoint
         if cfg.model.connector.name == "linear":
             cfg.train.stop_after = 2
             real_train(cfg)
@@ -91,7 +91,7 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
     assert done.is_file() and not (out / "linear" / "result.json").exists()
     stamp = done.stat().st_mtime_ns
 
-    def counting(cfg):
+    def counting(cfg, overwrite=False):
         calls.append((cfg.model.connector.name, cfg.train.resume))
         return real_train(cfg)
 
@@ -129,7 +129,7 @@ def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, fi
      "not divisible by factor 3"),                              # the 8x8 grid of the preset's encoder
 ])
 def test_bad_connector_fails_before_any_work(flags, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(stages_module, "train", lambda cfg: pytest.fail("training started"))
+    monkeypatch.setattr(stages_module, "train", lambda cfg, overwrite=False: pytest.fail("training started"))
     out = tmp_path / "run"
     assert main(["arena", "--out", str(out), "--shapes.n", "10", *flags]) == 2
     assert message in capsys.readouterr().err

@@ -50,7 +50,7 @@ def required_args(parser):
     args = []
     for action in parser._actions:
         if action.required and action.option_strings:
-            args += [action.option_strings[0], "x"]
+            args += [action.option_strings[0], str(next(iter(action.choices))) if action.choices else "x"]
     return args
 
 

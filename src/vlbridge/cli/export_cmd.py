@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="hf-llava: LlavaForConditionalGeneration + its processor (HF vision tower, linear/mlp "
                         "connector, HF causal LM)")
-    p.add_argument("--out", required=True, help="output dir (written atomically)")
+    p.add_argument("--out", "--output-dir", required=True, help="output dir (written atomically)")
     p.set_defaults(run=run)
 
 

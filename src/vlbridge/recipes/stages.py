@@ -81,7 +81,8 @@ def check_schedule(stage: Stage, schedule: dict) -> None:
     fields = RUNNERS[stage.runner].fields()
     unknown = sorted(set(schedule) - fields)
     if unknown:
-        raise ValueError(f"stage {stage.name!r}: unknown schedule field(s) {unknown}; fields: {', '.join(sorted(fields))}")
+        raise UserError(f"stage {stage.name!r}: unknown schedule field(s) {unknown}{did_you_mean(unknown[0], fields)}; "
+                        f"fields: {', '.join(sorted(fields))}")
 
 
 def with_schedule(cfg: RunConfig, stage: Stage) -> RunConfig:
@@ -121,10 +122,10 @@ def run_lavit_tokenizer(cfg: RunConfig, stage: Stage, overwrite: bool = False) -
     from ..lavit.visual_tokenizer import tokenizer_options
     from .lavit.tokenizer_stage import TokenizerTrainConfig, train_tokenizer
     if not cfg.model.vision.name_or_path:
-        raise ValueError("the tokenizer stage reads a pretrained encoder: set --model.vision.name_or_path "
+        raise UserError("the tokenizer stage reads a pretrained encoder: set --model.vision.name_or_path "
                          "(e.g. the output of `vlbridge pretrain-vision`)")
     if not cfg.data.path or not (Path(cfg.data.path) / "scenes.json").is_file():
-        raise ValueError("the tokenizer stage trains on DATA/scenes.json: pass --data DIR holding it "
+        raise UserError("the tokenizer stage trains on DATA/scenes.json: pass --data DIR holding it "
                          "(`vlbridge data shapes` writes one)")
     options = CONNECTORS[cfg.model.connector.name].Options(**cfg.model.connector.options)
     tok_cfg = TokenizerTrainConfig(annotations=str(Path(cfg.data.path) / "scenes.json"),
@@ -154,7 +155,7 @@ def run_stage(cfg: RunConfig, schedule: dict | None = None, overwrite: bool = Fa
     only inside ``run_stages``); ``overwrite`` replaces a finished output instead of refusing it."""
     stage = dataclasses.replace(declared_stage(cfg), schedule=tuple((schedule or {}).items()))
     if stage.runner not in RUNNERS:
-        raise ValueError(f"stage {stage.name!r} names runner {stage.runner!r}; runners: {', '.join(RUNNERS)}")
+        raise UserError(f"stage {stage.name!r} names runner {stage.runner!r}; runners: {', '.join(RUNNERS)}")
     return RUNNERS[stage.runner].run(cfg, stage, overwrite)
 
 
@@ -188,7 +189,7 @@ def run_stages(cfg: RunConfig, names: list[str] | None = None, out: str | Path |
     out, results, hand_off = Path(out if out is not None else cfg.out), [], {}
     unknown = sorted(set(cfg.train.stage_schedules) - set(names))
     if unknown:
-        raise ValueError(f"train.stage_schedules names stage(s) {unknown} that are not run (stages: {names})")
+        raise UserError(f"train.stage_schedules names stage(s) {unknown} that are not run (stages: {names})")
     for name in names:
         run = stage_config(cfg, name, out, hand_off)
         stage = declared_stage(run)

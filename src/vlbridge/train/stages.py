@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Stage, TrainConfig
+from ..errors import UserError
 from ..models.vlm import MODULES
 
 ADDED_ROWS = "embeddings:added"        # Stage.trains entry: only the embedding rows of the connector's tokens
@@ -21,7 +22,7 @@ def resolve_stage(connector, cfg: TrainConfig) -> Stage:
     to ``instruct``)."""
     stages = type(connector).stages(connector.options)
     if cfg.stage not in stages:
-        raise ValueError(f"unknown stage {cfg.stage!r} for connector {type(connector).__name__}; "
+        raise UserError(f"unknown stage {cfg.stage!r} for connector {type(connector).__name__}; "
                          f"stages: {', '.join(stages)}")
     stage = stages[cfg.stage]
     return stage.with_trains("vision") if cfg.train_vision and cfg.stage == "instruct" else stage
@@ -86,7 +87,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
             if ps:
                 groups.append({"params": ps, "lr": lr, "weight_decay": wd, "name": f"{name}.{tag}"})
     if not groups:
-        raise ValueError(f"stage {cfg.stage!r} leaves nothing to train")
+        raise UserError(f"stage {cfg.stage!r} leaves nothing to train")
     return groups
 
 
