@@ -148,6 +148,9 @@ class ParGoConnector(Connector):
         return ((pred - target) ** 2).mean(-1)[selected].mean()
 
     # ---- reporting -------------------------------------------------------------------------------------
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def num_tokens(self) -> int:
         return self.geometry.num_tokens
 

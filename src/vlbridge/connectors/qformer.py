@@ -142,6 +142,9 @@ class QFormerConnector(Connector):
             h = layer(h, Q, visual, padding)
         return ConnectorOutput(tokens=self.proj(h[:, :Q]))              # [B, Q, D_llm]
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def num_tokens(self) -> int:
         return self.options.num_queries
 
