@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch import nn
 
 from .. import __version__
@@ -229,17 +229,36 @@ class VLBridgeModel(nn.Module):
             llm=dataclasses.replace(self.cfg.llm, name_or_path=None, tokenizer=None, arch=llm_cfg.to_dict()),
         )
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json, model.safetensors and the tokenizer into `path` (atomically: temp dir + rename)."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config.json, model.safetensors and the tokenizer into `path` (atomically: temp dir + rename).
+        ``state_dict``: the full weights to write when this process holds only a shard of them (FSDP)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         meta = {"model_type": "vlbridge", "vlbridge_version": __version__, "lora": self.lora,
                 **dataclasses.asdict(self.resolved_config())}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_model(self, str(tmp / "model.safetensors"))
+        tensors, aliases = self.weights_for_saving(state_dict)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata=aliases)
         self.tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, path)
+
+    def weights_for_saving(self, state_dict: dict[str, torch.Tensor] | None = None
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+        """The tensors to write (on the CPU, contiguous) and the names left out because they alias a written one
+        (tied embeddings), as safetensors' ``save_model`` does: of each group of names for one parameter the
+        alphabetically first is kept, the others are recorded in the metadata as ``{dropped: kept}``."""
+        state = self.state_dict() if state_dict is None else state_dict
+        groups: dict[int, list[str]] = {}
+        for name, tensor in [*self.named_parameters(remove_duplicate=False), *self.named_buffers(remove_duplicate=False)]:
+            groups.setdefault(id(tensor), []).append(name)
+        aliases = {}
+        for names in groups.values():
+            saved = sorted(n for n in names if n in state)          # non-persistent buffers are not saved
+            for name in saved[1:]:
+                aliases[name] = saved[0]
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in aliases}
+        return tensors, aliases or None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str | None = None,
