@@ -23,6 +23,7 @@ filesystem.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -73,9 +74,10 @@ class Sharded:
             model.vision.to(self.device)
             ignored = set(model.vision.parameters())
         else:
-            for block in decoder_layers(model.vision.model):
+            blocks = decoder_layers(model.vision.model)
+            for block in blocks:
                 fully_shard(block, mesh=mesh, mp_policy=policy)
-            self.units.append(f"{len(decoder_layers(model.vision.model))} encoder blocks")
+            self.units.append(f"{len(blocks)} encoder blocks")
         layers = decoder_layers(model.llm)
         if not layers:
             raise UserError(f"--train.strategy fsdp: {type(model.llm).__name__} names no decoder layer class in "
@@ -83,7 +85,8 @@ class Sharded:
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         self.units.append(f"{len(layers)} LLM decoder layers")
-        fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=ignored or None)
+        root_policy = dataclasses.replace(policy, cast_forward_inputs=False)     # pixels reach the encoder as given
+        fully_shard(model, mesh=mesh, mp_policy=root_policy, ignored_params=ignored or None)
         self.units.append("the rest (connector, embeddings, head)")
         for buffer in model.buffers():                # buffers of ignored or unsharded modules
             buffer.data = buffer.data.to(self.device)
