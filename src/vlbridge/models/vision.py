@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+from transformers.utils import logging as hf_logging
 
 from ..config import VisionConfig
 from ..connectors.base import VisualFeatures
@@ -34,8 +35,13 @@ def build_vision_model(cfg: VisionConfig) -> nn.Module:
     if cfg.name_or_path:
         full = AutoConfig.from_pretrained(cfg.name_or_path)
         sub = getattr(full, "vision_config", None)
-        if sub is not None:   # a full CLIP/SigLIP checkpoint: load just its vision tower class
-            return MODEL_MAPPING[type(sub)].from_pretrained(cfg.name_or_path)
+        if sub is not None:   # a full CLIP/SigLIP checkpoint: load just its vision tower class (the text tower's
+            level = hf_logging.get_verbosity()                  # weights are left out, as they should be)
+            hf_logging.set_verbosity_error()
+            try:
+                return MODEL_MAPPING[type(sub)].from_pretrained(cfg.name_or_path)
+            finally:
+                hf_logging.set_verbosity(level)
         return AutoModel.from_pretrained(cfg.name_or_path)
     if "model_type" not in cfg.arch:
         raise UserError("vision.arch needs a model_type (e.g. 'clip_vision_model') when name_or_path is None")

@@ -56,9 +56,9 @@ class VLBridgeModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.template = get_template(cfg.llm.chat_template)
         if IMAGE_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        self.template = get_template(cfg.llm.chat_template, tokenizer)     # 'tokenizer': the LLM's own
         self.vision = vision if vision is not None else VisionTower(cfg.vision)
         self.llm = llm if llm is not None else build_llm(cfg.llm, vocab_size=len(tokenizer))
         if self.llm.get_input_embeddings().num_embeddings < len(tokenizer):
