@@ -2,7 +2,7 @@
 
 Each strategy runs under torchrun (gloo, loopback) on a stack larger than the demo's, so that weights and optimizer
 state are visible next to the interpreter: the tiny-cpu encoder and connector with an 8-layer, 512-wide LLM
-(~27M parameters). Every process reports what it holds after its steps: the bytes of its parameters, gradients and
+(~26M parameters). Every process reports what it holds after its steps: the bytes of its parameters, gradients and
 AdamW state (its shards under FSDP), its peak resident set size, and its median step time. Sharding should cut the
 first by about the number of processes; on a 2-core CPU it gives no speed-up (FSDP adds all-gathers).
 
