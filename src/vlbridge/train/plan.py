@@ -99,7 +99,7 @@ class Plan:
             lines.append(f"    {kind:<34} {value / GIB:>8.2f} GiB")
         total = self.total()
         lines.append(f"    {'total':<34} {total / GIB:>8.2f} GiB")
-        fits = ", ".join(f"{g} GB {'yes' if total * 1.1 + 1.5 * GIB <= g * 1e9 else 'no'}" for g in GPU_SIZES)
+        fits = ", ".join(f"{g} GB {'yes' if total * 1.1 + 1.5 * GIB <= g * GIB else 'no'}" for g in GPU_SIZES)
         lines += [f"  fits (with ~10% + 1.5 GiB for the CUDA context and fragmentation): {fits}", "",
                   f"  compute: {self.flops_per_step / 1e15:.2f} PFLOP per optimizer step (all processes); at "
                   f"{mfu:.0%} of {tflops:g} TFLOP/s per GPU: {self.seconds_per_step(tflops, mfu):.2f} s per step"]
@@ -263,7 +263,9 @@ def make_plan(cfg: RunConfig, nproc: int = 1, seq_len: int | None = None, images
     n_vis = parts[0].params
     tokens = tc.batch_size * seq * nproc
     attention = 2 * n_layers * seq * llm_dim                      # per token, forward, causal half
-    llm_passes = (3 if trains["llm"] else 2 if trains["connector"] or trains["vision"] else 1)
+    # forward 1 pass; backward: input gradients 1 pass (when anything upstream trains), weight gradients 1 pass
+    # (when the LLM's own weights train; LoRA's are negligible)
+    llm_passes = 1 + (1 if any(trains.values()) else 0) + (1 if trains["llm"] and not tc.lora_r else 0)
     llm_passes += 1 if "llm" in tc.activation_checkpointing else 0
     flops = 2 * (n_llm + attention) * tokens * llm_passes
     visual = vision.grid[0] * vision.grid[1]
