@@ -3,6 +3,7 @@ what it is given, inference in a half-precision dtype, and the GPU smoke script 
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -51,3 +52,21 @@ def test_gpu_smoke_script_skips_cleanly_without_a_gpu():
                           env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "no CUDA GPU visible" in done.stdout and "skipped" in done.stdout
+
+
+@pytest.mark.parametrize("connector, options", [("mlp", {}), ("qformer", {"hidden": 32, "layers": 1, "heads": 2,
+                                                                          "intermediate": 64, "num_queries": 4,
+                                                                          "instruction_aware": True})])
+def test_the_model_embeds_cpu_batches_where_it_lives(tiny_model, shapes_dir, connector, options):
+    """The model on the meta device (standing in for a GPU: any CPU tensor meeting it is a device mismatch) embeds
+    a batch handed over on the CPU: pixels, ids, labels, image placeholders, instruction text."""
+    from support import tiny_model_config
+    model = VLBridgeModel(tiny_model_config(connector, options), copy.deepcopy(tiny_model.tokenizer)).eval()
+    records = load_records(shapes_dir / "train.json")[:3]
+    batch = collate([s for s in make_dataset(records, model, DataConfig(), SkipReport())])
+    model.to("meta")
+    spliced, _ = model.embed(batch.input_ids, batch.labels, batch.pixel_values)
+    for tensor in (spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids, spliced.labels,
+                   spliced.visual_mask):
+        assert tensor.device.type == "meta"
+    assert spliced.inputs_embeds.shape[0] == 3
