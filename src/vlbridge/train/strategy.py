@@ -1,6 +1,6 @@
 """How the training loop's model is spread over processes: a strategy object beside the one loop.
 
-The loop asks its strategy for five things and is otherwise the same for all of them:
+The loop asks its strategy for these and is otherwise the same for all of them:
 
 - ``wrap(model)``: the module the training forward goes through (the model; DDP around it; the model sharded in
   place by FSDP);
@@ -9,7 +9,9 @@ The loop asks its strategy for five things and is otherwise the same for all of 
 - ``model_state(model)`` / ``optimizer_state(model, optimizer)``: full (gathered) weights and optimizer state for
   a checkpoint, in the layout a single process writes, so checkpoints look the same whatever the strategy;
   ``load_optimizer_state`` puts a checkpoint's optimizer state back (sharded again under FSDP);
-- ``clip_grad_norm``: the global gradient norm, clipped.
+- ``clip_grad_norm``: the global gradient norm, clipped;
+- ``scaler()``, ``fused_optimizer()``, ``describe()``: the fp16 gradient scaler it needs, whether AdamW's fused
+  kernel takes its parameters, a line for the log.
 
 ``Replicated`` covers one process and DDP (``--train.strategy ddp``, every process holds the whole model);
 ``train/fsdp.py`` shards it (``--train.strategy fsdp``). Under FSDP every rank takes part in every forward and in
@@ -49,6 +51,9 @@ class Replicated:
             self.forward = DistributedDataParallel(model, device_ids=ids,
                                                    find_unused_parameters=self.find_unused_parameters)
         return self.forward
+
+    def describe(self) -> str:
+        return "ddp: the whole model on every process, gradients all-reduced once per optimizer step"
 
     def accumulating(self):
         """No all-reduce for a micro-batch that is not the step's last (DDP syncs once per optimizer step)."""

@@ -40,10 +40,10 @@ from .checkpoint import (TrainerState, latest_checkpoint, load_training_state, r
                          save_checkpoint)
 from .data import BatchStream, data_files, load_split, make_dataset
 from .distributed import barrier, check_same_everywhere, init_from_env, shutdown, sum_across
-from .strategy import make_strategy
 from .output_dir import check_output_dir, clear_outputs
 from .schedule import warmup_cosine
 from .stages import apply_stage, format_counts, make_optimizer, resolve_stage
+from .strategy import make_strategy
 
 
 def log(msg: str) -> None:
@@ -126,9 +126,8 @@ class Trainer:
         self.log(f"device: {self.device}, precision {self.precision}")
         if self.ctx.enabled:
             self.log(f"distributed: {self.ctx.world} processes x batch {tc.batch_size} = global batch "
-                     f"{tc.batch_size * self.ctx.world} records per micro-batch ({self.strategy.name})")
-            if hasattr(self.strategy, "describe"):
-                self.log(self.strategy.describe())
+                     f"{tc.batch_size * self.ctx.world} records per micro-batch")
+            self.log(self.strategy.describe())
 
         self.train_set = make_dataset(train_records, model, cfg.data, self.report)
         self.val_set = make_dataset(val_records, model, cfg.data, self.report) if val_records else None
