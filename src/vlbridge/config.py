@@ -193,10 +193,10 @@ class TrainConfig:
     precision: str = opt("auto", "forward precision: autocast to bf16/fp16 with fp32 master weights (fp16 with a "
                                  "gradient scaler), or fp32; 'auto' = bf16 on CUDA, fp32 elsewhere",
                          choices=PRECISIONS)
-    strategy: str = opt("ddp", "under torchrun: 'ddp' replicates the model on every process; 'fsdp' shards the "
-                               "trained parameters, gradients and optimizer state across processes (FSDP2 "
-                               "fully_shard per LLM decoder layer, and per encoder block when the encoder trains)",
-                        choices=STRATEGIES)
+    strategy: str = opt("ddp", "under torchrun: 'ddp' replicates the model on every process; 'fsdp' shards "
+                               "parameters, gradients and optimizer state across processes (FSDP2 fully_shard per "
+                               "LLM decoder layer, per encoder block when the encoder trains; a frozen encoder "
+                               "stays whole); one process shards nothing", choices=STRATEGIES)
     activation_checkpointing: list[str] = opt([], "parts whose activations are recomputed in the backward pass "
                                                   "instead of kept (less memory for one more forward pass of "
                                                   "them): llm, vision, connector (its repeated layers)",
