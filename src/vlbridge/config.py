@@ -18,6 +18,14 @@ from .errors import UserError, did_you_mean
 
 Choices = Sequence[str] | str | Callable[[], Sequence[str]]
 
+# Where and in what precision a model runs (models/device.py, models/precision.py, train/strategy.py).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STORAGE_DTYPES = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+CHECKPOINTABLE = ("llm", "vision", "connector")
+
 
 def opt(default: Any, help: str, cli: bool = True, *, choices: Choices | None = None,
         at_least: float | None = None, at_most: float | None = None) -> Any:
@@ -64,6 +72,17 @@ class VisionConfig:
                                  at_least=1)
     image_mean: list[float] | None = opt(None, "normalisation mean; None = CLIP's")
     image_std: list[float] | None = opt(None, "normalisation std; None = CLIP's")
+    preprocess: str = opt("auto", "image preprocessing: 'processor' = the checkpoint's own image processor "
+                                  "(AutoImageProcessor from its preprocessor_config.json: resize rule, crop, "
+                                  "mean/std); 'resize' = a square resize to image_size normalised with "
+                                  "image_mean/image_std; 'auto' = 'processor' when name_or_path has a Hugging Face "
+                                  "image processor config, else 'resize'",
+                          choices=("auto", "processor", "resize"))
+    pad_to_square: bool = opt(False, "pad each image to a square filled with the mean colour before preprocessing "
+                                     "(LLaVA-1.5's image_aspect_ratio 'pad'), so nothing is cropped away")
+    processor_config: dict = opt({}, "the image processor's settings (saved with a model that uses one)", cli=False)
+    dtype: str = opt("fp32", "storage dtype of the encoder's frozen weights (bf16/fp16 halve their memory; an encoder "
+                             "that trains stays fp32)", choices=STORAGE_DTYPES)
 
 
 @dataclass
@@ -91,6 +110,12 @@ class LLMConfig:
     image_positions: str = opt("sequential", "position ids of visual tokens: 'sequential' (LLaVA) or 'shared' (all "
                                              "of an image's tokens at one position; text continues after it)",
                                choices="image_positions")
+    attn_implementation: str = opt("sdpa", "attention kernel of the LLM, passed to transformers: 'sdpa' (PyTorch's "
+                                           "fused attention), 'eager', or 'flash_attention_2'/'_3' (needs the "
+                                           "flash-attn package and a CUDA GPU)", choices=ATTENTION)
+    dtype: str = opt("fp32", "storage dtype of the LLM's frozen weights (the align stage, or the base weights under "
+                             "LoRA); bf16/fp16 halve their memory; an LLM that trains whole stays fp32",
+                     choices=STORAGE_DTYPES)
 
 
 @dataclass
@@ -163,6 +188,19 @@ class TrainConfig:
                                                   "graph walk per step when every parameter is used")
     compile: bool = opt(False, "torch.compile each LLM decoder layer (regional compilation): fused elementwise "
                                "ops, faster steps once compiled; the first steps pay the compilation")
+    device: str = opt("auto", "where to train: 'auto' = cuda, then mps, then cpu; under torchrun each process "
+                              "takes its local GPU", choices=DEVICES)
+    precision: str = opt("auto", "forward precision: autocast to bf16/fp16 with fp32 master weights (fp16 with a "
+                                 "gradient scaler), or fp32; 'auto' = bf16 on CUDA, fp32 elsewhere",
+                         choices=PRECISIONS)
+    strategy: str = opt("ddp", "under torchrun: 'ddp' replicates the model on every process; 'fsdp' shards "
+                               "parameters, gradients and optimizer state across processes (FSDP2 fully_shard per "
+                               "LLM decoder layer, per encoder block when the encoder trains; a frozen encoder "
+                               "stays whole); one process shards nothing", choices=STRATEGIES)
+    activation_checkpointing: list[str] = opt([], "parts whose activations are recomputed in the backward pass "
+                                                  "instead of kept (less memory for one more forward pass of "
+                                                  "them): llm, vision, connector (its repeated layers)",
+                                              choices=CHECKPOINTABLE)
     group_by_length: bool = opt(False, "batch records of similar length (less padding; HF Trainer's "
                                        "group_by_length): each epoch's shuffled order is cut into groups of "
                                        "50 batches, each group sorted by length, then the batches shuffled")

@@ -71,13 +71,14 @@ def generate_from(model, s, gen: GenerationConfig = GenerationConfig(), generato
     embeds, mask, pos = s.inputs_embeds, s.attention_mask, s.position_ids      # [B, T, D], [B, T], [B, T]
     B = embeds.shape[0]
     stop_ids = sorted(stop_token_ids if stop_token_ids is not None else model.builder.stop_token_ids())
-    stops = torch.tensor(stop_ids, dtype=torch.long)
+    device = embeds.device                                                     # where the model is
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     idle = stop_ids[0] if stop_ids else (model.tokenizer.pad_token_id or 0)     # what finished rows emit
     embed_tokens = model.llm.get_input_embeddings()
     cache = DynamicCache() if gen.use_cache else None
     step_embeds, step_pos = embeds, pos
-    generated = torch.zeros(B, 0, dtype=torch.long)
-    finished = torch.zeros(B, dtype=torch.bool)
+    generated = torch.zeros(B, 0, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     for _ in range(gen.max_new_tokens):
         out = model.llm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos,
                         use_cache=gen.use_cache, **cache_kwargs(model.llm, cache))
@@ -96,7 +97,7 @@ def generate_from(model, s, gen: GenerationConfig = GenerationConfig(), generato
             break
         new_embed = embed_tokens(token)[:, None]                                 # [B, 1, D]
         new_pos = pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)
+        mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
         pos = torch.cat([pos, new_pos], 1)
         if gen.use_cache:
             step_embeds, step_pos = new_embed, new_pos

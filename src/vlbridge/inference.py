@@ -36,7 +36,7 @@ class Predictor:
         self.model = model.eval()
         self.gen = gen or GenerationConfig()
         self.transform = model.vision.image_transform()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
 
     def encode(self, query: Query) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids, _ = self.model.builder.build(query.turns, for_generation=True)

@@ -5,7 +5,9 @@
   CPU (nothing to download);
   ``tiny-cpu-vit``: the same with a CLIP-style ViT encoder.
 - ``clip-qwen2`` / ``siglip-llama``: real checkpoints given by path (``--model.vision.name_or_path``,
-  ``--model.llm.name_or_path``); LLaVA-1.5 recipe: align (connector only, lr 1e-3), then instruct.
+  ``--model.llm.name_or_path``); LLaVA-1.5 recipe: images padded to a square and preprocessed by the encoder's
+  own image processor, the instruct LLM's own chat template, align (connector only, lr 1e-3), then instruct
+  (docs/real-checkpoints.md).
 """
 from __future__ import annotations
 
@@ -64,17 +66,16 @@ def tiny_cpu_vit() -> RunConfig:
 
 
 def clip_qwen2() -> RunConfig:
-    vision = VisionConfig(name_or_path="openai/clip-vit-large-patch14-336", feature_layers=[-2])
-    llm = LLMConfig(name_or_path="Qwen/Qwen2-0.5B-Instruct", chat_template="chatml", max_length=2048)
+    vision = VisionConfig(name_or_path="openai/clip-vit-large-patch14-336", feature_layers=[-2], pad_to_square=True)
+    llm = LLMConfig(name_or_path="Qwen/Qwen2-0.5B-Instruct", chat_template="tokenizer", max_length=2048)
     train = TrainConfig(stage="align", steps=2000, batch_size=8, grad_accum=4, lr=1e-3, warmup_steps=60,
                         lr_llm=2e-5, save_every=500, eval_every=500)
     return RunConfig(model=ModelConfig(vision, ConnectorConfig("mlp"), llm), train=train, preset="clip-qwen2")
 
 
 def siglip_llama() -> RunConfig:
-    vision = VisionConfig(name_or_path="google/siglip-so400m-patch14-384", feature_layers=[-2],
-                          image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    llm = LLMConfig(name_or_path="meta-llama/Llama-3.2-1B-Instruct", chat_template="chatml", max_length=2048)
+    vision = VisionConfig(name_or_path="google/siglip-so400m-patch14-384", feature_layers=[-2], pad_to_square=True)
+    llm = LLMConfig(name_or_path="meta-llama/Llama-3.2-1B-Instruct", chat_template="tokenizer", max_length=2048)
     train = TrainConfig(stage="align", steps=2000, batch_size=8, grad_accum=4, lr=1e-3, warmup_steps=60,
                         lr_llm=2e-5, save_every=500, eval_every=500)
     return RunConfig(model=ModelConfig(vision, ConnectorConfig("mlp"), llm), train=train, preset="siglip-llama")

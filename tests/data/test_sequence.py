@@ -44,7 +44,7 @@ def render(template, turns, for_generation: bool = False) -> str:
     if for_generation and turns and turns[-1].role == "assistant":
         turns = turns[:-1]
     text = ""
-    if template.default_system and turns[0].role != "system":
+    if template.default_system is not None and turns[0].role != "system":
         text += template.system_prefix + template.default_system + template.user_suffix
     for t in turns:
         if t.role == "system":
@@ -52,7 +52,7 @@ def render(template, turns, for_generation: bool = False) -> str:
         elif t.role == "user":
             text += template.user_prefix + t.text + template.user_suffix
         else:
-            text += template.assistant_prefix + t.text + template.assistant_suffix
+            text += template.assistant_prefix + t.text + template.assistant_suffix + template.assistant_trailer
     if for_generation:
         text += template.assistant_prefix
     return text

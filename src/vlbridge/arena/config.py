@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..config import opt
+from ..config import DEVICES, opt
 from ..data.shapesworld import ShapesWorldConfig
 from ..errors import unknown_name
 from ..presets import PRESETS
@@ -32,6 +32,8 @@ class ArenaConfig:
     warmup_steps: int | None = opt(None, "warm-up steps (None = the base preset's, at most a tenth of `steps`)",
                                    at_least=0)
     seed: int = opt(0, "training seed: the same LLM initialisation and data order for every connector")
+    device: str = opt("auto", "where every connector trains and is evaluated: auto = cuda, then mps, then cpu",
+                      choices=DEVICES)
     save_every: int = opt(100, "steps between checkpoints (a killed arena resumes from the last one)", at_least=0)
     data: str | None = opt(None, "an existing ShapesWorld dir to use instead of generating one into OUT/data")
     vision: str | None = opt(None, "a pretrained vision encoder dir shared by all connectors; None = pretrain "

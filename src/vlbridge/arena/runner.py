@@ -115,6 +115,7 @@ def connector_run_config(cfg: ArenaConfig, base: RunConfig, name: str, data: Pat
     tc = rc.train
     tc.stage, tc.train_vision, tc.init_from = "instruct", False, None
     tc.steps, tc.seed, tc.save_every, tc.eval_every = cfg.steps, cfg.seed, cfg.save_every, 0
+    tc.device = cfg.device
     tc.batch_size = cfg.batch_size or tc.batch_size
     tc.lr = cfg.lr or tc.lr
     tc.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else min(tc.warmup_steps, cfg.steps // 10)
@@ -191,8 +192,12 @@ def train_stages(run: RunConfig) -> dict:
 def evaluate_connector(cfg: ArenaConfig, run: RunConfig, test_file: Path) -> dict:
     """Generate answers on the shared test records and score them with the eval runner."""
     from ..eval.runner import predict, summarize, write_reports
+    from ..models.device import resolve_device
+    from ..models.precision import DTYPES, resolve_precision
     from ..models.vlm import VLBridgeModel
-    model = VLBridgeModel.from_pretrained(Path(run.out) / run.train.stages[-1] / "final")
+    device = resolve_device(cfg.device)
+    model = VLBridgeModel.from_pretrained(Path(run.out) / run.train.stages[-1] / "final", device=device,
+                                          dtype=DTYPES[resolve_precision("auto", device)])
     data_cfg = DataConfig(path=str(test_file))
     report = SkipReport()
     records = select_per_task(load_split(test_file, data_cfg, report), cfg.eval_limit)

@@ -8,8 +8,8 @@ from ..data.images import load_image
 from ..errors import UserError
 from ..generate import GenerationConfig
 from ..inference import Predictor
-from ..models.vlm import VLBridgeModel
 from .chat_session import ChatSession, commands_help
+from .device_args import add_device_flags, load_model
 from .parser import examples, non_negative_float, positive_int
 
 
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
                         "there is; put <region> in --prompt to place the box in your question")
     p.add_argument("--grounded-out", metavar="PNG",
                    help="where --grounded/--region draw the boxes (default: IMAGE-STEM_grounded.png here)")
+    add_device_flags(p)
     p.set_defaults(run=run)
 
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.grounded or args.region) and not args.image:
         raise UserError("--grounded and --region need --image")
     image = load_image(args.image, where=args.image)[0] if args.image else None
-    model = VLBridgeModel.from_pretrained(args.model)
+    model = load_model(args)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                            temperature=args.temperature, top_p=args.top_p)
     predictor = Predictor(model, gen, seed=args.seed)

@@ -11,6 +11,7 @@ from ..config import RunConfig
 from ..data.records import SkipReport
 from ..errors import UserError, did_you_mean
 from .args import add_config_args, apply_overrides
+from .device_args import add_device_flags, load_model
 from .parser import examples, positive_int
 
 DATA_ALIASES = {"data.image_folder": ["--image-folder"], "data.on_bad_record": ["--on-bad-record"]}
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
                    help="generation budget per answer (default: 40)")
     p.add_argument("--json", action="store_true",
                    help="print the metrics (and skipped-record counts) as JSON on stdout; messages go to stderr")
+    add_device_flags(p)
     dests = add_config_args(p, RunConfig, aliases=DATA_ALIASES,
                             include=("data.image_folder", "data.on_bad_record", "data.image_modes", "data.max_pixels"))
     p.set_defaults(run=run, _dests=dests)
@@ -98,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace, records, data_cfg, report: SkipReport) -> int:
     from ..eval.runner import markdown_table, predict, summarize, write_reports
     from ..generate import GenerationConfig
-    from ..models.vlm import VLBridgeModel
     from ..train.data import make_dataset
-    model = VLBridgeModel.from_pretrained(args.model)
+    model = load_model(args)
     dataset = make_dataset(records, model, data_cfg, report, for_generation=True)
     total = len(records) + len([e for e in report.entries if e.index >= 0])
     if not len(dataset):

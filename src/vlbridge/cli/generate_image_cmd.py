@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from .device_args import add_device_flags, load_model
 from .parser import examples, non_negative_float, positive_int
 
 
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--size", type=positive_int, default=256, help="side of each saved image in pixels (default: 256)")
     p.add_argument("--check", action="store_true", help="print what the ShapesWorld checker sees in each image")
+    add_device_flags(p)
     p.set_defaults(run=run)
 
 
@@ -42,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.image_checker import agreement, detect_objects
     from ..lavit.grid import sample_grid
     from ..recipes.lavit.image_generation import ImageGenConfig, generate_images
-    from ..models.vlm import VLBridgeModel
-    model = VLBridgeModel.from_pretrained(args.model)
+    model = load_model(args)
     if model.cfg.connector.name != "lavit":
         raise UserError(f"{args.model}: connector is {model.cfg.connector.name!r}; image generation needs a "
                          "LaVIT model (connector 'lavit')")

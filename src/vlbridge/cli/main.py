@@ -4,6 +4,7 @@ examples:
   vlbridge data shapes --out data/shapes --n 3000
   vlbridge pretrain-vision --annotations data/shapes/scenes.json --out runs/demo/vision
   vlbridge train --preset tiny-cpu --data data/shapes --out runs/demo --vision runs/demo/vision
+  vlbridge plan --preset clip-qwen2 --llm Qwen/Qwen2-7B-Instruct --strategy fsdp --nproc 8   (memory per GPU)
   vlbridge eval --model runs/demo/final --data data/shapes/test.json
   vlbridge chat --model runs/demo/final --image photo.png        (/help lists the chat commands)
   vlbridge viz answers --model runs/demo/final --data data/shapes/test.json --out answers.png
@@ -25,12 +26,12 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
+from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd, plan_cmd,
                pretrain_vision_cmd, train_cmd, viz_cmd)
 from . import export_cmd, serve_cmd
 from .parser import Parser, debug
 
-COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
+COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, plan_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
             generate_image_cmd)
 COMMANDS += (serve_cmd, export_cmd)
 

@@ -10,8 +10,8 @@ from ..data.records import SkipReport, load_records
 from ..errors import UserError
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
-from ..models.vlm import VLBridgeModel
 from . import viz_pargo_cmd
+from .device_args import add_device_flags, load_model
 from .parser import examples, positive_int
 
 
@@ -29,13 +29,14 @@ def add_parser(sub) -> None:
     a.add_argument("--images", type=positive_int, default=3, help="how many images (default: 3)")
     a.add_argument("--start", type=int, default=0, help="index of the first image to show (default: 0)")
     a.add_argument("--questions", type=positive_int, default=6, help="questions per image at most (default: 6)")
+    add_device_flags(a)
     a.set_defaults(run=run_answers)
     viz_pargo_cmd.add_kinds(kinds)
 
 
 def run_answers(args: argparse.Namespace) -> int:
     from ..viz.answers import answers_figure, group_by_image
-    model = VLBridgeModel.from_pretrained(args.model)
+    model = load_model(args)
     records = load_records(args.data, on_error="skip", report=SkipReport())
     groups = list(group_by_image(records).items())[args.start:args.start + args.images]
     if not groups:

@@ -40,6 +40,14 @@ class VisualFeatures:
                                            # (``encoder_layers``), as the encoder gives them: tokens
                                            # [B, P + N, D_l] or conv maps [B, C_l, H_l, W_l]
 
+    def to(self, dtype: torch.dtype) -> "VisualFeatures":
+        """The same features with every tensor in ``dtype`` (an encoder stored in bf16 feeding an fp32 connector)."""
+        if self.features.dtype == dtype:
+            return self
+        return dataclasses.replace(self, features=self.features.to(dtype), layers=[t.to(dtype) for t in self.layers],
+                                   cls=None if self.cls is None else self.cls.to(dtype),
+                                   hidden={i: h.to(dtype) for i, h in self.hidden.items()})
+
     def layer_map(self, index: int) -> torch.Tensor:
         """Hidden layer ``index`` as a map [B, C, H, W]: conv maps as they are, tokens (without their CLS/prefix)
         put on the patch grid."""
@@ -168,6 +176,11 @@ class Connector(nn.Module):
         """The stages a model with this connector can train: the common ``align`` and ``instruct``, adjusted (which
         connector parts stay frozen) or extended by the connector (e.g. a proposer's ``det`` stage)."""
         return dict(STAGES)
+
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The repeated blocks whose activations ``--train.activation_checkpointing connector`` recomputes in the
+        backward pass instead of keeping (e.g. a Q-Former's layers); [] = nothing worth recomputing."""
+        return []
 
     def load_parts(self) -> None:
         """Load separately trained parts named in the options (e.g. a visual tokenizer dir) into a freshly built

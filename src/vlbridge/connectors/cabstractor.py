@@ -131,6 +131,9 @@ class CAbstractorConnector(Connector):
         x = x.flatten(2).transpose(1, 2)                               # [B, M, C] raster order
         return ConnectorOutput(tokens=self.readout(x))                 # [B, M, D_llm]
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        return [*self.stage1, *self.stage2]
+
     def num_tokens(self) -> int:
         return self.grid_out[0] * self.grid_out[1]
 

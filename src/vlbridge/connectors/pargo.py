@@ -89,6 +89,7 @@ class ParGoConnector(Connector):
         self.register_buffer("self_masks", torch.stack([g.self_mask(l) for l in range(o.layers)]),
                              persistent=False)                                                # [L, T, T]
         self.window_partition = g.windows.is_partition()
+        self.self_mask_full = [bool(m.all()) for m in self.self_masks]    # known here: no device sync per step
 
     @staticmethod
     def _init_bert(module: nn.Module) -> None:
@@ -106,7 +107,7 @@ class ParGoConnector(Connector):
         if not structured:
             h = h.expand(feats.shape[0], -1, -1)                                           # [B, T, H]
         for l, layer in enumerate(self.layers[:upto]):
-            h = layer.self_attention(h, self.self_masks[l])                                # [b, T, H]
+            h = layer.self_attention(h, None if self.self_mask_full[l] else self.self_masks[l])   # [b, T, H]
             h = layer.cross_attention(h, feats, self.num_partial, self.cross_mask, self.window_index,
                                       self.window_partition, structured)               # [B, T, H]
             h = layer.feed_forward(h)
@@ -148,6 +149,9 @@ class ParGoConnector(Connector):
         return ((pred - target) ** 2).mean(-1)[selected].mean()
 
     # ---- reporting -------------------------------------------------------------------------------------
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def num_tokens(self) -> int:
         return self.geometry.num_tokens
 

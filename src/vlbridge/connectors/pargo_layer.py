@@ -49,10 +49,11 @@ class ParGoLayer(nn.Module):
         return norm(h + F.dropout(branch, self.dropout, self.training))
 
     # ---- Cascaded Partial Perception -------------------------------------------------------------------
-    def self_attention(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """h [b, T, H] -> [b, T, H] under mask [T, T] (the CPP band, the global block, partial<->global)."""
+    def self_attention(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """h [b, T, H] -> [b, T, H] under mask [T, T] (the CPP band, the global block, partial<->global; None =
+        every query sees every query)."""
         q, k, v = self._heads(self.self_qkv(h), 3)                                  # each [b, h, T, d]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bool(mask.all()) else mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._residual(self.self_norm, h, self.self_out(self._merge(out)))
 
     # ---- Partial-Global Perception ---------------------------------------------------------------------

@@ -118,7 +118,8 @@ class QFormerConnector(Connector):
     def _instruction(self, text, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Instruction tokens at the Q-Former width [B, T, H] and their mask [B, T] (True = real token)."""
         if text is None:
-            return self.queries.new_zeros(batch, 0, self.options.hidden), torch.zeros(batch, 0, dtype=torch.bool)
+            return (self.queries.new_zeros(batch, 0, self.options.hidden),
+                    torch.zeros(batch, 0, dtype=torch.bool, device=self.queries.device))
         embeds, mask = text.embeds, text.mask.bool()
         if embeds.shape[0] != batch or mask.shape != embeds.shape[:2]:
             raise ValueError(f"qformer connector: instruction text for {embeds.shape[0]} images (mask "
@@ -136,11 +137,14 @@ class QFormerConnector(Connector):
         if self.options.instruction_aware:
             t, mask = self._instruction(feats.text, B)                  # [B, T, H], [B, T]
             h = torch.cat([h, t], 1)                                    # [B, Q+T, H]
-            padding = torch.cat([torch.zeros(B, Q, dtype=torch.bool), ~mask], 1)
+            padding = torch.cat([mask.new_zeros(B, Q), ~mask], 1)
         h = self.embed_drop(self.embed_norm(h))
         for layer in self.layers:
             h = layer(h, Q, visual, padding)
         return ConnectorOutput(tokens=self.proj(h[:, :Q]))              # [B, Q, D_llm]
+
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
 
     def num_tokens(self) -> int:
         return self.options.num_queries

@@ -120,6 +120,9 @@ class ResamplerConnector(Connector):
             x = layer(media, x)
         return ConnectorOutput(tokens=self.proj(self.norm(x)))                       # [B, R, D_llm]
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def num_tokens(self) -> int:
         return self.options.num_latents
 

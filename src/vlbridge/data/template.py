@@ -6,6 +6,10 @@ everything else -100) and never from re-tokenizing rendered strings. Every ``<im
 becomes ONE ``image_token_id`` at that exact place; the model later expands it in place to that image's
 M visual tokens (M may differ per image).
 
+An instruct LLM's own chat template (``tokenizer.apply_chat_template``) is used as the template named
+``tokenizer``: ``hf_chat_template.py`` reads its role markers off rendered probe conversations into a
+``ChatTemplate``, so it is built the same way, segment by segment.
+
 Room for later special tokens: anything added with ``VLBridgeModel.add_tokens`` (region tokens ``<r0>``…,
 ``[IMG]``/``[/IMG]``, a discrete visual vocabulary) is an added token of the tokenizer, so it is kept
 whole when it appears in a message, and its labels follow the same span rule.
@@ -31,7 +35,9 @@ class ChatTemplate:
     assistant_prefix: str
     assistant_suffix: str          # supervised: the model learns to end its turn
     add_bos: bool = True
-    default_system: str | None = None
+    default_system: str | None = None   # None: no system turn unless the record has one ("" = an empty one)
+    assistant_trailer: str = ""    # unsupervised text after an assistant turn's end (ChatML's newline)
+    trim: bool = False             # messages are stripped of surrounding whitespace (Llama-3's templates)
 
     def special_tokens(self) -> list[str]:
         """Marker strings a tokenizer trained for this template must keep whole."""
@@ -42,22 +48,30 @@ class ChatTemplate:
 TEMPLATES: dict[str, ChatTemplate] = {
     # The tiny default: one marker token per role, no newlines to learn.
     "plain": ChatTemplate("plain", "<|system|>", "<|user|>", "<|end|>", "<|assistant|>", "<|end|>"),
-    # Qwen2 / ChatML.
+    # Qwen2 / ChatML (as Qwen2-Instruct's own template renders it, the newline after each turn included).
     "chatml": ChatTemplate("chatml", "<|im_start|>system\n", "<|im_start|>user\n", "<|im_end|>\n",
                            "<|im_start|>assistant\n", "<|im_end|>", add_bos=False,
-                           default_system="You are a helpful assistant."),
+                           default_system="You are a helpful assistant.", assistant_trailer="\n"),
     # Vicuna v1 (LLaVA-1.5): plain-text roles.
     "vicuna": ChatTemplate("vicuna", "", "USER: ", " ", "ASSISTANT: ", "</s>",
                            default_system="A chat between a curious human and an artificial intelligence assistant. "
                                           "The assistant gives helpful, detailed, and polite answers to the human's questions."),
 }
-register_names("chat_templates", lambda: tuple(TEMPLATES))
+TOKENIZER_TEMPLATE = "tokenizer"     # the LLM tokenizer's own chat template (hf_chat_template.py)
+register_names("chat_templates", lambda: (*TEMPLATES, TOKENIZER_TEMPLATE))
 
 
 
-def get_template(name: str) -> ChatTemplate:
+def get_template(name: str, tokenizer=None) -> ChatTemplate:
+    """The named template; ``tokenizer``: the one the tokenizer's own chat template describes (its markers read
+    off ``apply_chat_template``)."""
+    if name == TOKENIZER_TEMPLATE:
+        if tokenizer is None:
+            raise ValueError("the 'tokenizer' chat template needs the LLM's tokenizer")
+        from .hf_chat_template import template_from_tokenizer
+        return template_from_tokenizer(tokenizer)
     if name not in TEMPLATES:
-        raise unknown_name("chat template", name, TEMPLATES)
+        raise unknown_name("chat template", name, [*TEMPLATES, TOKENIZER_TEMPLATE])
     return TEMPLATES[name]
 
 
@@ -88,6 +102,8 @@ class SequenceBuilder:
 
     def encode_message(self, text: str) -> list[int]:
         """A message with each <image> replaced by one image_token_id, in place."""
+        if self.template.trim:
+            text = text.strip()
         ids: list[int] = []
         for i, piece in enumerate(text.split(IMAGE_TOKEN)):
             if i:
@@ -113,7 +129,7 @@ class SequenceBuilder:
         turns = list(turns)
         if for_generation and turns and turns[-1].role == "assistant":
             turns = turns[:-1]
-        if t.default_system and not (turns and turns[0].role == "system"):
+        if t.default_system is not None and not (turns and turns[0].role == "system"):
             add(self.encode(t.system_prefix) + self.encode(t.default_system) + self.encode(t.user_suffix), False)
         for turn in turns:
             if turn.role == "system":
@@ -123,6 +139,7 @@ class SequenceBuilder:
             elif turn.role == "assistant":
                 add(self.encode(t.assistant_prefix), False)
                 add(self.encode_message(turn.text) + self.encode(t.assistant_suffix), True)
+                add(self.encode(t.assistant_trailer), False)
             else:
                 raise ValueError(f"unknown role {turn.role!r}")
         if for_generation:

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -68,6 +67,8 @@ from ..data.records import Turn
 from ..data.template import IMAGE_TOKEN
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
+from ..models.device import resolve_device
+from ..models.precision import DTYPES, resolve_precision
 from ..models.vlm import VLBridgeModel
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,9 @@ class VLBridgeLMMS(_Base):
         if unknown:
             raise ValueError(f"unknown model_args for vlbridge: {sorted(unknown)}; known: pretrained, batch_size, "
                              f"max_new_tokens, seed")
-        if device not in (None, "cpu"):
-            warnings.warn(f"vlbridge's lmms-eval model runs on CPU; ignoring device={device!r}")
-        self.model = VLBridgeModel.from_pretrained(pretrained).eval()
+        where = resolve_device(device or "cpu")           # lmms-eval's --device (cuda, cuda:1, cpu ...)
+        self.model = VLBridgeModel.from_pretrained(pretrained, device=where,
+                                                   dtype=DTYPES[resolve_precision("auto", where)]).eval()
         self.predictor = Predictor(self.model, seed=int(seed))
         self.batch_size = _int_arg("batch_size", batch_size, default_for_auto=8)
         self.max_new_tokens = _int_arg("max_new_tokens", max_new_tokens)

@@ -50,7 +50,7 @@ class KeyMaskedAttention(nn.Module):
         B, Nq, _ = x.shape
         Nk = kv.shape[1]
         if allowed is None:
-            allowed = torch.ones(Nq, Nk, dtype=torch.bool)
+            allowed = torch.ones(Nq, Nk, dtype=torch.bool, device=x.device)
         allowed = allowed.expand(B, Nq, Nk)
         admitted = allowed & key_on[:, None, :]                             # [B, Nq, Nk]
         has_key = admitted.any(-1)                                          # [B, Nq]

@@ -69,7 +69,7 @@ class MergerBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, sel: Selection) -> torch.Tensor:
         N = h.shape[1]
-        causal = torch.ones(N, N, dtype=torch.bool).tril()                 # [N, N] j <= i
+        causal = torch.ones(N, N, dtype=torch.bool, device=h.device).tril()   # [N, N] j <= i
         hn = self.norm_self(h)
         h = h + self.self_attn(hn, hn, causal, sel.keep, sel.weight)
         bias = self.cross_bias().expand(h.shape[0], -1, -1, -1) if self.cross_bias is not None else None
@@ -106,6 +106,6 @@ def gather_kept(h: torch.Tensor, keep: torch.Tensor) -> Merged:
     M = max(int(lengths.max()), 1) if B else 1
     # stable order: kept positions first (in raster order), then the rest
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :M]   # [B, M]
-    valid = torch.arange(M)[None, :] < lengths[:, None]                    # [B, M]
+    valid = torch.arange(M, device=h.device)[None, :] < lengths[:, None]   # [B, M]
     tokens = h.gather(1, order[..., None].expand(B, M, D)) * valid[..., None].to(h.dtype)
     return Merged(tokens, lengths, torch.where(valid, order, torch.full_like(order, -1)))

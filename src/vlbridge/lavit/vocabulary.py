@@ -88,7 +88,7 @@ class ModalityMask:
         return inside, n
 
     def __call__(self, logits: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-        codes = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        codes = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         codes[self.vocab.first_code_id: self.vocab.first_code_id + self.vocab.size] = True
         out = logits.clone()
         for b, row in enumerate(generated.tolist()):

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..config import ModelConfig
-from ..data.template import get_template
+from ..data.template import TOKENIZER_TEMPLATE, get_template
+from ..errors import UserError
 from .tokenizer import load_tokenizer, train_tokenizer
 from .vlm import VLBridgeModel
 
@@ -15,6 +16,9 @@ def build_tokenizer(cfg: ModelConfig, texts: Iterable[str] | None = None):
         return load_tokenizer(source)
     if texts is None:
         raise ValueError("a from-scratch LLM needs training text to train its tokenizer (or set llm.tokenizer)")
+    if cfg.llm.chat_template == TOKENIZER_TEMPLATE:
+        raise UserError("llm.chat_template 'tokenizer' uses the LLM tokenizer's own template: give the LLM "
+                        "(llm.name_or_path) or its tokenizer (llm.tokenizer), or choose plain, chatml or vicuna")
     return train_tokenizer(texts, get_template(cfg.llm.chat_template), cfg.llm.tokenizer_vocab)
 
 

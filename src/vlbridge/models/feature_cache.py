@@ -20,7 +20,7 @@ def pixel_key(pixels: torch.Tensor) -> bytes:
     """Identity of one image's pixel tensor [3, H, W] (shape + dtype + bytes)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((tuple(pixels.shape), str(pixels.dtype))).encode())
-    h.update(pixels.detach().contiguous().cpu().numpy().tobytes())
+    h.update(pixels.detach().contiguous().cpu().flatten().view(torch.uint8).numpy().tobytes())   # any dtype
     return h.digest()
 
 

@@ -54,4 +54,5 @@ def instruction_text(embed_tokens, spans: list[list[int]]) -> InstructionText:
     for i, s in enumerate(spans):
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, :len(s)] = True
-    return InstructionText(embed_tokens(ids), mask)
+    device = embed_tokens.weight.device
+    return InstructionText(embed_tokens(ids.to(device)), mask.to(device))

@@ -27,9 +27,9 @@ def answer_weights(labels: torch.Tensor, mode: str = "token") -> torch.Tensor:
     if mode == "token":
         return supervised.float()
     flat = supervised.reshape(-1, supervised.shape[-1])
-    out = torch.zeros(flat.shape, dtype=torch.float32)
+    out = torch.zeros(flat.shape, dtype=torch.float32, device=labels.device)
     for row, sup in zip(out, flat):
-        starts = sup & ~torch.cat([torch.zeros(1, dtype=torch.bool), sup[:-1]])   # first token of each run
+        starts = sup & ~torch.cat([sup.new_zeros(1), sup[:-1]])                    # first token of each run
         run_id = starts.cumsum(0) * sup                                              # 0 = unsupervised
         lengths = torch.bincount(run_id, minlength=int(run_id.max()) + 1).float()
         n = lengths[run_id]

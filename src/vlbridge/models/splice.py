@@ -42,7 +42,9 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
     if image_positions not in IMAGE_POSITIONS:
         raise ValueError(f"image_positions {image_positions!r}: choose from {IMAGE_POSITIONS}")
     lengths = [len(x) for x in input_ids]
-    text = embed_tokens(torch.cat(input_ids)).split(lengths)          # each [L_b, D]
+    device = embed_tokens.weight.device                               # ids and labels index on the CPU; the
+    input_ids = [x.cpu() for x in input_ids]                          # embeddings are made where the model is
+    text = embed_tokens(torch.cat(input_ids).to(device)).split(lengths)          # each [L_b, D]
     rows, label_rows, vis_rows, step_rows = [], [], [], []
     next_image = 0
     for b, ids in enumerate(input_ids):
@@ -51,7 +53,7 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
         start = 0
         for pos in where + [len(ids)]:
             parts.append(text[b][start:pos])
-            lab.append(labels[b][start:pos] if labels is not None else ids[start:pos])
+            lab.append(labels[b][start:pos].cpu() if labels is not None else ids[start:pos])
             vis.append(torch.zeros(pos - start, dtype=torch.bool))
             step.append(torch.ones(pos - start, dtype=torch.long))
             if pos == len(ids):
@@ -90,4 +92,5 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
             # attention) instead of taking the causal kernel, which skips the upper triangle.
             steps[b, len(r):] = 1
     positions = (steps.cumsum(1) - 1).clamp(min=0)                   # [B, T]
-    return Spliced(embeds, mask, positions, out_labels if labels is not None else None, vis_mask)
+    return Spliced(embeds, mask.to(device), positions.to(device),
+                   out_labels.to(device) if labels is not None else None, vis_mask.to(device))

@@ -5,6 +5,10 @@ channel axis), drops or keeps the CLS/prefix tokens, also keeps every other laye
 (``request_layers``: e.g. a region encoder's higher-resolution map, an aggregator's intermediate layers), and
 returns ``VisualFeatures`` with the patch grid. Works for CLIP and SigLIP vision towers, DINOv2, conv nets
 (ResNet maps) and any model whose ``AutoModel`` returns ``hidden_states``.
+
+Preprocessing (``image_transform``) follows the checkpoint's own image processor when it has one
+(``data/hf_preprocess.py``), else a square resize with ``image_mean``/``image_std``. The encoder may store frozen
+weights in half precision (``VisionConfig.dtype``): pixels are cast to its dtype on the way in.
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+from transformers.utils import logging as hf_logging
 
 from ..config import VisionConfig
 from ..connectors.base import VisualFeatures
+from ..data.hf_preprocess import ProcessorTransform, has_processor, processor_config
 from ..data.image_transform import ImageTransform
 from ..errors import UserError
 from .feature_cache import FeatureCache
@@ -29,8 +35,13 @@ def build_vision_model(cfg: VisionConfig) -> nn.Module:
     if cfg.name_or_path:
         full = AutoConfig.from_pretrained(cfg.name_or_path)
         sub = getattr(full, "vision_config", None)
-        if sub is not None:   # a full CLIP/SigLIP checkpoint: load just its vision tower class
-            return MODEL_MAPPING[type(sub)].from_pretrained(cfg.name_or_path)
+        if sub is not None:   # a full CLIP/SigLIP checkpoint: load just its vision tower class (the text tower's
+            level = hf_logging.get_verbosity()                  # weights are left out, as they should be)
+            hf_logging.set_verbosity_error()
+            try:
+                return MODEL_MAPPING[type(sub)].from_pretrained(cfg.name_or_path)
+            finally:
+                hf_logging.set_verbosity(level)
         return AutoModel.from_pretrained(cfg.name_or_path)
     if "model_type" not in cfg.arch:
         raise UserError("vision.arch needs a model_type (e.g. 'clip_vision_model') when name_or_path is None")
@@ -48,17 +59,39 @@ class VisionTower(nn.Module):
         self.patch_size = getattr(hf, "patch_size", None)        # token models; conv models give maps
         size = getattr(hf, "image_size", 224)
         self.image_size = cfg.image_size or (size if isinstance(size, int) else size[0])
+        self.processor_config = self._processor_config()
         self.image_mean, self.image_std = self._normalisation()
         self.cache: FeatureCache | None = None                   # attached by the trainer while frozen
         self.extra_layers: tuple[int, ...] = ()                  # hidden states kept besides feature_layers
         self._hidden_shapes: list[tuple[int, ...]] | None = None
         with torch.no_grad(), torch.random.fork_rng():           # one dry run tells width and grid for any model
-            probe = self(torch.zeros(1, 3, self.image_size, self.image_size))
+            probe = self(self._blank())
         self.out_dim, self.grid = probe.features.shape[-1], probe.grid
 
+    def _blank(self) -> torch.Tensor:
+        """A black image batch [1, 3, S, S] where the encoder's weights are (for dry runs)."""
+        return torch.zeros(1, 3, self.image_size, self.image_size, device=self.model.device)
+
+    def _processor_config(self) -> dict:
+        """The image processor's settings: cfg's (a saved model's), else the checkpoint's own when it names one and
+        ``preprocess`` allows it; {} for the square resize."""
+        mode, path = self.cfg.preprocess, self.cfg.name_or_path
+        if mode == "resize":
+            return {}
+        if self.cfg.processor_config:
+            return dict(self.cfg.processor_config)
+        if has_processor(path):
+            return processor_config(path)
+        if mode == "processor":
+            raise UserError(f"vision.preprocess 'processor': {path or 'the encoder built from vision.arch'} has no "
+                            "Hugging Face image processor (preprocessor_config.json naming its class); use 'resize'")
+        return {}
+
     def _normalisation(self) -> tuple[list[float], list[float]]:
-        """cfg values, else the checkpoint's preprocessor_config.json, else CLIP's."""
+        """cfg values, else the image processor's, else the checkpoint's preprocessor_config.json, else CLIP's."""
         mean, std = self.cfg.image_mean, self.cfg.image_std
+        if self.processor_config:
+            mean, std = mean or self.processor_config.get("image_mean"), std or self.processor_config.get("image_std")
         if (mean is None or std is None) and self.cfg.name_or_path:
             pre = Path(self.cfg.name_or_path) / "preprocessor_config.json"
             if pre.is_file():
@@ -66,8 +99,11 @@ class VisionTower(nn.Module):
                 mean, std = mean or meta.get("image_mean"), std or meta.get("image_std")
         return list(mean or CLIP_MEAN), list(std or CLIP_STD)
 
-    def image_transform(self) -> ImageTransform:
-        return ImageTransform(self.image_size, self.image_mean, self.image_std)
+    def image_transform(self) -> ImageTransform | ProcessorTransform:
+        """RGB PIL image -> pixel tensor [3, S, S]: the checkpoint's image processor, or the square resize."""
+        if self.processor_config:
+            return ProcessorTransform(self.processor_config, self.cfg.pad_to_square)
+        return ImageTransform(self.image_size, self.image_mean, self.image_std, self.cfg.pad_to_square)
 
     def resolved_arch(self) -> dict:
         """The full HF config as a dict, so a saved model rebuilds without the original checkpoint."""
@@ -94,8 +130,7 @@ class VisionTower(nn.Module):
         """The per-image shape of every hidden state, (P + N, D) for tokens or (C, H, W) for maps (a dry run)."""
         if self._hidden_shapes is None:
             with torch.no_grad(), torch.random.fork_rng():
-                out = self.model(pixel_values=torch.zeros(1, 3, self.image_size, self.image_size),
-                                 output_hidden_states=True)
+                out = self.model(pixel_values=self._blank().to(self.model.dtype), output_hidden_states=True)
             self._hidden_shapes = [tuple(h.shape[1:]) for h in out.hidden_states]
         return self._hidden_shapes
 
@@ -110,6 +145,7 @@ class VisionTower(nn.Module):
 
     def encode(self, pixel_values: torch.Tensor) -> VisualFeatures:
         # pixel_values [B, 3, H, W] -> selected hidden states, each [B, P + rows*cols, D]
+        pixel_values = pixel_values.to(self.model.device, self.model.dtype)      # frozen weights may be bf16
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         picked = [self._as_tokens(out.hidden_states[i], pixel_values.shape[-2:]) for i in self.cfg.feature_layers]
         grids = {g for _, g in picked}

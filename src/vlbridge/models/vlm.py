@@ -4,6 +4,9 @@ A saved model is a directory with ``config.json`` (the resolved ModelConfig: ful
 vision encoder and the LLM, the connector name and options, LoRA settings), ``model.safetensors`` and the
 tokenizer files. Loading rebuilds every module from config.json and loads the weights; nothing is
 pickled and nothing is downloaded.
+
+The model lives on one device (``device``, where its LLM's embeddings are); ``embed`` moves the batch it is
+given there, so callers hand over CPU tensors and never place anything themselves.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from torch import nn
 
 from .. import __version__
@@ -28,6 +31,7 @@ from ..errors import UserError
 from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
+from .precision import parameter_dtype
 from .sparse_logits import head_is_separable, scored_logits
 from .splice import Spliced, splice
 from .tokenizer import load_tokenizer
@@ -52,9 +56,9 @@ class VLBridgeModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.template = get_template(cfg.llm.chat_template)
         if IMAGE_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        self.template = get_template(cfg.llm.chat_template, tokenizer)     # 'tokenizer': the LLM's own
         self.vision = vision if vision is not None else VisionTower(cfg.vision)
         self.llm = llm if llm is not None else build_llm(cfg.llm, vocab_size=len(tokenizer))
         if self.llm.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -74,6 +78,11 @@ class VLBridgeModel(nn.Module):
     @property
     def llm_dim(self) -> int:
         return self.llm.get_input_embeddings().embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (its LLM's input embeddings); batches are moved here by ``embed``."""
+        return self.llm.get_input_embeddings().weight.device
 
     def module_named(self, name: str) -> nn.Module:
         return {"vision": self.vision, "connector": self.connector, "llm": self.llm}[name]
@@ -117,7 +126,7 @@ class VLBridgeModel(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, text=None) -> ConnectorOutput:
-        feats = self.vision(pixel_values)                  # features [n_img, N, D_vis]
+        feats = self.visual_features(pixel_values)         # features [n_img, N, D_vis]
         feats.text = text                                  # instruction per image (connectors with wants_text)
         return self.connector(feats)                       # tokens   [n_img, M, D_llm]
 
@@ -132,7 +141,7 @@ class VLBridgeModel(nn.Module):
         input_ids, visual, aux, info = list(input_ids), [], {}, None
         if pixel_values is not None and len(pixel_values):
             text = self.image_instructions(input_ids) if self.connector.wants_text else None
-            feats = self.vision(pixel_values)              # features [n_img, N, D_vis] (+ requested layers)
+            feats = self.visual_features(pixel_values)     # features [n_img, N, D_vis] (+ requested layers)
             feats.text = text
             out = self.connector(feats)                    # tokens [n_img, M, D_llm]
             arranged = self.connector.arrange(self.sequence_context(), input_ids, labels, feats, out, self._wrap_images(out.per_image()))
@@ -143,6 +152,10 @@ class VLBridgeModel(nn.Module):
         spliced.info = info
         return spliced, aux
 
+    def visual_features(self, pixel_values: torch.Tensor):
+        """The encoder's features of a pixel batch [n_img, 3, S, S] (any device), in the connector's dtype."""
+        return self.vision(pixel_values.to(self.device)).to(parameter_dtype(self.connector))
+
     def sequence_context(self) -> SequenceContext:
         return SequenceContext(self.tokenizer, self.llm.get_input_embeddings(), self.image_token_id,
                                self.cfg.llm.image_positions, self.training)
@@ -152,7 +165,7 @@ class VLBridgeModel(nn.Module):
         wrap = self.connector.wrap_tokens
         if not wrap:
             return visual
-        ids = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(wrap)))
+        ids = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(wrap)), device=self.device)
         start, end = self.llm.get_input_embeddings()(ids)[:, None].unbind(0)   # each [1, D]
         return [torch.cat([start, v, end]) for v in visual]
 
@@ -168,13 +181,13 @@ class VLBridgeModel(nn.Module):
         logits = None
         if return_logits or not self.separable_head():
             logits = self.llm(**inputs).logits                                    # [B, T, V]
-            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                 reduction="none").view_as(targets)
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="none").view_as(targets)               # in fp32 whatever the precision
         else:                                       # the LM head only where a target is scored (sparse_logits.py)
             scored = F.pad(targets != IGNORE_INDEX, (0, 1))                       # [B, T]: position t predicts t+1
-            ce = targets.new_zeros(targets.shape, dtype=s.inputs_embeds.dtype)
-            ce[scored[:, :-1]] = F.cross_entropy(scored_logits(self.llm, scored, **inputs), targets[scored[:, :-1]],
-                                                 reduction="none")
+            ce = targets.new_zeros(targets.shape, dtype=torch.float32)
+            ce[scored[:, :-1]] = F.cross_entropy(scored_logits(self.llm, scored, **inputs).float(),
+                                                 targets[scored[:, :-1]], reduction="none")
         weights = answer_weights(targets, loss_weighting)
         loss_sum, weight_sum = (ce * weights).sum(), float(weights.sum())
         loss = loss_sum / max(weight_sum, 1e-8) + sum(aux.values(), torch.zeros(()))
@@ -209,25 +222,49 @@ class VLBridgeModel(nn.Module):
         return ModelConfig(
             vision=dataclasses.replace(self.cfg.vision, name_or_path=None, arch=self.vision.resolved_arch(),
                                        image_size=self.vision.image_size, image_mean=self.vision.image_mean,
-                                       image_std=self.vision.image_std),
+                                       image_std=self.vision.image_std,
+                                       preprocess="processor" if self.vision.processor_config else "resize",
+                                       processor_config=self.vision.processor_config),
             connector=ConnectorConfig(self.cfg.connector.name, self.connector.options_dict()),
             llm=dataclasses.replace(self.cfg.llm, name_or_path=None, tokenizer=None, arch=llm_cfg.to_dict()),
         )
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json, model.safetensors and the tokenizer into `path` (atomically: temp dir + rename)."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config.json, model.safetensors and the tokenizer into `path` (atomically: temp dir + rename).
+        ``state_dict``: the full weights to write when this process holds only a shard of them (FSDP)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         meta = {"model_type": "vlbridge", "vlbridge_version": __version__, "lora": self.lora,
                 **dataclasses.asdict(self.resolved_config())}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_model(self, str(tmp / "model.safetensors"))
+        tensors, aliases = self.weights_for_saving(state_dict)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata=aliases)
         self.tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, path)
 
+    def weights_for_saving(self, state_dict: dict[str, torch.Tensor] | None = None
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+        """The tensors to write (on the CPU, contiguous) and the names left out because they alias a written one
+        (tied embeddings), as safetensors' ``save_model`` does: of each group of names for one parameter the
+        alphabetically first is kept, the others are recorded in the metadata as ``{dropped: kept}``."""
+        state = self.state_dict() if state_dict is None else state_dict
+        groups: dict[int, list[str]] = {}
+        for name, tensor in [*self.named_parameters(remove_duplicate=False), *self.named_buffers(remove_duplicate=False)]:
+            groups.setdefault(id(tensor), []).append(name)
+        aliases = {}
+        for names in groups.values():
+            saved = sorted(n for n in names if n in state)          # non-persistent buffers are not saved
+            for name in saved[1:]:
+                aliases[name] = saved[0]
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in aliases}
+        return tensors, aliases or None
+
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "VLBridgeModel":
+    def from_pretrained(cls, path: str | Path, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None) -> "VLBridgeModel":
+        """The saved model at ``path`` in eval mode, on ``device`` (default: the CPU), all of it in ``dtype`` when
+        given (inference in bf16; training keeps fp32 weights and uses ``--train.precision``)."""
         path = Path(path)
         meta = read_model_meta(path)
         cfg = ModelConfig(vision=from_dict(VisionConfig, meta["vision"]),
@@ -240,7 +277,9 @@ class VLBridgeModel(nn.Module):
         if missing or unexpected:
             raise UserError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
-        return model.eval()
+        if dtype is not None:
+            model.to(dtype)
+        return model.to(device if device is not None else "cpu").eval()
 
 
 def read_model_meta(path: str | Path) -> dict:

@@ -3,11 +3,16 @@
 Layout of ``RUN/checkpoints/``::
 
     step_000200/
-        model/                    save_pretrained: config.json, model.safetensors, tokenizer
-        optimizer.safetensors     every optimizer state tensor (key "state.<param>.<name>")
-        rng.safetensors           torch CPU RNG state
-        trainer_state.json        step, data position, param groups, scheduler, python/numpy RNG, metrics
+        model/                    save_pretrained: config.json, model.safetensors (full weights), tokenizer
+        optimizer.safetensors     every optimizer state tensor (key "state.<param>.<name>"; <param> numbers the
+                                  parameters as ``optimizer.state_dict()`` does; gathered in full under FSDP)
+        rng.safetensors           torch CPU RNG state (and the accelerator's, keyed by its type, e.g. "cuda")
+        trainer_state.json        step, data position, param groups, scheduler, fp16 gradient scaler,
+                                  python/numpy RNG, metrics
     latest                        the name of the newest complete checkpoint
+
+The layout is the same whatever the strategy (one process, DDP, FSDP), so any of them resumes any checkpoint
+(the data position counts global batches: resume with the same number of processes to continue exactly).
 
 A checkpoint is written into a temporary directory and renamed into place only when complete; ``latest`` is
 replaced (write temp + rename) after that. An interrupted write therefore leaves at most a stray temporary
@@ -27,6 +32,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..models.device import rng_state, set_rng_state
+
 LATEST = "latest"
 
 
@@ -39,13 +46,12 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)   # validation results
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
+def _optimizer_to_files(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for name, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"state.{pid}.{name}"] = value.contiguous()
+                tensors[f"state.{pid}.{name}"] = value.detach().to("cpu").contiguous()
             else:
                 scalars[f"{pid}.{name}"] = value
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
@@ -87,16 +93,26 @@ def _write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainerState, keep: int = 2) -> Path:
+def save_checkpoint(ckpt_root: Path, model, optimizer_state: dict, scheduler, state: TrainerState, keep: int = 2,
+                    weights: dict[str, torch.Tensor] | None = None, scaler=None,
+                    device: torch.device | None = None) -> Path:
+    """``optimizer_state``: ``optimizer.state_dict()`` (gathered, under FSDP); ``weights``: the full model weights
+    when the model is sharded (None = its own); ``scaler``: the fp16 gradient scaler; ``device``: whose RNG to
+    save besides the CPU's."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{state.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_root))
-    model.save_pretrained(tmp / "model")
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    model.save_pretrained(tmp / "model", state_dict=weights)
+    opt_tensors, opt_meta = _optimizer_to_files(optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    device_rng = rng_state(device) if device is not None else None
+    if device_rng is not None:
+        rng[device.type] = device_rng
+    save_file(rng, str(tmp / "rng.safetensors"))
     _write_json_atomic(tmp / "trainer_state.json", {
-        "trainer": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": _python_rng()})
+        "trainer": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": _python_rng(),
+        "scaler": scaler.state_dict() if scaler is not None else {}})
     final = ckpt_root / name
     if final.exists():
         shutil.rmtree(final)
@@ -125,11 +141,22 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return path
 
 
-def load_training_state(path: Path, optimizer, scheduler) -> TrainerState:
-    """Restore optimizer, scheduler and RNG states; returns the trainer state (step, data position)."""
+def read_optimizer_state(path: Path) -> dict:
+    """A checkpoint's optimizer state, as ``optimizer.state_dict()`` gives it (full, whatever the strategy)."""
     meta = json.loads((path / "trainer_state.json").read_text())
-    optimizer.load_state_dict(_optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
+    return _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+
+
+def load_training_state(path: Path, scheduler, scaler=None, device: torch.device | None = None) -> TrainerState:
+    """Restore scheduler, gradient scaler and RNG states (the optimizer's: ``read_optimizer_state``); returns the
+    trainer state (step, data position)."""
+    meta = json.loads((path / "trainer_state.json").read_text())
     scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if device is not None:
+        set_rng_state(device, rng.get(device.type))
     _restore_python_rng(meta["rng"])
     return TrainerState(**meta["trainer"])

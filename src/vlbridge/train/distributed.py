@@ -1,6 +1,7 @@
-"""Data-parallel training under ``torchrun``: a thin layer over ``torch.distributed`` (DDP).
+"""Data-parallel training under ``torchrun``: the process group and the few collectives the loop needs.
 
     torchrun --nproc_per_node 2 .venv/bin/vlbridge train --preset tiny-cpu --batch-size 8 ...
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m vlbridge train ...
 
 Every process (rank) builds the same model, reads the same records and follows the same seeded data order;
 each optimizer step takes one *global* batch of ``batch_size x world`` records and rank r trains on its r-th
@@ -9,10 +10,12 @@ supervised-token weight of the whole global batch (summed over ranks) and scaled
 after DDP averages the gradients they equal a single process's gradient over the global batch: N ranks x
 batch b train the same model as one process with batch N*b. Rank 0 alone logs, validates and writes
 checkpoints; the data position in a checkpoint counts global batches, so ``--resume`` continues exactly
-with the same number of processes.
+with the same number of processes. How the model itself is spread (DDP replicas or FSDP shards) is the
+strategy's business (``strategy.py``, ``fsdp.py``).
 
-Backend: gloo on CPU (this project's target), NCCL when CUDA is available. Without torchrun's environment
-(``WORLD_SIZE`` unset or 1) nothing here does anything.
+Backend: NCCL when the training device is a CUDA GPU (each process on its local GPU, ``LOCAL_RANK``), gloo
+otherwise. Ranks are global and nothing assumes one node. Without torchrun's environment (``WORLD_SIZE`` unset
+or 1) nothing here does anything.
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+
+from ..models.device import activate
 
 
 @dataclass(frozen=True)
 class DistContext:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")     # this process's device (collectives' tensors live there)
 
     @property
     def enabled(self) -> bool:
@@ -39,14 +44,16 @@ class DistContext:
         return self.rank == 0
 
 
-def init_from_env() -> DistContext:
-    """Join the process group torchrun describes in the environment (once); a single process otherwise."""
+def init_from_env(device: torch.device = torch.device("cpu")) -> DistContext:
+    """Join the process group torchrun describes in the environment (once), for a model on ``device``; a single
+    process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistContext()
+        return DistContext(device=device)
+    activate(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return DistContext(rank=dist.get_rank(), world=dist.get_world_size())
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -54,22 +61,11 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, ctx: DistContext, find_unused_parameters: bool = True) -> torch.nn.Module:
-    """The module the training forward goes through: DDP over ``model`` when distributed, else ``model``.
-
-    Call after the stage has frozen what it freezes (DDP registers the parameters that require grad).
-    DDP broadcasts rank 0's parameters, so every rank starts from the same weights.
-    """
-    if not ctx.enabled:
-        return model
-    return DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
-
-
 def sum_across(values: list[float], ctx: DistContext) -> list[float]:
     """Element-wise sum of a few floats over all ranks (float64)."""
     if not ctx.enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return t.tolist()
 

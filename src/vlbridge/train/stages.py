@@ -91,8 +91,9 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups``; ``fused`` (when the parameters allow it): the kernel that updates all of them in
+    one pass (much faster than the per-tensor loop on CPU)."""
     groups = param_groups(model, cfg)
-    # the fused kernel updates all parameters in one pass (much faster than the per-tensor loop on CPU)
-    fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for g in groups for p in g["params"])
+    fused = fused and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)

@@ -69,9 +69,9 @@ def generate_codes_after(model, prompts: list[list[int]], pixel_values: torch.Te
     R = embeds.shape[0]
     cache = DynamicCache()
     embed_tokens = model.llm.get_input_embeddings()
-    generator = torch.Generator().manual_seed(gen.seed)
-    generated = torch.zeros(B, 0, dtype=torch.long)
-    finished = torch.zeros(B, dtype=torch.bool)
+    generator = torch.Generator(device=model.device).manual_seed(gen.seed)
+    generated = torch.zeros(B, 0, dtype=torch.long, device=model.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=model.device)
     step_embeds, step_pos = embeds, pos
     for _ in range(max_tokens + 1):
         logits = model.llm(inputs_embeds=step_embeds, attention_mask=attn, position_ids=step_pos,
@@ -94,7 +94,7 @@ def generate_codes_after(model, prompts: list[list[int]], pixel_values: torch.Te
         step_embeds = embed_tokens(both)[:, None]
         step_pos = pos[:, -1:] + 1
         pos = torch.cat([pos, step_pos], 1)
-        attn = torch.cat([attn, torch.ones(R, 1, dtype=attn.dtype)], 1)
+        attn = torch.cat([attn, attn.new_ones(R, 1)], 1)
     out = []
     for row in generated.tolist():
         cut = row.index(vocab.close_id) if vocab.close_id in row else len(row)
@@ -112,7 +112,7 @@ def render_codes(model, codes: list[list[int]]) -> list[Image.Image]:
 
 def to_image(pixels: torch.Tensor) -> Image.Image:
     """[3, S, S] in [0, 1] -> RGB PIL image."""
-    arr = (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(arr, "RGB")
 
 
