@@ -18,6 +18,7 @@ def test_rendered_text_matches_the_template(name):
                 {"role": "assistant", "content": "A cat."}, {"role": "user", "content": "More?\nSay it."}]
     expected = (("<s>" if t.add_bos else "") + (t.system_prefix + t.default_system + t.user_suffix if t.default_system else "")
                 + t.user_prefix + "<image>\nWhat?" + t.user_suffix + t.assistant_prefix + "A cat." + t.assistant_suffix
+                + t.assistant_trailer
                 + t.user_prefix + "More?\nSay it." + t.user_suffix + t.assistant_prefix)
     assert template.render(messages=messages, add_generation_prompt=True, bos_token="<s>") == expected
     system = [{"role": "system", "content": "Be brief."}] + messages

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .device_args import add_device_flags, load_model
+
 
 def default_name(model_dir: str) -> str:
     """The model id clients send: the model folder's name (its run's name for RUN/final, RUN/best, RUN/step_N)."""
@@ -17,6 +19,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API with a web demo",
                        description=__doc__)
     p.add_argument("--model", required=True, help="saved model dir (e.g. RUN/final)")
+    add_device_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model folder's name, "
@@ -49,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from ..models.vlm import VLBridgeModel
     from ..serve.app import create_app
     from ..serve.config import ImageLimits, ServeConfig
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--allowed-local-media-path {args.allowed_local_media_path}: not a directory")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = VLBridgeModel.from_pretrained(args.model)
+    model = load_model(args)
     domains = tuple(d.strip() for d in args.allow_remote_images.split(",") if d.strip())
     cfg = ServeConfig(model_name=args.served_model_name or default_name(args.model), host=args.host, port=args.port,
                       max_batch=args.max_batch, max_prompt_tokens=args.max_prompt_tokens,

@@ -85,7 +85,7 @@ class BatchEngine:
         """Next token of one row from its logits [V]."""
         logits = logits[None].float()                                            # [1, V]
         for proc in self.processors:
-            logits = proc(logits, torch.tensor([row.generated], dtype=torch.long))
+            logits = proc(logits, torch.tensor([row.generated], dtype=torch.long, device=logits.device))
         req = row.req
         if req.temperature <= 0:
             return int(logits.argmax(-1))
@@ -93,7 +93,7 @@ class BatchEngine:
             row.generator = torch.Generator()
             row.generator.manual_seed(req.seed if req.seed is not None else int(torch.randint(2**62, ()).item()))
         probs = filter_logits(logits / req.temperature, 0, req.top_p).softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
+        return int(torch.multinomial(probs.cpu(), 1, generator=row.generator))   # the seed's draw on any device
 
     def _accept(self, row: _Row, token: int) -> bool:
         """Record a picked token; True when the row is finished (and reported so)."""
@@ -142,7 +142,7 @@ class BatchEngine:
         keep = [i for i, row in enumerate(rows) if not self._accept(row, picked[i])]
         if not keep:
             return
-        index = torch.tensor(keep, dtype=torch.long)
+        index = torch.tensor(keep, dtype=torch.long, device=mask.device)
         mask = kv_cache.select(cache, mask, index)
         if self.cache is None:
             self.cache, self.mask = cache, mask
@@ -173,9 +173,10 @@ class BatchEngine:
         if not self.rows:
             return
         B = len(self.rows)
-        tokens = torch.tensor([r.token for r in self.rows], dtype=torch.long)
-        pos = torch.tensor([[r.next_pos] for r in self.rows], dtype=torch.long)                 # [B, 1]
-        self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=self.mask.dtype)], 1)           # [B, T+1]
+        device = self.mask.device
+        tokens = torch.tensor([r.token for r in self.rows], dtype=torch.long, device=device)
+        pos = torch.tensor([[r.next_pos] for r in self.rows], dtype=torch.long, device=device)  # [B, 1]
+        self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=self.mask.dtype, device=device)], 1)  # [B, T+1]
         embeds = self.model.llm.get_input_embeddings()(tokens)[:, None]                          # [B, 1, D]
         out = self.model.llm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos, use_cache=True,
                              **cache_kwargs(self.model.llm, self.cache))
@@ -203,4 +204,4 @@ class BatchEngine:
         if not self.rows:
             self.cache, self.mask = None, None
             return
-        self.mask = kv_cache.select(self.cache, self.mask, torch.tensor(keep, dtype=torch.long))
+        self.mask = kv_cache.select(self.cache, self.mask, torch.tensor(keep, dtype=torch.long, device=self.mask.device))
