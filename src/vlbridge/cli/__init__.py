@@ -1,1 +1,1 @@
-"""vlbridge.cli"""
+"""The `vlbridge` command: one generic parser over the typed configs, a subcommand per job (`*_cmd.py`)."""

@@ -1,1 +1,1 @@
-"""vlbridge.eval"""
+"""Evaluation: generate answers for records and score each task with its metric (VQA accuracy, CIDEr, POPE, REC ...)."""

@@ -1,1 +1,1 @@
-"""vlbridge.models"""
+"""The model: vision tower, LLM, tokenizer, VLBridgeModel (encoder -> connector -> LLM), devices and precision."""

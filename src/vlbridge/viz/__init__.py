@@ -1,1 +1,1 @@
-"""Figures: model answers on images (and, later, attention masks and windows)."""
+"""Figures: model answers drawn on images, ParGo's attention masks and windows."""
