@@ -73,7 +73,7 @@ class KeyMaskedAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, Nq, hd]
         else:
             out = self._weighted(q, k, v, allowed, admitted, key_weight, bias)
-        return out.transpose(1, 2).reshape(B, Nq, -1), has_key
+        return out.transpose(1, 2).flatten(2), has_key
 
     def _weighted(self, q, k, v, allowed, admitted, key_weight, bias) -> torch.Tensor:
         """The straight-through path: softmax weighted by key_weight, normalised by the admitted keys' max."""
