@@ -59,16 +59,18 @@ class KeyMaskedAttention(nn.Module):
         projection: returns the heads merged [B, Nq, D] and has_key [B, Nq] (whether a query admitted any key;
         the caller zeroes the rows without one after the output projection)."""
         B, _, Nq, _ = q.shape
-        Nk = k.shape[2]
-        if allowed is None:
-            allowed = torch.ones(Nq, Nk, dtype=torch.bool)
-        allowed = allowed.expand(B, Nq, Nk)
-        admitted = allowed & key_on[:, None, :]                             # [B, Nq, Nk]
-        has_key = admitted.any(-1)                                          # [B, Nq]
+        if allowed is None:                                                 # every query: the same keys
+            admitted = key_on[:, None, :]                                   # [B, 1, Nk]
+            has_key = admitted.any(-1).expand(B, Nq)                        # [B, Nq]
+        else:
+            allowed = allowed.expand(B, Nq, -1)                             # [B, Nq, Nk]
+            admitted = allowed & key_on[:, None, :]                         # [B, Nq, Nk]
+            has_key = admitted.any(-1)                                      # [B, Nq]
         if key_weight is None or not key_weight.requires_grad:
-            mask = admitted[:, None]                                       # [B, 1, Nq, Nk] bool
+            mask = admitted[:, None]                                       # [B, 1, Nq or 1, Nk] bool
             if bias is not None:                                           # additive form; rows without keys
                 live = mask | ~has_key[:, None, :, None]                   # keep finite logits (output zeroed)
+                                                                           # [B, 1, Nq, Nk]
                 mask = bias.masked_fill(~live, float("-inf"))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, Nq, hd]
         else:
@@ -80,10 +82,12 @@ class KeyMaskedAttention(nn.Module):
         s = q @ k.transpose(-1, -2) / self.head_dim ** 0.5                  # [B, H, Nq, Nk]
         if bias is not None:
             s = s + bias
-        adm = admitted[:, None]                                             # [B, 1, Nq, Nk]
+        adm = admitted[:, None]                                             # [B, 1, Nq or 1, Nk]
         top = s.detach().masked_fill(~adm, float("-inf")).amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # rows without admitted keys
-        e = torch.exp((s - top).clamp(max=20.0)) * allowed[:, None]         # [B, H, Nq, Nk]
+        e = torch.exp((s - top).clamp(max=20.0))                            # [B, H, Nq, Nk]
+        if allowed is not None:
+            e = e * allowed[:, None]
         ew = e * key_weight[:, None, None, :]
         den = ew.sum(-1, keepdim=True)
         den = torch.where(adm.any(-1, keepdim=True), den, torch.ones_like(den))

@@ -82,6 +82,7 @@ class Layout:
     x: torch.Tensor                     # [B, N, D] block input features (cross-attention keys/values)
     weight: torch.Tensor | None         # [B, N] straight-through selection weights; None = hard decisions only
     keep: torch.Tensor                  # [B, N] bool
+    x_dropped: torch.Tensor | None      # [B, Ld, D] the dropped patches' features, padded (hard decisions)
 
     @property
     def straight_through(self) -> bool:
@@ -90,7 +91,9 @@ class Layout:
     @classmethod
     def of(cls, x: torch.Tensor, sel: Selection) -> "Layout":
         st = sel.weight if torch.is_grad_enabled() and sel.weight.requires_grad else None
-        return cls(Subset(sel.keep, min_width=1), Subset(~sel.keep), x, st, sel.keep)
+        dropped = Subset(~sel.keep)
+        x_dropped = dropped.pad(dropped.take(x)) if st is None else None
+        return cls(Subset(sel.keep, min_width=1), dropped, x, st, sel.keep, x_dropped)
 
     def earlier(self, queries: Subset, keys: Subset) -> torch.Tensor:
         """[B, Lq, Lk] bool: key j is a real token at or before query i in raster order."""
@@ -98,13 +101,13 @@ class Layout:
 
 
 class MergerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, grid: tuple[int, int] | None = None):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, grid: tuple[int, int] | None = None):
         super().__init__()
         self.cross_bias = RelativeBias(heads, grid) if grid else None
         self.norm_self, self.norm_cross, self.norm_kv, self.norm_ffn = (nn.LayerNorm(dim) for _ in range(4))
         self.self_attn = KeyMaskedAttention(dim, heads)
         self.cross_attn = KeyMaskedAttention(dim, heads)
-        self.ffn = FeedForward(dim, mlp_ratio * dim)
+        self.ffn = FeedForward(dim, round(mlp_ratio * dim))
 
     def forward(self, h: torch.Tensor, lay: Layout, hd: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -142,9 +145,9 @@ class MergerBlock(nn.Module):
         kept, dropped, a = lay.kept, lay.dropped, self.cross_attn
         if dropped.width == 0:                  # nothing dropped in the batch: the cross-attention adds zero
             return h, hd
-        if hd is None:                          # keys: the dropped patches only
-            xn = self.norm_kv(dropped.take(lay.x))                                     # [Td, D]
-            k, v = (a.split_heads(dropped.pad(proj(xn))) for proj in (a.k, a.v))     # [B, H, Ld, hd]
+        if hd is None:                          # keys: the dropped patches only (padding rows masked)
+            xn = self.norm_kv(lay.x_dropped)                                           # [B, Ld, D]
+            k, v = (a.split_heads(proj(xn)) for proj in (a.k, a.v))                  # [B, H, Ld, hd]
             keys, on, w = dropped.positions, dropped.valid, None
         else:                                   # every patch, kept ones at weight 1 - w = 0 (for their gradient)
             xn = self.norm_kv(lay.x)                                                   # [B, N, D]
@@ -165,7 +168,7 @@ class MergerBlock(nn.Module):
 
 
 class TokenMerger(nn.Module):
-    def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: int, n_positions: int | None = None,
+    def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: float, n_positions: int | None = None,
                  local_grid: tuple[int, int] | None = None):
         super().__init__()
         self.pos = nn.Parameter(torch.zeros(n_positions, dim)) if n_positions else None

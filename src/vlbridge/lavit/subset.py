@@ -24,6 +24,7 @@ class Subset:
         self.valid = torch.arange(self.width)[None, :] < self.lengths[:, None]   # [B, L]
         self.positions = torch.where(self.valid, order, torch.full_like(order, -1))   # [B, L] raster index, -1 pad
         self.slots = self.valid.flatten().nonzero().squeeze(1)                  # [T] slot of each packed row in B*L
+        self.padding = (~self.valid).flatten().nonzero().squeeze(1)            # [B*L - T] the padding slots
         source = torch.arange(B)[:, None] * N + order                           # [B, L] flat index into B*N
         self.source = source.flatten()[self.slots]                              # [T]
 
@@ -37,8 +38,9 @@ class Subset:
 
     def pad(self, rows: torch.Tensor) -> torch.Tensor:
         """[T, ...] -> [B, L, ...], zeros on padding."""
-        out = rows.new_zeros((self.batch * self.width,) + rows.shape[1:])
-        return out.index_copy(0, self.slots, rows).view((self.batch, self.width) + rows.shape[1:])
+        out = rows.new_empty((self.batch * self.width,) + rows.shape[1:])
+        out.index_fill_(0, self.padding, 0).index_copy_(0, self.slots, rows)   # in place: one pass over memory
+        return out.view((self.batch, self.width) + rows.shape[1:])
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [T, ...]."""

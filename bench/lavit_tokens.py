@@ -1,0 +1,112 @@
+"""LaVIT selector + merger at the released scale: the kept-token path against the all-token masked reference,
+forward and forward + backward, across kept ratios, all measured in one run (the two paths interleaved).
+
+Scale (../shared/reference/lavit.md): 256 patch features (16x16, EVA-CLIP ViT-g/14 at 224 px) of width 1408;
+selector 1408 -> 704 -> 352 -> 2; merger of 12 blocks, width 1408, 16 heads, FFN 6144, no position embedding and
+no offset bias (LaVIT's plain merger); batch 8. ``--quick``: 64 patches of width 256, 2 blocks, 4 heads, FFN
+1024, batch 4.
+
+Decisions: the selector runs (its cost is included in every timing), then each image keeps its k most likely
+patches, k spread over the batch from 0.75 to 1.25 x ratio x 256 (at most 256; argmax selection keeps more tokens for busy
+images); both paths get exactly these decisions. Per kept ratio, three measurements:
+
+  forward     no gradient (inference: `tokenize`, the connector at eval)
+  fwd+bwd     the merger trained, the selector frozen (the `lavit` connector with ``train_merger``)
+  fwd+bwd ST  straight-through selection weights: the gradient also reaches the selector (tokenizer training
+              with ``straight_through``); the kept-token path then also runs the dropped positions through the
+              blocks, without gradient, because that gradient reads their keys and values
+              (``TokenMerger``'s docstring)
+
+Printed per ratio: kept tokens per image, the median seconds of each path, old / new, and the new path's time
+as a share of its time with every token kept (which should fall about linearly with the ratio).
+
+    python bench/lavit_tokens.py [--quick] [--batch 8] [--reps 2] [--ratios 0.125,0.25,0.333,0.5,1]
+                                 [--modes forward,fwd+bwd,st] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from connectors import interleaved                    # bench/ is on sys.path when run as a script
+from vlbridge.lavit.merger import TokenMerger
+from vlbridge.lavit.merger_reference import merge_all_tokens
+from vlbridge.lavit.selector import Selection, TokenSelector
+
+FULL = dict(grid=16, dim=1408, layers=12, heads=16, ffn=6144, batch=8)
+QUICK = dict(grid=8, dim=256, layers=2, heads=4, ffn=1024, batch=4)
+MODES = ("forward", "fwd+bwd", "st")
+
+
+def decide(logp: torch.Tensor, ratio: float) -> torch.Tensor:
+    """keep [B, N]: each image's k most likely patches, k from 0.75 to 1.25 x ratio x N over the batch (a
+    narrower spread where 1.25 x ratio would exceed every patch; ratio 1 keeps everything)."""
+    B, N, _ = logp.shape
+    s = min(0.25, 1 / ratio - 1)
+    spread = torch.linspace(1 - s, 1 + s, B) if B > 1 else torch.ones(1)
+    k = (ratio * N * spread).round().clamp(1, N).long()                  # [B]
+    rank = (logp[..., 0] - logp[..., 1]).argsort(1, descending=True).argsort(1)   # [B, N] rank of each patch
+    return rank < k[:, None]
+
+
+def step(selector: TokenSelector, merger: TokenMerger, path, x: torch.Tensor, ratio: float, mode: str) -> None:
+    """One timed call: selector + merger along `path` (forward, or forward + backward of a squared-output loss)."""
+    merger.zero_grad(set_to_none=True)
+    selector.zero_grad(set_to_none=True)
+    with torch.set_grad_enabled(mode == "st"):
+        logp = selector.log_probs(x)                                     # [B, N, 2]
+    keep = decide(logp.detach(), ratio)
+    hard = keep.to(x.dtype)
+    soft = logp[..., 0].exp()
+    weight = hard + (soft - soft.detach()) if mode == "st" else hard    # value 0/1; gradient in ST mode
+    sel = Selection(keep, weight, soft.detach(), logp.detach())
+    with torch.set_grad_enabled(mode != "forward"):
+        out = path(x, sel)
+        if mode != "forward":
+            (out.tokens.square() * out.valid[..., None]).mean().backward()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a small scale (seconds instead of an hour)")
+    ap.add_argument("--batch", type=int, help="images per batch (default: 8, --quick 4)")
+    ap.add_argument("--reps", type=int, default=2, help="timed repetitions per measurement (median; default 2)")
+    ap.add_argument("--ratios", default="0.125,0.25,0.333,0.5,1", help="kept ratios (default: 1/8 1/4 1/3 1/2 all)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"measurements (default: {','.join(MODES)})")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    scale = QUICK if args.quick else FULL
+    B, N, D = args.batch or scale["batch"], scale["grid"] ** 2, scale["dim"]
+    modes = args.modes.split(",")
+    if any(m not in MODES for m in modes):
+        ap.error(f"--modes: choose from {MODES}")
+    torch.manual_seed(0)
+    selector = TokenSelector(D)
+    merger = TokenMerger(D, scale["heads"], scale["layers"], scale["ffn"] / D)
+    x = torch.randn(B, N, D)
+    print(f"scale: {N} patches of width {D}, merger {scale['layers']} blocks, {scale['heads']} heads, FFN "
+          f"{scale['ffn']}; batch {B}; {args.threads} threads; median of {args.reps} interleaved repetitions")
+    paths = {"new": merger, "old": lambda x_, s_: merge_all_tokens(merger, x_, s_)}
+    ratios = [float(r) for r in args.ratios.split(",")]
+    for mode in modes:
+        label = {"forward": "forward", "fwd+bwd": "forward+backward (merger trained)",
+                 "st": "forward+backward, straight-through (selector and merger trained)"}[mode]
+        print(f"\n{label}")
+        print(f"{'kept ratio':>10}{'kept/image':>14}{'new s':>9}{'old s':>9}{'old/new':>9}{'new vs all kept':>17}")
+        rows = {}
+        for ratio in ratios:
+            with torch.no_grad():
+                kept = decide(selector.log_probs(x), ratio).sum(1)
+            t = interleaved({name: (lambda p=p: step(selector, merger, p, x, ratio, mode)) for name, p in paths.items()},
+                            args.reps)
+            rows[ratio] = (kept, t)
+        base = rows[max(ratios)][1]["new"]
+        for ratio, (kept, t) in rows.items():
+            print(f"{ratio:>10.3f}{f'{int(kept.min())}-{int(kept.max())}':>14}{t['new']:>9.2f}{t['old']:>9.2f}"
+                  f"{t['old'] / t['new']:>8.2f}x{t['new'] / base:>16.0%}")
+
+
+if __name__ == "__main__":
+    main()
