@@ -1,5 +1,4 @@
-"""The merger run over all N positions under masks: the reference the kept-token path is tested and timed
-against.
+"""The merger over all N positions under masks: the reference the kept-token path is tested and timed against.
 
 Every position (kept or dropped) passes every block: self-attention with the boolean mask ``j <= i and j
 kept`` (or DynamicViT's weighted softmax with straight-through weights), cross-attention over all positions
