@@ -24,6 +24,7 @@ too, without gradient (the loss's gradient with respect to them is exactly zero:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,7 @@ class RelativeBias(nn.Module):
 
 @dataclass
 class Layout:
-    """What every block of one forward shares: the kept and dropped subsets, the selection weights and the
-    attention masks."""
+    """What every block of one forward shares: the kept and dropped subsets, the features, the selection."""
     kept: Subset
     dropped: Subset
     x: torch.Tensor                     # [B, N, D] block input features (cross-attention keys/values)
@@ -95,9 +95,20 @@ class Layout:
         x_dropped = dropped.pad(dropped.take(x)) if st is None else None
         return cls(Subset(sel.keep, min_width=1), dropped, x, st, sel.keep, x_dropped)
 
-    def earlier(self, queries: Subset, keys: Subset) -> torch.Tensor:
+    @staticmethod
+    def earlier(queries: Subset, keys: Subset) -> torch.Tensor:
         """[B, Lq, Lk] bool: key j is a real token at or before query i in raster order."""
         return (keys.positions[:, None, :] <= queries.positions[:, :, None]) & keys.valid[:, None, :]
+
+    @cached_property
+    def all_keys(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Straight-through self-attention of the kept queries over the kept, then the dropped key slots:
+        allowed [B, L, L + Ld] (causal in raster order), key_on [B, L + Ld] (kept), weight [B, L + Ld]."""
+        kept, dropped = self.kept, self.dropped
+        allowed = torch.cat([self.earlier(kept, kept), self.earlier(kept, dropped)], 2)
+        on = torch.cat([kept.valid, torch.zeros_like(dropped.valid)], 1)
+        weight = torch.cat([kept.pad(kept.take(self.weight)), dropped.pad(dropped.take(self.weight))], 1)
+        return allowed, on, weight
 
 
 class MergerBlock(nn.Module):
@@ -135,10 +146,7 @@ class MergerBlock(nn.Module):
             out_d, has_d = a.attend(qd, k.detach(), v.detach(), lay.earlier(dropped, kept), kept.valid)
             hd = hd + a.o(dropped.pack(out_d)) * dropped.pack(has_d)[:, None].to(hd.dtype)
         # kept queries over kept and dropped keys, weighted: the decisions' straight-through gradient
-        allowed = torch.cat([lay.earlier(kept, kept), lay.earlier(kept, dropped)], 2)   # [B, L, L + Ld]
-        on = torch.cat([kept.valid, torch.zeros_like(dropped.valid)], 1)               # [B, L + Ld]
-        w = torch.cat([kept.pad(kept.take(lay.weight)), dropped.pad(dropped.take(lay.weight))], 1)
-        out, _ = a.attend(q, torch.cat([k, kd], 2), torch.cat([v, vd], 2), allowed, on, w)
+        out, _ = a.attend(q, torch.cat([k, kd], 2), torch.cat([v, vd], 2), *lay.all_keys)
         return h + a.o(kept.pack(out)), hd
 
     def _cross_attention(self, h: torch.Tensor, lay: Layout, hd: torch.Tensor | None):
