@@ -20,14 +20,23 @@ images); both paths get exactly these decisions. Per kept ratio, three measureme
 Printed per ratio: kept tokens per image, the median seconds of each path, old / new, and the new path's time
 as a share of its time with every token kept (which should fall about linearly with the ratio).
 
+``--official FILE`` also times the official selector + merger (``TokenPredictor`` + ``TokenMerger`` of
+jy0205/LaVIT's ``LaVIT/models/modeling_visual_tokenzier.py``, a local copy; its imports of timm and of the
+EVA-CLIP builder, which these two classes do not use, are stubbed) at the same scale and decisions, random
+weights (its time does not depend on them).
+
     python bench/lavit_tokens.py [--quick] [--batch 8] [--reps 2] [--ratios 0.125,0.25,0.333,0.5,1]
-                                 [--modes forward,fwd+bwd,st] [--threads 2]
+                                 [--modes forward,fwd+bwd,st] [--threads 2] [--official FILE]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
+import types
 
 import torch
+from torch import nn
 
 from connectors import interleaved                    # bench/ is on sys.path when run as a script
 from vlbridge.lavit.merger import TokenMerger
@@ -67,6 +76,39 @@ def step(selector: TokenSelector, merger: TokenMerger, path, x: torch.Tensor, ra
             (out.tokens.square() * out.valid[..., None]).mean().backward()
 
 
+def load_official(path: str):
+    """The official tokenizer module from a local file, with stand-ins for the imports its selector and merger
+    do not use (timm's init helpers: torch's; the EVA-CLIP builder: never called)."""
+    layers = types.ModuleType("timm.models.layers")
+    layers.trunc_normal_, layers.drop_path, layers.to_2tuple = nn.init.trunc_normal_, None, None
+    encoder = types.ModuleType("models.modeling_visual_encoder")
+    encoder.build_eva_clip = None
+    for name, module in {"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
+                         "timm.models.layers": layers, "models": types.ModuleType("models"),
+                         "models.modeling_visual_encoder": encoder}.items():
+        sys.modules.setdefault(name, module)
+    spec = importlib.util.spec_from_file_location("lavit_official_tokenizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def official_step(predictor, merger, x: torch.Tensor, ratio: float, mode: str) -> None:
+    """The same call through the official TokenPredictor + TokenMerger (decisions as a 0/1 float policy)."""
+    merger.zero_grad(set_to_none=True)
+    predictor.zero_grad(set_to_none=True)
+    with torch.set_grad_enabled(mode == "st"):
+        logp = predictor(x, torch.ones(*x.shape[:2], 1))                # [B, N, 2]
+    keep = decide(logp.detach(), ratio)
+    hard = keep.to(x.dtype)
+    soft = logp[..., 0].exp()
+    policy = hard + (soft - soft.detach()) if mode == "st" else hard
+    with torch.set_grad_enabled(mode != "forward"):
+        out = merger(x, policy)                                          # [B, N, D] every position
+        if mode != "forward":
+            (out.square() * hard[..., None]).mean().backward()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small scale (seconds instead of an hour)")
@@ -75,6 +117,8 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.125,0.25,0.333,0.5,1", help="kept ratios (default: 1/8 1/4 1/3 1/2 all)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"measurements (default: {','.join(MODES)})")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    ap.add_argument("--official", metavar="FILE", help="jy0205/LaVIT's LaVIT/models/modeling_visual_tokenzier.py "
+                                                      "(a local copy): time its selector + merger too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     scale = QUICK if args.quick else FULL
@@ -89,23 +133,33 @@ def main() -> None:
     print(f"scale: {N} patches of width {D}, merger {scale['layers']} blocks, {scale['heads']} heads, FFN "
           f"{scale['ffn']}; batch {B}; {args.threads} threads; median of {args.reps} interleaved repetitions")
     paths = {"new": merger, "old": lambda x_, s_: merge_all_tokens(merger, x_, s_)}
+    official = None
+    if args.official:
+        mod = load_official(args.official)
+        torch.manual_seed(0)
+        official = (mod.TokenPredictor(D), mod.TokenMerger(D, scale["heads"], scale["layers"], scale["ffn"] / D,
+                                                           qkv_bias=True))
     ratios = [float(r) for r in args.ratios.split(",")]
     for mode in modes:
         label = {"forward": "forward", "fwd+bwd": "forward+backward (merger trained)",
                  "st": "forward+backward, straight-through (selector and merger trained)"}[mode]
         print(f"\n{label}")
-        print(f"{'kept ratio':>10}{'kept/image':>14}{'new s':>9}{'old s':>9}{'old/new':>9}{'new vs all kept':>17}")
+        print(f"{'kept ratio':>10}{'kept/image':>14}{'new s':>9}{'old s':>9}{'old/new':>9}{'new vs all kept':>17}"
+              + (f"{'official s':>12}{'official/new':>14}" if official else ""))
         rows = {}
         for ratio in ratios:
             with torch.no_grad():
                 kept = decide(selector.log_probs(x), ratio).sum(1)
-            t = interleaved({name: (lambda p=p: step(selector, merger, p, x, ratio, mode)) for name, p in paths.items()},
-                            args.reps)
+            fns = {name: (lambda p=p: step(selector, merger, p, x, ratio, mode)) for name, p in paths.items()}
+            if official:
+                fns["official"] = lambda: official_step(*official, x, ratio, mode)
+            t = interleaved(fns, args.reps)
             rows[ratio] = (kept, t)
         base = rows[max(ratios)][1]["new"]
         for ratio, (kept, t) in rows.items():
             print(f"{ratio:>10.3f}{f'{int(kept.min())}-{int(kept.max())}':>14}{t['new']:>9.2f}{t['old']:>9.2f}"
-                  f"{t['old'] / t['new']:>8.2f}x{t['new'] / base:>16.0%}")
+                  f"{t['old'] / t['new']:>8.2f}x{t['new'] / base:>16.0%}"
+                  + (f"{t['official']:>12.2f}{t['official'] / t['new']:>13.2f}x" if official else ""))
 
 
 if __name__ == "__main__":
