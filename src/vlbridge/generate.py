@@ -36,7 +36,8 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     use_cache: bool = True          # False: recompute the whole sequence each step (the reference)
-    cache: str = "static"           # "static": preallocated for prompt + max_new_tokens; "dynamic": grows per step
+    cache: str = "static"           # "static": preallocated for prompt + max_new_tokens (dynamic for an LLM
+                                    # without static-cache support); "dynamic": grows per step
     compile: bool = False           # torch.compile the decode step (static cache only; slow first call)
     threads: int = 0                # intra-op threads for the decode steps; 0 = one thread for small steps
                                     # (2 x batch x LLM parameters < SMALL_STEP_FLOPS), else torch's setting
@@ -56,6 +57,11 @@ def cache_kwargs(llm, cache) -> dict:
 def last_logits_kwargs(llm) -> dict:
     """``logits_to_keep=1`` where the LLM takes it: the LM head runs on the last position only."""
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(_base(llm).forward).parameters else {}
+
+
+def supports_static_cache(llm) -> bool:
+    """Whether the LLM runs with transformers' StaticCache (its models declare it as ``_can_compile_fullgraph``)."""
+    return bool(getattr(_base(llm), "_can_compile_fullgraph", False))
 
 
 def decode_threads(gen: GenerationConfig, llm, batch: int) -> int | None:
@@ -107,7 +113,7 @@ class Decoding:
             raise ValueError(f"generation: cache must be one of {CACHES}, got {gen.cache!r}")
         B, T, D = embeds.shape
         self.llm, self.use_cache = llm, gen.use_cache
-        self.static = gen.use_cache and gen.cache == "static"
+        self.static = gen.use_cache and gen.cache == "static" and supports_static_cache(llm)
         length = T + budget
         if self.static and gen.compile:
             length = -(-length // 64) * 64               # fewer distinct shapes: fewer recompilations

@@ -13,6 +13,7 @@ import dataclasses
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from vlbridge.data.dataset import InstructionDataset
 from vlbridge.data.records import SkipReport, Turn, load_records
@@ -239,6 +240,9 @@ def step_logits(model, ids, pixels, gen, steps: int) -> torch.Tensor:
 
 def test_static_cache_equals_dynamic_cache_and_recompute(model, prompts, never):
     ids, pixels = prompts
+    s, _ = model.embed(list(ids), None, torch.cat(pixels), padding_side="left")
+    static = Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, 4, GenerationConfig())
+    assert isinstance(static.cache, StaticCache)                        # the default, really static here
     logits = {name: step_logits(model, ids, pixels, GenerationConfig(**kw), steps=6)
               for name, kw in {"static": dict(cache="static"), "dynamic": dict(cache="dynamic"),
                                "recompute": dict(use_cache=False)}.items()}
