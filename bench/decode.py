@@ -10,7 +10,7 @@ this small runs on one thread) against ``all`` (the decode steps on every torch 
 warm-up). The model is random (the speed does not depend on the weights); stop tokens are disabled, so every
 row generates ``--new`` tokens.
 
-    python bench/decode.py [--new 128] [--batches 1,16] [--reps 3] [--threads 2] [--compile]
+    python bench/decode.py [--new 128] [--batches 1,16] [--reps 3] [--threads 2] [--compile] [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -44,7 +44,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median; default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the process (default 2)")
     ap.add_argument("--compile", action="store_true", help="also the compiled decode step (compiles first)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time (with --threads 1, robust to other "
+                         "processes loading the machine)")
     args = ap.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = get_preset("tiny-cpu").model
@@ -52,8 +56,9 @@ def main() -> None:
     never = [len(model.tokenizer) + 7]                         # no row stops early
     n_params = sum(p.numel() for p in model.llm.parameters())
     print(f"tiny-cpu LLM: {n_params / 1e6:.2f}M parameters, {model.llm.config.num_hidden_layers} layers, width "
-          f"{model.llm.config.hidden_size}; {args.threads} torch threads; {args.new} new tokens; median of "
-          f"{args.reps}")
+          f"{model.llm.config.hidden_size}; {args.threads} torch threads; {args.new} new tokens; {args.clock} clock; "
+          f"median of {args.reps}")
+    thread_settings = (("auto", 0), ("all", args.threads)) if args.threads > 1 else (("1", 1),)
     configs = {"static cache": dict(cache="static"), "dynamic cache": dict(cache="dynamic"),
                "recompute": dict(use_cache=False)}
     if args.compile:
@@ -62,7 +67,7 @@ def main() -> None:
         ids, pixels = prompts(model, batch)
         calls = {}
         for name, kw in configs.items():
-            for threads, t in (("auto", 0), ("all", args.threads)):
+            for threads, t in thread_settings:
                 for new in (1, args.new):
                     gen = GenerationConfig(max_new_tokens=new, threads=t, **kw)
                     calls[(name, threads, new)] = (lambda g=gen: generate(model, ids, pixels, g, stop_token_ids=never))
@@ -71,9 +76,9 @@ def main() -> None:
         times = {k: [] for k in calls}
         for _ in range(args.reps):
             for k, fn in calls.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(clock() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"\nbatch {batch}")
         print(f"{'':<17}{'threads':>8}{'call s':>9}{'ms/token':>10}{'tokens/s':>10}{'recompute/this':>16}")

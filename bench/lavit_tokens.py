@@ -26,19 +26,21 @@ EVA-CLIP builder, which these two classes do not use, are stubbed) at the same s
 weights (its time does not depend on them).
 
     python bench/lavit_tokens.py [--quick] [--batch 8] [--reps 2] [--ratios 0.125,0.25,0.333,0.5,1]
-                                 [--modes forward,fwd+bwd,st] [--threads 2] [--official FILE]
+                                 [--modes forward,fwd+bwd,st] [--threads 2] [--clock wall|cpu]
+                                 [--reference-at 0.333,1] [--official FILE]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import sys
+import time
 import types
 
 import torch
 from torch import nn
 
-from connectors import interleaved                    # bench/ is on sys.path when run as a script
+import connectors                                    # bench/ is on sys.path when run as a script
 from vlbridge.lavit.merger import TokenMerger
 from vlbridge.lavit.merger_reference import merge_all_tokens
 from vlbridge.lavit.selector import Selection, TokenSelector
@@ -117,10 +119,16 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.125,0.25,0.333,0.5,1", help="kept ratios (default: 1/8 1/4 1/3 1/2 all)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"measurements (default: {','.join(MODES)})")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    ap.add_argument("--reference-at", default="0.333,1", help="kept ratios at which the all-token reference (and "
+                    "--official) is timed too; its cost does not depend on the ratio (default: 0.333,1)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time (with --threads 1, robust to other "
+                         "processes loading the machine)")
     ap.add_argument("--official", metavar="FILE", help="jy0205/LaVIT's LaVIT/models/modeling_visual_tokenzier.py "
                                                       "(a local copy): time its selector + merger too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    connectors.CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     scale = QUICK if args.quick else FULL
     B, N, D = args.batch or scale["batch"], scale["grid"] ** 2, scale["dim"]
     modes = args.modes.split(",")
@@ -131,7 +139,8 @@ def main() -> None:
     merger = TokenMerger(D, scale["heads"], scale["layers"], scale["ffn"] / D)
     x = torch.randn(B, N, D)
     print(f"scale: {N} patches of width {D}, merger {scale['layers']} blocks, {scale['heads']} heads, FFN "
-          f"{scale['ffn']}; batch {B}; {args.threads} threads; median of {args.reps} interleaved repetitions")
+          f"{scale['ffn']}; batch {B}; {args.threads} threads; {args.clock} clock; median of {args.reps} interleaved "
+          f"repetitions")
     paths = {"new": merger, "old": lambda x_, s_: merge_all_tokens(merger, x_, s_)}
     official = None
     if args.official:
@@ -140,6 +149,7 @@ def main() -> None:
         official = (mod.TokenPredictor(D), mod.TokenMerger(D, scale["heads"], scale["layers"], scale["ffn"] / D,
                                                            qkv_bias=True))
     ratios = [float(r) for r in args.ratios.split(",")]
+    reference_at = [float(r) for r in args.reference_at.split(",")]
     for mode in modes:
         label = {"forward": "forward", "fwd+bwd": "forward+backward (merger trained)",
                  "st": "forward+backward, straight-through (selector and merger trained)"}[mode]
@@ -150,16 +160,19 @@ def main() -> None:
         for ratio in ratios:
             with torch.no_grad():
                 kept = decide(selector.log_probs(x), ratio).sum(1)
-            fns = {name: (lambda p=p: step(selector, merger, p, x, ratio, mode)) for name, p in paths.items()}
-            if official:
+            timed = paths if any(abs(ratio - r) < 1e-6 for r in reference_at) else {"new": merger}
+            fns = {name: (lambda p=p: step(selector, merger, p, x, ratio, mode)) for name, p in timed.items()}
+            if official and "old" in timed:
                 fns["official"] = lambda: official_step(*official, x, ratio, mode)
-            t = interleaved(fns, args.reps)
+            t = connectors.interleaved(fns, args.reps)
             rows[ratio] = (kept, t)
         base = rows[max(ratios)][1]["new"]
         for ratio, (kept, t) in rows.items():
-            print(f"{ratio:>10.3f}{f'{int(kept.min())}-{int(kept.max())}':>14}{t['new']:>9.2f}{t['old']:>9.2f}"
-                  f"{t['old'] / t['new']:>8.2f}x{t['new'] / base:>16.0%}"
-                  + (f"{t['official']:>12.2f}{t['official'] / t['new']:>13.2f}x" if official else ""))
+            old = f"{t['old']:>9.2f}{t['old'] / t['new']:>8.2f}x" if "old" in t else f"{'-':>9}{'-':>9}"
+            line = f"{ratio:>10.3f}{f'{int(kept.min())}-{int(kept.max())}':>14}{t['new']:>9.2f}{old}{t['new'] / base:>16.0%}"
+            if "official" in t:
+                line += f"{t['official']:>12.2f}{t['official'] / t['new']:>13.2f}x"
+            print(line)
 
 
 if __name__ == "__main__":
