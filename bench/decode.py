@@ -1,5 +1,6 @@
 """Decoding speed of the demo-size model (tiny-cpu: 4-layer, 128-wide Llama, one 64 px image per prompt):
-per-token cost with the static cache, the dynamic cache and full recomputation, at batch 1 and 16, all
+per-token cost with the preallocated cache (the default), transformers' static and dynamic caches and full
+recomputation, at batch 1 and 16, all
 measured in one run (the configurations interleaved, median of ``--reps``).
 
 Per configuration: the seconds of a whole ``generate`` call for ``--new`` tokens (image encoding and prompt
@@ -59,8 +60,8 @@ def main() -> None:
           f"{model.llm.config.hidden_size}; {args.threads} torch threads; {args.new} new tokens; {args.clock} clock; "
           f"median of {args.reps}")
     thread_settings = (("auto", 0), ("all", args.threads)) if args.threads > 1 else (("1", 1),)
-    configs = {"static cache": dict(cache="static"), "dynamic cache": dict(cache="dynamic"),
-               "recompute": dict(use_cache=False)}
+    configs = {"preallocated": dict(cache="preallocated"), "static cache": dict(cache="static"),
+               "dynamic cache": dict(cache="dynamic"), "recompute": dict(use_cache=False)}
     if args.compile:
         configs["static compiled"] = dict(cache="static", compile=True)
     for batch in [int(b) for b in args.batches.split(",")]:

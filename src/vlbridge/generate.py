@@ -5,14 +5,15 @@ only, so a left-padded row generates exactly what it would alone. ``logits_proce
 ``(logits [B, V], generated [B, t]) -> logits`` (e.g. suppressing a vocabulary range).
 
 ``Decoding`` runs the LLM's forward passes of one batch: the prompt once (prefill), then one token per row
-per step. Its cost per step at small scale is overhead, not arithmetic, so nothing in a step grows with the
-sequence: the KV cache is preallocated for prompt + budget (``cache="static"``, transformers' StaticCache;
-``"dynamic"`` grows it per step), the attention mask is one preallocated buffer whose next column is switched
-on, only the new token is embedded, and only the last position's logits are computed. Small steps run on one
-intra-op thread (``threads``): splitting a 128-wide matmul across cores costs more in synchronisation than it
-saves, and far more when other processes hold the cores. ``compile`` compiles the decode step
-(``torch.compile``; the first call pays the compilation). ``use_cache=False`` recomputes the whole sequence
-each step: the reference the cached paths are tested against.
+per step. Nothing in a step grows with the sequence: the KV cache is allocated once for prompt + budget and
+filled in place (``cache="preallocated"``, attention reads the filled part; ``"static"`` is transformers'
+StaticCache, fixed shapes, attention over the whole allocation, what the compiled step needs; ``"dynamic"`` is
+transformers' DynamicCache, which copies the whole cache to grow it each step), the attention mask is one
+buffer whose next column is switched on, only the new token is embedded, and only the last position's logits
+are computed. Small steps run on one intra-op thread (``threads``): splitting a 128-wide matmul across cores
+costs more in synchronisation than it saves, and far more when other processes hold the cores. ``compile``
+compiles the decode step (``torch.compile``; the first call pays the compilation). ``use_cache=False``
+recomputes the whole sequence each step: the reference the cached paths are tested against.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import Cache, DynamicLayer
 
-CACHES = ("static", "dynamic")
+CACHES = ("preallocated", "static", "dynamic")
 SMALL_STEP_FLOPS = 64e6         # a decode step below this many FLOPs runs on one thread (threads=0)
 
 
@@ -36,9 +38,10 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     use_cache: bool = True          # False: recompute the whole sequence each step (the reference)
-    cache: str = "static"           # "static": preallocated for prompt + max_new_tokens (dynamic for an LLM
-                                    # without static-cache support); "dynamic": grows per step
-    compile: bool = False           # torch.compile the decode step (static cache only; slow first call)
+    cache: str = "preallocated"     # "preallocated": allocated once for prompt + max_new_tokens, filled in place;
+                                    # "static": transformers' StaticCache; "dynamic": transformers' DynamicCache
+                                    # (an LLM that cannot take the first two gets the dynamic one)
+    compile: bool = False           # torch.compile the decode step (with the static cache; slow first call)
     threads: int = 0                # intra-op threads for the decode steps; 0 = one thread for small steps
                                     # (2 x batch x LLM parameters < SMALL_STEP_FLOPS), else torch's setting
 
@@ -62,6 +65,55 @@ def last_logits_kwargs(llm) -> dict:
 def supports_static_cache(llm) -> bool:
     """Whether the LLM runs with transformers' StaticCache (its models declare it as ``_can_compile_fullgraph``)."""
     return bool(getattr(_base(llm), "_can_compile_fullgraph", False))
+
+
+def full_attention_only(llm) -> bool:
+    """Whether every layer attends to the whole sequence (no sliding window layers): the preallocated cache."""
+    return set(getattr(llm.config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's keys and values in buffers [B, H, capacity, hd] allocated at the first update and written in
+    place; the attention reads the filled part (a view, nothing copied)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        B, H, _, _ = key_states.shape
+        self.device = key_states.device
+        self.key_buffer = key_states.new_zeros(B, H, self.capacity, key_states.shape[-1])
+        self.value_buffer = value_states.new_zeros(B, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache: {end} positions for a cache of {self.capacity}")
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.length -= abs(tokens_to_remove)
+        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+
+def make_cache(kind: str, llm, length: int):
+    """The KV cache of ``kind`` for ``length`` positions (the dynamic one where the LLM cannot take it)."""
+    if kind == "preallocated" and full_attention_only(llm):
+        return Cache(layers=[PreallocatedLayer(length) for _ in range(llm.config.num_hidden_layers)])
+    if kind == "static" and supports_static_cache(llm):
+        return StaticCache(config=llm.config, max_cache_len=length)
+    return DynamicCache()
 
 
 def decode_threads(gen: GenerationConfig, llm, batch: int) -> int | None:
@@ -113,9 +165,9 @@ class Decoding:
             raise ValueError(f"generation: cache must be one of {CACHES}, got {gen.cache!r}")
         B, T, D = embeds.shape
         self.llm, self.use_cache = llm, gen.use_cache
-        self.static = gen.use_cache and gen.cache == "static" and supports_static_cache(llm)
+        kind = "static" if gen.compile else gen.cache
         length = T + budget
-        if self.static and gen.compile:
+        if gen.compile:
             length = -(-length // 64) * 64               # fewer distinct shapes: fewer recompilations
         self.embed_tokens = llm.get_input_embeddings()
         self.extra = last_logits_kwargs(llm)
@@ -124,12 +176,9 @@ class Decoding:
         self.t = T                                                          # sequence length so far
         self.next_pos = pos[:, -1:] + 1                                     # [B, 1]
         self.prompt = (embeds, pos)
-        self.cache = None
-        if self.static:
-            self.cache = StaticCache(config=llm.config, max_cache_len=length)
-        elif gen.use_cache:
-            self.cache = DynamicCache()
-        else:                                            # the whole sequence, re-run each step
+        self.cache = make_cache(kind, llm, length) if gen.use_cache else None
+        self.static = isinstance(self.cache, StaticCache)                  # its mask spans the whole allocation
+        if not gen.use_cache:                            # the whole sequence, re-run each step
             self.embeds = embeds.new_zeros(B, length, D)
             self.embeds[:, :T] = embeds
             self.pos = pos.new_zeros(B, length)

@@ -1,7 +1,7 @@
 """Generation (vlbridge.generate.generate) on the tiny random model.
 
 Checks that the KV-cache path generates exactly what full recomputation generates (greedy and sampling), with
-the static (preallocated) and the dynamic cache alike, down to the logits of every step (and compiled),
+the preallocated, the static and the dynamic cache alike, down to the logits of every step (and compiled),
 that a left-padded batch of prompts of different lengths generates what each prompt generates alone, that
 sampling is reproducible from a torch.Generator seed, that top_k=1 sampling is greedy, that text-only
 prompts (alone or mixed with image prompts) work, and that generation stops at a stop token.
@@ -17,7 +17,7 @@ from transformers import StaticCache
 
 from vlbridge.data.dataset import InstructionDataset
 from vlbridge.data.records import SkipReport, Turn, load_records
-from vlbridge.generate import Decoding, GenerationConfig, decode_threads, generate
+from vlbridge.generate import Decoding, GenerationConfig, PreallocatedLayer, decode_threads, generate
 
 MAX_NEW = 12
 
@@ -238,22 +238,25 @@ def step_logits(model, ids, pixels, gen, steps: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def test_static_cache_equals_dynamic_cache_and_recompute(model, prompts, never):
+def test_preallocated_static_and_dynamic_caches_equal_recompute(model, prompts, never):
     ids, pixels = prompts
     s, _ = model.embed(list(ids), None, torch.cat(pixels), padding_side="left")
-    static = Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, 4, GenerationConfig())
-    assert isinstance(static.cache, StaticCache)                        # the default, really static here
-    logits = {name: step_logits(model, ids, pixels, GenerationConfig(**kw), steps=6)
-              for name, kw in {"static": dict(cache="static"), "dynamic": dict(cache="dynamic"),
-                               "recompute": dict(use_cache=False)}.items()}
+    made = {kind: Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, 4,
+                           GenerationConfig(cache=kind)).cache for kind in ("preallocated", "static")}
+    assert all(isinstance(layer, PreallocatedLayer) for layer in made["preallocated"].layers)   # the default,
+    assert isinstance(made["static"], StaticCache)                      # and each kind really used here
+    assert GenerationConfig().cache == "preallocated"
+    kinds = {"preallocated": dict(cache="preallocated"), "static": dict(cache="static"),
+             "dynamic": dict(cache="dynamic"), "recompute": dict(use_cache=False)}
+    logits = {name: step_logits(model, ids, pixels, GenerationConfig(**kw), steps=6) for name, kw in kinds.items()}
     assert logits["static"].shape == (7, len(ids), model.llm.get_input_embeddings().num_embeddings)
-    assert (logits["static"] - logits["recompute"]).abs().max() <= 1e-4
-    assert (logits["dynamic"] - logits["recompute"]).abs().max() <= 1e-4
+    for name in ("preallocated", "static", "dynamic"):
+        assert (logits[name] - logits["recompute"]).abs().max() <= 1e-4, name
     kw = dict(do_sample=True, temperature=1.2, top_k=50)
-    static = run(model, ids, pixels, never, generator=seeded(9), cache="static", **kw)
-    assert_full_length(static, len(ids))
-    assert static == run(model, ids, pixels, never, generator=seeded(9), cache="dynamic", **kw)
-    assert run(model, ids, pixels, never, cache="static") == run(model, ids, pixels, never, cache="dynamic")
+    sampled = {name: run(model, ids, pixels, never, generator=seeded(9), cache=name, **kw)
+               for name in ("preallocated", "static", "dynamic")}
+    assert_full_length(sampled["static"], len(ids))
+    assert sampled["preallocated"] == sampled["static"] == sampled["dynamic"]
 
 
 def test_decode_threads_small_steps_on_one_thread_and_restored(model, prompts, never):
