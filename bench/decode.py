@@ -1,7 +1,6 @@
 """Decoding speed of the demo-size model (tiny-cpu: 4-layer, 128-wide Llama, one 64 px image per prompt):
 per-token cost with the preallocated cache (the default), transformers' static and dynamic caches and full
-recomputation, at batch 1 and 16, all
-measured in one run (the configurations interleaved, median of ``--reps``).
+recomputation, at batch 1 and 16, all measured in one run (the configurations interleaved, median of ``--reps``).
 
 Per configuration: the seconds of a whole ``generate`` call for ``--new`` tokens (image encoding and prompt
 included), the decode cost per token = (that - the same call for 1 token) / (new - 1), tokens/s over the
