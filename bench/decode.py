@@ -4,8 +4,10 @@ recomputation, at batch 1 and 16, all measured in one run (the configurations in
 
 Per configuration: the seconds of a whole ``generate`` call for ``--new`` tokens (image encoding and prompt
 included), the decode cost per token = (that - the same call for 1 token) / (new - 1), tokens/s over the
-whole call, and recompute / cache. Thread settings: ``auto`` (``GenerationConfig.threads=0``: a decode step
-this small runs on one thread) against ``all`` (the decode steps on every torch thread, as before).
+whole call, and recompute / cache; above each table, the aten operations one eager decode step dispatches and
+its FLOPs (when the FLOPs take microseconds, the step's cost is per-operation overhead). Thread settings:
+``auto`` (``GenerationConfig.threads=0``: a decode step this small runs on one thread) against ``all`` (the
+decode steps on every torch thread, as before).
 ``--compile`` adds the compiled decode step (static cache; its compilation is excluded, it runs in the
 warm-up). The model is random (the speed does not depend on the weights); stop tokens are disabled, so every
 row generates ``--new`` tokens.
@@ -19,9 +21,11 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from vlbridge.data.records import Turn
-from vlbridge.generate import GenerationConfig, generate
+from vlbridge.generate import Decoding, GenerationConfig, generate
 from vlbridge.models.build import build_model
 from vlbridge.presets import get_preset
 
@@ -35,6 +39,32 @@ def prompts(model, batch: int):
     g = torch.Generator().manual_seed(0)
     size = model.vision.image_transform().size
     return ids, torch.rand(batch, 3, size, size, generator=g)
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the aten operations dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def step_work(model, ids, pixels, gen: GenerationConfig) -> tuple[int, float]:
+    """aten operations and FLOPs of one eager decode step (after a few steps)."""
+    s, _ = model.embed(list(ids), None, pixels, padding_side="left")
+    d = Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, 8, gen)
+    d.prefill()
+    token = torch.zeros(len(ids), dtype=torch.long)
+    for _ in range(3):
+        d.step(token)
+    with OpCount() as ops, FlopCounterMode(display=False) as flops:
+        d.step(token)
+    return ops.n, flops.get_total_flops()
 
 
 def main() -> None:
@@ -80,7 +110,9 @@ def main() -> None:
                 fn()
                 times[k].append(clock() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nbatch {batch}")
+        ops, flops = step_work(model, ids, pixels, GenerationConfig())
+        print(f"\nbatch {batch}: one decode step (preallocated cache, eager) dispatches {ops} aten operations for "
+              f"{flops / 1e6:.1f} MFLOP")
         print(f"{'':<17}{'threads':>8}{'call s':>9}{'ms/token':>10}{'tokens/s':>10}{'recompute/this':>16}")
         for (name, threads, new), t in med.items():
             if new == 1:
