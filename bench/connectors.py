@@ -16,7 +16,7 @@ connector and for the PGP cross-attention core alone (projections precomputed), 
 dense forward FLOPs the structure removes and the share of the dense time the cross-attention cores take
 (which bounds the whole-connector ratio). Beside them, the structured path's achieved FLOP/s (3 x its forward
 FLOPs / its fwd+bwd time) against the fp32 matmul peak measured in the same run, just before and just after
-the comparison (the best of several 1024^3 matmuls, as bench/train_step.py measures it).
+the comparison (the best of several 1024^3 matmuls, as bench/train_step.py measures it, on the same clock).
 
     python bench/connectors.py [--quick] [--reps 3] [--threads 2] [--clock wall|cpu] [--only pargo,mlp] [--skip-table]
 """
@@ -105,9 +105,9 @@ def pargo_comparison(scale: dict, reps: int) -> None:
                                          scale["vis"], scale["llm"], (rows, cols)).train()
         made["dense"].load_state_dict(made["structured"].state_dict())
         s, d = made["structured"], made["dense"]
-        peak_before = matmul_peak()
+        peak_before = matmul_peak(clock=CLOCK)
         t = interleaved({k: (lambda c=c: fwd_bwd(c, feats)) for k, c in made.items()}, reps)
-        peaks = (peak_before, matmul_peak())
+        peaks = (peak_before, matmul_peak(clock=CLOCK))
         flops_s, flops_d = s.flops(b), d.flops(b)
         print(f"pargo cpp={cpp:<8} whole connector fwd+bwd: structured {t['structured']:.2f} s, dense "
               f"{t['dense']:.2f} s -> {t['dense'] / t['structured']:.2f}x faster; forward FLOPs "
