@@ -137,9 +137,8 @@ def intra_op_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _forward(llm, embeds, mask, pos, cache, use_cache: bool, extra: dict) -> torch.Tensor:
-    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=use_cache,
-              **cache_kwargs(llm, cache), **extra)
+def _forward(llm, embeds, mask, pos, use_cache: bool, kwargs: dict) -> torch.Tensor:
+    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=use_cache, **kwargs)
     return out.logits[:, -1]                                              # [B, V]
 
 
@@ -170,7 +169,6 @@ class Decoding:
         if gen.compile:
             length = -(-length // 64) * 64               # fewer distinct shapes: fewer recompilations
         self.embed_tokens = llm.get_input_embeddings()
-        self.extra = last_logits_kwargs(llm)
         self.mask = torch.zeros(B, length, dtype=torch.bool)                # [B, L] real tokens so far
         self.mask[:, :T] = mask.bool()
         self.t = T                                                          # sequence length so far
@@ -178,6 +176,7 @@ class Decoding:
         self.prompt = (embeds, pos)
         self.cache = make_cache(kind, llm, length) if gen.use_cache else None
         self.static = isinstance(self.cache, StaticCache)                  # its mask spans the whole allocation
+        self.kwargs = {**cache_kwargs(llm, self.cache), **last_logits_kwargs(llm)}   # looked up once
         if not gen.use_cache:                            # the whole sequence, re-run each step
             self.embeds = embeds.new_zeros(B, length, D)
             self.embeds[:, :T] = embeds
@@ -188,7 +187,7 @@ class Decoding:
     def prefill(self) -> torch.Tensor:
         embeds, pos = self.prompt
         mask = self.mask if self.static else self.mask[:, :self.t]
-        return _forward(self.llm, embeds, mask, pos, self.cache, self.use_cache, self.extra)
+        return _forward(self.llm, embeds, mask, pos, self.use_cache, self.kwargs)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """token [B]: each row's new token, appended; returns the logits after it."""
@@ -199,10 +198,10 @@ class Decoding:
         self.t += 1
         if self.cache is None:
             self.embeds[:, self.t - 1], self.pos[:, self.t - 1] = new[:, 0], pos[:, 0]
-            return _forward(self.llm, self.embeds[:, :self.t], self.mask[:, :self.t], self.pos[:, :self.t],
-                            None, False, self.extra)
+            return _forward(self.llm, self.embeds[:, :self.t], self.mask[:, :self.t], self.pos[:, :self.t], False,
+                            self.kwargs)
         mask = self.mask if self.static else self.mask[:, :self.t]
-        return self.step_forward(self.llm, new, mask, pos, self.cache, True, self.extra)
+        return self.step_forward(self.llm, new, mask, pos, True, self.kwargs)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
