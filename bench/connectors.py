@@ -14,7 +14,9 @@ GFLOP/s (3 x forward FLOPs / time). Then ParGo structured vs dense, timed interl
 shared and noisy: ratios from interleaved runs are more stable than absolute times), for the whole
 connector and for the PGP cross-attention core alone (projections precomputed), with the share of the
 dense forward FLOPs the structure removes and the share of the dense time the cross-attention cores take
-(which bounds the whole-connector ratio).
+(which bounds the whole-connector ratio). Beside them, the structured path's achieved FLOP/s (3 x its forward
+FLOPs / its fwd+bwd time) against the fp32 matmul peak measured in the same run, just before and just after
+the comparison (the best of several 1024^3 matmuls, as bench/train_step.py measures it, on the same clock).
 
     python bench/connectors.py [--quick] [--reps 3] [--threads 2] [--clock wall|cpu] [--only pargo,mlp] [--skip-table]
 """
@@ -27,6 +29,7 @@ import traceback
 
 import torch
 
+from train_step import matmul_peak                   # bench/ is on sys.path when run as a script
 from vlbridge.connectors import CONNECTORS, VisualFeatures, build_connector
 
 FULL = dict(grid=(24, 24), vis=1024, llm=4096, batch=8,
@@ -102,11 +105,17 @@ def pargo_comparison(scale: dict, reps: int) -> None:
                                          scale["vis"], scale["llm"], (rows, cols)).train()
         made["dense"].load_state_dict(made["structured"].state_dict())
         s, d = made["structured"], made["dense"]
+        peak_before = matmul_peak(clock=CLOCK)
         t = interleaved({k: (lambda c=c: fwd_bwd(c, feats)) for k, c in made.items()}, reps)
+        peaks = (peak_before, matmul_peak(clock=CLOCK))
         flops_s, flops_d = s.flops(b), d.flops(b)
         print(f"pargo cpp={cpp:<8} whole connector fwd+bwd: structured {t['structured']:.2f} s, dense "
               f"{t['dense']:.2f} s -> {t['dense'] / t['structured']:.2f}x faster; forward FLOPs "
               f"{flops_s / 1e9:.1f} vs {flops_d / 1e9:.1f} G ({1 - flops_s / flops_d:.1%} fewer)")
+        achieved = 3 * flops_s / t["structured"]
+        print(f"    structured achieves {achieved / 1e9:.0f} GFLOP/s; fp32 matmul peak in this run "
+              f"{max(peaks) / 1e9:.0f} GFLOP/s (before {peaks[0] / 1e9:.0f}, after {peaks[1] / 1e9:.0f}) -> "
+              f"{achieved / max(peaks):.0%} of the best peak")
         dense_core = cross_attention_core(s, x, reps)
         share = len(s.layers) * dense_core / t["dense"]
         print(f"    the dense cross-attention cores are ~{share:.0%} of the dense connector's fwd+bwd "

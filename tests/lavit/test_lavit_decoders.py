@@ -1,12 +1,17 @@
-"""LaVIT decoders: the feature decoder's training layout (all positions + keep mask + straight-through weights)
-equals decoding the gathered codes; codes learn their position; the merger's offset bias; the palette pixel
-decoder."""
+"""LaVIT decoders: the feature decoder's straight-through layout (all positions + keep mask + weights) equals
+decoding the gathered codes; the tokenizer's training forward (kept tokens only, or every position with
+straight-through weights) equals the all-position reference, gradients included; codes learn their position;
+the merger's offset bias; the palette pixel decoder."""
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from vlbridge.lavit.feature_decoder import grid_positions
 from vlbridge.lavit.merger import RelativeBias
+from vlbridge.lavit.merger_reference import merge_all_tokens
 from vlbridge.lavit.options import TokenizerOptions
 from vlbridge.lavit.pixel_decoder import PixelDecoder
 from vlbridge.lavit.visual_tokenizer import DynamicVisualTokenizer
@@ -24,18 +29,67 @@ def tokenizer() -> DynamicVisualTokenizer:
 def test_training_layout_equals_decoding_gathered_codes():
     tok = tokenizer()
     x = torch.randn(3, 16, D)
-    out = tok(x, "argmax", quantize=False)                             # all positions, keep mask
+    out = tok(x, "argmax", quantize=False)                             # hard decisions: the kept codes
     gathered = tok.quantizer.encode(out.merged.tokens)                 # [B, M, C] kept codes in raster order
     raw = tok.decoder.locate(gathered)                                 # training places by the raw read-out
     assert torch.allclose(out.recon, tok.decoder(gathered, out.merged.valid, positions=raw), atol=1e-5)
     soft = torch.rand(3, 16, requires_grad=True)
     weight = out.selection.keep.float() + (soft - soft.detach())      # straight-through weights, same values
     seq = (out.selection.keep.long().cumsum(1) - 1).clamp(min=0)
-    full = tok.quantizer.encode(out.merged.full)
+    full = tok.quantizer.encode(merge_all_tokens(tok.merger, tok.inp(x), out.selection).full)   # every position
     st = tok.decoder(full, out.selection.keep, seq, weight, positions=tok.decoder.locate(full))
     assert torch.allclose(st, out.recon, atol=1e-5)
     st.sum().backward()
     assert soft.grad.abs().sum() > 0                                   # every keep decision gets a gradient
+
+
+def reference_forward(tok, x, sel, quantize: bool, placement: str):
+    """The tokenizer's training forward over every position (all-token merger, codes of all N positions
+    admitted by the keep mask with the selection's weights): what the kept-token forward must equal."""
+    merged = merge_all_tokens(tok.merger, tok.inp(x), sel)
+    qz = tok.quantizer(merged.full, sel.keep) if quantize else None
+    codes = qz.q if quantize else tok.quantizer.encode(merged.full)    # [B, N, C]
+    where = tok.decoder.locate(codes)
+    true = tok.decoder.query_pos.expand_as(where)
+    seq = (sel.keep.long().cumsum(1) - 1).clamp(min=0)
+    recon = tok.decoder(codes, sel.keep, seq, sel.weight, {"true": true, "readout": where}[placement])
+    err = ((where - true) ** 2).sum(-1) * sel.keep
+    return recon, err.sum() / sel.keep.sum(), qz
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+@pytest.mark.parametrize("quantize,placement", [(False, "true"), (True, "readout")])
+def test_tokenizer_forward_equals_the_all_position_reference(straight_through, quantize, placement):
+    """Same decisions (seeded Gumbel), same reconstruction, losses and gradients (straight-through ones too)."""
+    tok = tokenizer().double()
+    x = torch.randn(4, 16, D, dtype=torch.float64)
+    target = torch.randn(4, 16, D, dtype=torch.float64)
+    grads, values = [], []
+    for path in ("kept", "reference"):
+        tok.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(7)
+        if path == "kept":
+            out = tok(x, "gumbel", quantize=quantize, generator=gen, placement=placement,
+                      straight_through=straight_through)
+            recon, position, qz = out.recon, out.aux["position"], out.quantized
+            assert (out.merged.full is not None) == straight_through   # dropped positions: only for that gradient
+        else:
+            sel = tok.select(x, "gumbel", gen)
+            if not straight_through:
+                sel = dataclasses.replace(sel, weight=sel.weight.detach())
+            recon, position, qz = reference_forward(tok, x, sel, quantize, placement)
+            position = position * tok.options.position_weight
+        loss = (recon - target).square().mean() + position + (qz.commitment if quantize else 0)
+        loss.backward()
+        values.append((recon.detach(), float(position.detach()), float(qz.commitment.detach()) if quantize else 0.0))
+        grads.append({n: p.grad.clone() for n, p in tok.named_parameters() if p.grad is not None})
+    (r_new, p_new, c_new), (r_ref, p_ref, c_ref) = values
+    assert (r_new - r_ref).abs().max() <= 1e-5
+    assert abs(p_new - p_ref) <= 1e-5 and abs(c_new - c_ref) <= 1e-5
+    assert grads[0].keys() == grads[1].keys()
+    assert ("selector.inp.weight" in grads[1]) == straight_through    # the decisions' gradient, or none
+    for name, g in grads[1].items():
+        assert (grads[0][name] - g).abs().max() <= 1e-5 * max(1.0, float(g.abs().max())), name
 
 
 def test_position_loss_is_measured_on_kept_codes_and_trains_the_read_out():

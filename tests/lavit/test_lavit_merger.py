@@ -5,7 +5,11 @@
   tokens;
 - nothing dropped: the cross-attention adds exactly zero; one kept: a finite single token;
 - a padded batch of images with different keep counts equals each image alone;
-- the straight-through path (weights with gradient) computes the same forward as the boolean-mask path.
+- the straight-through path (weights with gradient) computes the same forward as the boolean-mask path;
+- the kept-token path equals the all-token masked reference (``merger_reference``) at the same decisions:
+  outputs and every gradient, with hard decisions (inference, a merger trained through the LLM loss) and
+  straight-through weights (tokenizer training), for any mix of kept counts (all kept, one kept);
+- its work follows the kept count (FLOPs counted, not timed).
 """
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ import copy
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from vlbridge.lavit.merger import TokenMerger, gather_kept
+from vlbridge.lavit.merger import TokenMerger
+from vlbridge.lavit.merger_reference import gather_kept, merge_all_tokens
 from vlbridge.lavit.selector import Selection
 
 N, D = 12, 16
@@ -148,3 +154,91 @@ def test_gather_kept_handles_all_kept_and_empty_rows():
     out = gather_kept(h, torch.tensor([[True, True, True, True], [False, True, False, True]]))
     assert out.tokens[:, :, 0].tolist() == [[0, 1, 2, 3], [5, 7, 0, 0]]
     assert out.positions.tolist() == [[0, 1, 2, 3], [1, 3, -1, -1]]
+
+
+def loud_merger(grid=None, positions=True, dtype=torch.float64, seed=0) -> TokenMerger:
+    """A merger with weights and biases large enough that every input and decision visibly moves the outputs."""
+    torch.manual_seed(seed)
+    m = TokenMerger(D, heads=2, layers=2, mlp_ratio=2, n_positions=N if positions else None, local_grid=grid)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p * 3 if p.dim() >= 2 else p + 0.3 * torch.randn_like(p))
+    return m.to(dtype)
+
+
+def mixed_keeps() -> torch.Tensor:
+    """[5, N] decisions: a pattern, everything kept, one kept (first / last / middle position)."""
+    keeps = torch.zeros(5, N, dtype=torch.bool)
+    keeps[0] = KEEP[0].bool()
+    keeps[1] = True
+    keeps[2, 0] = keeps[3, N - 1] = keeps[4, 5] = True
+    return keeps
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
+
+
+def run_both(m, x, keeps, straight_through: bool):
+    """Kept-token path and reference on the same inputs: outputs, and the gradients of the same random loss
+    with respect to every parameter, the features and (straight-through) the selection weights."""
+    results = []
+    for fn in (m, lambda x_, sel_: merge_all_tokens(m, x_, sel_)):
+        xg = x.clone().requires_grad_(True)
+        soft = torch.rand(keeps.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+        weight = keeps.to(x.dtype) + (soft - soft.detach()) if straight_through else keeps.to(x.dtype)
+        out = fn(xg, selection(keeps, weight))
+        g = torch.randn(out.tokens.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(4))
+        m.zero_grad(set_to_none=True)
+        (out.tokens * g * out.valid[..., None]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        results.append((out, grads, xg.grad, soft.grad))
+    return results
+
+
+@pytest.mark.parametrize("grid,positions", [(None, True), ((3, 4), False)])
+def test_kept_path_equals_all_token_reference_with_hard_decisions(grid, positions):
+    m = loud_merger(grid, positions, torch.float32)
+    x, keeps = torch.randn(5, N, D), mixed_keeps()
+    (new, g_new, x_new, _), (ref, g_ref, x_ref, _) = run_both(m, x, keeps, straight_through=False)
+    assert new.lengths.tolist() == ref.lengths.tolist() == [6, N, 1, 1, 1]
+    assert torch.equal(new.positions, ref.positions)
+    assert new.tokens.shape == ref.tokens.shape                        # padded to the largest count, not N
+    assert (new.tokens - ref.tokens).abs().max() <= 1e-5
+    assert new.full is None                                            # no dropped-position work
+    assert g_new.keys() == g_ref.keys()
+    for name in g_ref:
+        assert relative_gap(g_new[name], g_ref[name]) <= 1e-5, name
+    assert relative_gap(x_new, x_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("grid,positions", [(None, True), ((3, 4), False)])
+def test_kept_path_equals_all_token_reference_with_straight_through_weights(grid, positions):
+    m = loud_merger(grid, positions)
+    x, keeps = torch.randn(5, N, D, dtype=torch.float64), mixed_keeps()
+    (new, g_new, x_new, s_new), (ref, g_ref, x_ref, s_ref) = run_both(m, x, keeps, straight_through=True)
+    assert (new.tokens - ref.tokens).abs().max() <= 1e-5
+    assert (new.full - ref.full).abs().max() <= 1e-5                  # dropped positions too (values only)
+    for name in g_ref:
+        assert relative_gap(g_new[name], g_ref[name]) <= 1e-5, name
+    assert relative_gap(x_new, x_ref) <= 1e-5
+    assert (s_ref[~keeps] != 0).any() and (s_ref[keeps] != 0).any()   # every decision has a gradient ...
+    assert relative_gap(s_new, s_ref) <= 1e-5                          # ... and the same one
+
+
+def test_work_follows_the_kept_count():
+    m = TokenMerger(64, heads=4, layers=2, mlp_ratio=4)
+    x = torch.randn(2, 64, 64)
+
+    def flops(keep, path):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            path(x, selection(keep))
+        return counter.get_total_flops()
+
+    quarter = torch.zeros(2, 64, dtype=torch.bool)
+    quarter[:, ::4] = True
+    everything = torch.ones(2, 64, dtype=torch.bool)
+    reference = lambda x_, s_: merge_all_tokens(m, x_, s_)
+    assert flops(everything, m) <= 1.01 * flops(everything, reference)
+    assert flops(quarter, reference) >= 0.95 * flops(everything, reference)     # the reference: all positions
+    assert flops(quarter, m) <= 0.45 * flops(everything, m)                      # kept-token path: ~1/4 + K/V

@@ -1,6 +1,7 @@
 """Generation (vlbridge.generate.generate) on the tiny random model.
 
-Checks that the KV-cache path generates exactly what full recomputation generates (greedy and sampling),
+Checks that the KV-cache path generates exactly what full recomputation generates (greedy and sampling), with
+the preallocated, the static and the dynamic cache alike, down to the logits of every step (and compiled),
 that a left-padded batch of prompts of different lengths generates what each prompt generates alone, that
 sampling is reproducible from a torch.Generator seed, that top_k=1 sampling is greedy, that text-only
 prompts (alone or mixed with image prompts) work, and that generation stops at a stop token.
@@ -12,10 +13,11 @@ import dataclasses
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from vlbridge.data.dataset import InstructionDataset
 from vlbridge.data.records import SkipReport, Turn, load_records
-from vlbridge.generate import GenerationConfig, generate
+from vlbridge.generate import Decoding, GenerationConfig, PreallocatedLayer, decode_threads, generate
 
 MAX_NEW = 12
 
@@ -222,3 +224,65 @@ def test_shared_image_positions_cached_batched_and_effective(model, prompts, nev
     assert cached == run(shared, ids, pixels, never, use_cache=False)
     assert [run(shared, [i], [p], never)[0] for i, p in zip(ids, pixels)] == cached
     assert cached != run(model, ids, pixels, never)
+
+
+def step_logits(model, ids, pixels, gen, steps: int) -> torch.Tensor:
+    """Next-token logits of prefill + `steps` decode steps, feeding a fixed token sequence: [steps + 1, B, V]."""
+    s, _ = model.embed(list(ids), None, torch.cat(pixels), padding_side="left")
+    d = Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, steps + 1, gen)
+    feed = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        out = [d.prefill()]
+        for _ in range(steps):
+            out.append(d.step(torch.randint(len(model.tokenizer), (len(ids),), generator=feed)))
+    return torch.stack(out)
+
+
+def test_preallocated_static_and_dynamic_caches_equal_recompute(model, prompts, never):
+    ids, pixels = prompts
+    s, _ = model.embed(list(ids), None, torch.cat(pixels), padding_side="left")
+    made = {kind: Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, 4,
+                           GenerationConfig(cache=kind)).cache for kind in ("preallocated", "static")}
+    assert all(isinstance(layer, PreallocatedLayer) for layer in made["preallocated"].layers)   # the default,
+    assert isinstance(made["static"], StaticCache)                      # and each kind really used here
+    assert GenerationConfig().cache == "preallocated"
+    kinds = {"preallocated": dict(cache="preallocated"), "static": dict(cache="static"),
+             "dynamic": dict(cache="dynamic"), "recompute": dict(use_cache=False)}
+    logits = {name: step_logits(model, ids, pixels, GenerationConfig(**kw), steps=6) for name, kw in kinds.items()}
+    assert logits["static"].shape == (7, len(ids), model.llm.get_input_embeddings().num_embeddings)
+    for name in ("preallocated", "static", "dynamic"):
+        assert (logits[name] - logits["recompute"]).abs().max() <= 1e-4, name
+    kw = dict(do_sample=True, temperature=1.2, top_k=50)
+    sampled = {name: run(model, ids, pixels, never, generator=seeded(9), cache=name, **kw)
+               for name in ("preallocated", "static", "dynamic")}
+    assert_full_length(sampled["static"], len(ids))
+    assert sampled["preallocated"] == sampled["static"] == sampled["dynamic"]
+
+
+def test_decode_threads_small_steps_on_one_thread_and_restored(model, prompts, never):
+    assert decode_threads(GenerationConfig(), model.llm, 1) == 1           # a tiny LLM: one thread
+    assert decode_threads(GenerationConfig(), model.llm, 10 ** 6) is None  # a big step: torch's setting
+    assert decode_threads(GenerationConfig(threads=3), model.llm, 1) == 3
+    ids, pixels = prompts
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run(model, ids, pixels, never, threads=2) == run(model, ids, pixels, never)
+        assert torch.get_num_threads() == 2                                  # restored after generation
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unknown_cache_kind_is_a_clear_error(model, prompts, never):
+    ids, pixels = prompts
+    with pytest.raises(ValueError, match="cache must be one of"):
+        run(model, ids, pixels, never, cache="paged")
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_equals_eager(model, prompts, never):
+    ids, pixels = prompts
+    compiled = step_logits(model, ids, pixels, GenerationConfig(compile=True), steps=4)
+    eager = step_logits(model, ids, pixels, GenerationConfig(), steps=4)
+    assert (compiled - eager).abs().max() <= 1e-4
+    assert run(model, ids, pixels, never, compile=True) == run(model, ids, pixels, never)

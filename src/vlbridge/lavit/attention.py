@@ -31,15 +31,16 @@ class KeyMaskedAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
         kv_dim = kv_dim or dim
-        self.heads, self.head_dim = heads, dim // heads
+        self.n_heads, self.head_dim = heads, dim // heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(kv_dim, dim)
         self.v = nn.Linear(kv_dim, dim)
         self.o = nn.Linear(dim, dim)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] -> [B, H, N, hd]."""
         B, N, _ = x.shape
-        return x.view(B, N, self.heads, self.head_dim).transpose(1, 2)     # [B, H, N, hd]
+        return x.view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, allowed: torch.Tensor | None,
                 key_on: torch.Tensor, key_weight: torch.Tensor | None = None,
@@ -47,34 +48,46 @@ class KeyMaskedAttention(nn.Module):
         """x [B, Nq, D] queries; kv [B, Nk, Dkv]; allowed [Nq, Nk] or [B, Nq, Nk] bool (None = all);
         key_on [B, Nk] bool hard decision; key_weight [B, Nk] its straight-through 0/1 weight (optional);
         bias [B, H, Nq, Nk] added to the attention logits (optional, e.g. a learned position bias)."""
-        B, Nq, _ = x.shape
-        Nk = kv.shape[1]
-        if allowed is None:
-            allowed = torch.ones(Nq, Nk, dtype=torch.bool, device=x.device)
-        allowed = allowed.expand(B, Nq, Nk)
-        admitted = allowed & key_on[:, None, :]                             # [B, Nq, Nk]
-        has_key = admitted.any(-1)                                          # [B, Nq]
-        q, k, v = self._split(self.q(x)), self._split(self.k(kv)), self._split(self.v(kv))
+        q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(kv)), self.split_heads(self.v(kv))
+        out, has_key = self.attend(q, k, v, allowed, key_on, key_weight, bias)
+        return self.o(out) * has_key[..., None].to(out.dtype)               # [B, Nq, D]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
+               key_on: torch.Tensor, key_weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention between projected heads q [B, H, Nq, hd], k, v [B, H, Nk, hd], before the output
+        projection: returns the heads merged [B, Nq, D] and has_key [B, Nq] (whether a query admitted any key;
+        the caller zeroes the rows without one after the output projection)."""
+        B, _, Nq, _ = q.shape
+        if allowed is None:                                                 # every query: the same keys
+            admitted = key_on[:, None, :]                                   # [B, 1, Nk]
+            has_key = admitted.any(-1).expand(B, Nq)                        # [B, Nq]
+        else:
+            allowed = allowed.expand(B, Nq, -1)                             # [B, Nq, Nk]
+            admitted = allowed & key_on[:, None, :]                         # [B, Nq, Nk]
+            has_key = admitted.any(-1)                                      # [B, Nq]
         if key_weight is None or not key_weight.requires_grad:
-            mask = admitted[:, None]                                       # [B, 1, Nq, Nk] bool
+            mask = admitted[:, None]                                       # [B, 1, Nq or 1, Nk] bool
             if bias is not None:                                           # additive form; rows without keys
                 live = mask | ~has_key[:, None, :, None]                   # keep finite logits (output zeroed)
+                                                                           # [B, 1, Nq, Nk]
                 mask = bias.masked_fill(~live, float("-inf"))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, Nq, hd]
         else:
             out = self._weighted(q, k, v, allowed, admitted, key_weight, bias)
-        out = self.o(out.transpose(1, 2).reshape(B, Nq, -1))                # [B, Nq, D]
-        return out * has_key[..., None].to(out.dtype)
+        return out.transpose(1, 2).flatten(2), has_key
 
     def _weighted(self, q, k, v, allowed, admitted, key_weight, bias) -> torch.Tensor:
         """The straight-through path: softmax weighted by key_weight, normalised by the admitted keys' max."""
         s = q @ k.transpose(-1, -2) / self.head_dim ** 0.5                  # [B, H, Nq, Nk]
         if bias is not None:
             s = s + bias
-        adm = admitted[:, None]                                             # [B, 1, Nq, Nk]
+        adm = admitted[:, None]                                             # [B, 1, Nq or 1, Nk]
         top = s.detach().masked_fill(~adm, float("-inf")).amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # rows without admitted keys
-        e = torch.exp((s - top).clamp(max=20.0)) * allowed[:, None]         # [B, H, Nq, Nk]
+        e = torch.exp((s - top).clamp(max=20.0))                            # [B, H, Nq, Nk]
+        if allowed is not None:
+            e = e * allowed[:, None]
         ew = e * key_weight[:, None, None, :]
         den = ew.sum(-1, keepdim=True)
         den = torch.where(adm.any(-1, keepdim=True), den, torch.ones_like(den))

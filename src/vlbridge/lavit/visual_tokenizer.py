@@ -33,9 +33,11 @@ PLACEMENTS = ("readout", "readout_detached", "true")
 class TokenizerOutput:
     selection: Selection
     merged: Merged
-    quantized: Quantized | None          # [B, N] layout (all positions); None without quantisation (phase 1)
+    quantized: Quantized | None          # in the layout of code_mask; None without quantisation (phase 1)
     recon: torch.Tensor                  # [B, N, D_vis] reconstructed patch features
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    code_mask: torch.Tensor | None = None   # which code rows are kept tokens: [B, M_max] (the kept tokens
+                                            # gathered) or, with straight-through weights, [B, N] (every position)
 
 
 def tokenizer_options(options) -> TokenizerOptions:
@@ -89,6 +91,8 @@ class DynamicVisualTokenizer(nn.Module):
         then learns from its regularisers only). position_into_codes=False: the position loss trains the
         read-out head only, not the codes it reads."""
         self._check(features)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"lavit tokenizer: placement must be one of {PLACEMENTS}, got {placement!r}")
         sel = self.select(features, mode, generator, noise)
         if not straight_through:
             sel = dataclasses.replace(sel, weight=sel.weight.detach())
@@ -97,26 +101,31 @@ class DynamicVisualTokenizer(nn.Module):
         if mode == "gumbel":
             target = self.options.keep_ratio if ratio_target is None else ratio_target
             aux["keep_ratio"] = ratio_loss(sel, target, self.options.ratio_weight)
-        # Codes of every position (dropped ones too); the decoder admits the kept ones, by their index in the
-        # kept sequence, with the selector's straight-through weights: forward = decoding the gathered codes.
+        B, N = sel.keep.shape
+        if merged.full is None:                 # the kept tokens' codes only, in raster order
+            rows, valid, seq_index, key_weight = merged.tokens, merged.valid, None, None
+            true_pos = self.decoder.query_pos[merged.positions.clamp(min=0)]          # [B, M, 2]
+        else:
+            # Straight-through weights: codes of every position (dropped ones too); the decoder admits the kept
+            # ones, by their index in the kept sequence, weighted by the selection: the same forward as
+            # decoding the gathered codes, plus a gradient for every keep/drop decision.
+            rows, valid, key_weight = merged.full, sel.keep, sel.weight
+            seq_index = (sel.keep.long().cumsum(1) - 1).clamp(min=0)                # [B, N]
+            true_pos = self.decoder.query_pos.expand(B, N, 2)                        # [B, N, 2]
         qz = None
         if quantize:
-            qz = self.quantizer(merged.full, sel.keep)
-            codes = qz.q                                                   # [B, N, C]
+            qz = self.quantizer(rows, valid)
+            codes = qz.q                                                   # [B, M or N, C]
             aux["commitment"] = qz.commitment
         else:
-            codes = self.quantizer.encode(merged.full)                     # continuous unit vectors [B, N, C]
-        seq_index = (sel.keep.long().cumsum(1) - 1).clamp(min=0)           # [B, N]
+            codes = self.quantizer.encode(rows)                            # continuous unit vectors
         # each kept code learns to tell where it sits (the decoder places generated codes by it)
-        where = self.decoder.locate(codes if position_into_codes else codes.detach())   # [B, N, 2]
-        if placement not in PLACEMENTS:
-            raise ValueError(f"lavit tokenizer: placement must be one of {PLACEMENTS}, got {placement!r}")
-        place = {"true": self.decoder.query_pos.expand_as(where), "readout": where,
-                 "readout_detached": where.detach()}[placement]
-        recon = self.decoder(codes, sel.keep, seq_index, sel.weight, place)     # [B, N, D_vis]
-        err = ((where - self.decoder.query_pos) ** 2).sum(-1)              # [B, N]
-        aux["position"] = self.options.position_weight * (err * sel.keep).sum() / sel.keep.sum().clamp_min(1)
-        return TokenizerOutput(sel, merged, qz, recon, aux)
+        where = self.decoder.locate(codes if position_into_codes else codes.detach())   # [B, M or N, 2]
+        place = {"true": true_pos, "readout": where, "readout_detached": where.detach()}[placement]
+        recon = self.decoder(codes, valid, seq_index, key_weight, place)  # [B, N, D_vis]
+        err = ((where - true_pos) ** 2).sum(-1)                            # [B, M or N]
+        aux["position"] = self.options.position_weight * (err * valid).sum() / valid.sum().clamp_min(1)
+        return TokenizerOutput(sel, merged, qz, recon, aux, valid)
 
     @torch.no_grad()
     def tokenize(self, features: torch.Tensor, mode: str = "argmax",

@@ -5,8 +5,8 @@ The prompt is the chat turn "Draw <caption>" followed by the assistant prefix an
 so text ids are suppressed inside the image; the row ends at [/IMG]. Classifier-free guidance (LaVIT
 uses it on the LLM side, scale ~4): the same step also runs the unconditional prompt ("Draw"), and the
 logits become ``uncond + scale * (cond - uncond)``; both rows then take the chosen token. Batched over
-prompts with left padding and a KV cache (as ``vlbridge.generate``); with ``cfg_scale == 1`` and greedy
-decoding the result equals ``generate`` with the same logits processor (tested).
+prompts with left padding and decoded as ``vlbridge.generate`` decodes (``Decoding``); with ``cfg_scale == 1``
+and greedy decoding the result equals ``generate`` with the same logits processor (tested).
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers import DynamicCache
 
 from ...data.records import Turn
-from ...generate import cache_kwargs, filter_logits
+from ...generate import Decoding, GenerationConfig, decode_threads, intra_op_threads, next_token
 from ...lavit.vocabulary import ModalityMask, VisualVocab, generation_prompt
 
 
@@ -65,36 +64,27 @@ def generate_codes_after(model, prompts: list[list[int]], pixel_values: torch.Te
     if guided:
         rows += [image_prompt_ids(model, vocab, "")] * B
     s, _ = model.embed([torch.tensor(r) for r in rows], None, pixel_values, padding_side="left")
-    embeds, attn, pos = s.inputs_embeds, s.attention_mask, s.position_ids            # [R, T, D], [R, T], [R, T]
-    R = embeds.shape[0]
-    cache = DynamicCache()
-    embed_tokens = model.llm.get_input_embeddings()
+    steps = max_tokens + 1
+    decoding = Decoding(model.llm, s.inputs_embeds, s.attention_mask, s.position_ids, steps, GenerationConfig())
     generator = torch.Generator(device=model.device).manual_seed(gen.seed)
-    generated = torch.zeros(B, 0, dtype=torch.long, device=model.device)
+    generated = torch.zeros(B, steps, dtype=torch.long, device=model.device)
     finished = torch.zeros(B, dtype=torch.bool, device=model.device)
-    step_embeds, step_pos = embeds, pos
-    for _ in range(max_tokens + 1):
-        logits = model.llm(inputs_embeds=step_embeds, attention_mask=attn, position_ids=step_pos,
-                           use_cache=True, **cache_kwargs(model.llm, cache)).logits[:, -1].float()          # [R, V]
-        if guided:
-            cond, uncond = logits[:B], logits[B:]
-            logits = uncond + gen.cfg_scale * (cond - uncond)                                   # [B, V]
-        logits = mask(logits, generated)
-        if gen.do_sample:
-            probs = filter_logits(logits / max(gen.temperature, 1e-6), gen.top_k, gen.top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            token = logits.argmax(-1)
-        token = token.masked_fill(finished, vocab.close_id)
-        generated = torch.cat([generated, token[:, None]], 1)
-        finished |= token == vocab.close_id
-        if bool(finished.all()):
-            break
-        both = torch.cat([token, token]) if guided else token                                   # [R]
-        step_embeds = embed_tokens(both)[:, None]
-        step_pos = pos[:, -1:] + 1
-        pos = torch.cat([pos, step_pos], 1)
-        attn = torch.cat([attn, attn.new_ones(R, 1)], 1)
+    n = 0
+    logits = decoding.prefill()                                                         # [R, V]
+    with intra_op_threads(decode_threads(GenerationConfig(), model.llm, len(rows))):
+        while n < steps:
+            logits = logits.float()
+            if guided:
+                cond, uncond = logits[:B], logits[B:]
+                logits = uncond + gen.cfg_scale * (cond - uncond)                       # [B, V]
+            token = next_token(mask(logits, generated[:, :n]), gen, generator).masked_fill(finished, vocab.close_id)
+            generated[:, n] = token
+            n += 1
+            finished |= token == vocab.close_id
+            if n == steps or bool(finished.all()):
+                break
+            logits = decoding.step(torch.cat([token, token]) if guided else token)     # both rows take it
+    generated = generated[:, :n]
     out = []
     for row in generated.tolist():
         cut = row.index(vocab.close_id) if vocab.close_id in row else len(row)

@@ -190,7 +190,7 @@ def train_reconstruction(tok: DynamicVisualTokenizer, data: SplitData, cfg: Toke
         sched.step()
         restarted = 0
         if quantize and cfg.restart_every and (i + 1) % cfg.restart_every == 0:
-            restarted = tok.quantizer.restart_dead(out.quantized.z.detach()[out.selection.keep], gen)
+            restarted = tok.quantizer.restart_dead(out.quantized.z.detach()[out.code_mask], gen)
         kept = float(out.selection.keep.float().mean())
         if i % 10 == 0 or i == steps - 1:
             bar.set_postfix(cos=f"{1 - rec.item():.3f}", kept=f"{kept:.2f}")
