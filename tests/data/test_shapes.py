@@ -29,6 +29,7 @@ from vlbridge.data.shapesworld import (
     generate_scene,
     questions_for,
     render_scene,
+    scene_rng,
 )
 from vlbridge.data.shapesworld.questions import WRITERS
 
@@ -507,5 +508,31 @@ def test_every_option_pinned_content(option_runs) -> None:
     new default). PNGs are hashed by their decoded pixels, so a Pillow release that compresses differently does
     not trip it. When a change to the data is intended, regenerate the digest and say so in the commit.
     """
-    assert content_digest(option_runs["a"]) == "be1d0454147fbbde0fbbc1efb6ec20a035a39a8cdf59015295239ed64f07d6f8"
+    assert content_digest(option_runs["a"]) == "66c1b4c443128207dd353cf87ae7c61c0711acebc26ecfe24a0dfdbc941b99d6"
 
+
+
+def test_box_once_never_shows_a_box_twice_in_a_record(tmp_path) -> None:
+    """With box_once a REC answer cannot be copied from an earlier region question, nor a region description
+    read off an earlier REC question; without it, such records occur on the same scenes."""
+    from vlbridge.data.shapesworld.writer import BOX_TEXT
+    options = dict(n=60, max_objects=4, train_turns=8, splits=[1, 0, 0], task_weights={"rec": 3, "reg": 3})
+
+    def repeats(box_once: bool) -> int:
+        out = tmp_path / str(box_once)
+        generate(ShapesWorldConfig(box_once=box_once, **options), out)
+        count = 0
+        for rec in json.loads((out / "train.json").read_text()):
+            boxes = [b for turn in rec["conversations"] for b in BOX_TEXT.findall(turn["value"])]
+            count += len(boxes) - len(set(boxes))
+        return count
+
+    assert repeats(False) > 0 and repeats(True) == 0
+
+
+def test_excluded_pairs_never_appear() -> None:
+    cfg = ShapesWorldConfig(n=1, max_objects=6, exclude_pairs=["red circle", "blue square"])
+    seen = {o.name for i in range(300) for o in generate_scene(scene_rng(0, "train", i), cfg).objects}
+    assert "red circle" not in seen and "blue square" not in seen and "red square" in seen
+    with pytest.raises(ValueError, match="exclude_pairs"):
+        ShapesWorldConfig(exclude_pairs=["red blob"])

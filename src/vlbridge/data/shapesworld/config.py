@@ -39,6 +39,11 @@ class ShapesWorldConfig:
     single_turn_records: int = opt(0, "single-turn training records per scene for single_turn_tasks (drawn by weight)")
     task_weights: dict = opt({}, "train-mix weights overriding TRAIN_TASK_WEIGHTS, e.g. '{\"rec\": 3, \"glyph\": 0}' "
                                  "(0 = never in training records)")
+    box_once: bool = opt(False, "a training record shows each box at most once (in a question or an answer), so "
+                                "a REC answer is never copied from an earlier region question about the same "
+                                "object, nor a region description read off an earlier REC question")
+    exclude_pairs: list[str] = opt([], "colour-shape pairs never drawn, e.g. 'red circle,blue square' (a test set "
+                                       "made without them measures pairs never seen together in training)")
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. when rebuilt from shapesworld.json).
@@ -69,6 +74,14 @@ class ShapesWorldConfig:
         if unknown or self.single_turn_records < 0 or bool(self.single_turn_records) != bool(self.single_turn_tasks):
             raise ValueError(f"single_turn_tasks {self.single_turn_tasks} must be generated tasks and come with "
                              f"single_turn_records > 0 (got {self.single_turn_records})")
+        self.exclude_pairs = list(self.exclude_pairs)
+        bad_pairs = [p for p in self.exclude_pairs if p not in {f"{c} {s}" for c in COLORS for s in SHAPES}]
+        if bad_pairs:
+            raise ValueError(f"exclude_pairs {bad_pairs}: each must be '<colour> <shape>' with a colour among "
+                             f"{list(COLORS)} and a shape among {list(SHAPES)}")
+        if self.max_objects > max_pairs - len(set(self.exclude_pairs)):
+            raise ValueError(f"max_objects {self.max_objects} exceeds the {max_pairs - len(set(self.exclude_pairs))} "
+                             "colour-shape pairs left after exclude_pairs")
         bad = {k: v for k, v in self.task_weights.items()
                if k not in TASKS + EXTRA_TASKS or not isinstance(v, (int, float)) or v < 0}
         if bad:
