@@ -101,7 +101,7 @@ class Trainer:
             train_records, val_records = self.select_tasks(train_records, stage), self.select_tasks(val_records, stage)
         self.model = model.train()            # after freezing: frozen modules stay in eval mode
         if tc.cache_vision_features > 0 and model.vision.frozen():
-            model.vision.cache = FeatureCache(tc.cache_vision_features)
+            model.vision.cache = FeatureCache(tc.cache_vision_features, tc.vision_feature_store)
         if tc.compile:
             self.log(f"compile: {compile_decoder_layers(model.llm)} LLM decoder layers (compiled at first use)")
         self.forward = wrap(model, self.ctx, tc.ddp_find_unused_parameters)     # DDP when distributed
