@@ -57,20 +57,22 @@ class ArenaConfig:
     eval_batch_size: int = opt(64, "records per generation batch in evaluation")
     max_new_tokens: int = opt(40, "generation budget per answer")
     shapes: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
-    shift_n: int = opt(0, "scenes of the held-out shifted test set (0 = none): the same generator with more, "
-                          "smaller objects, and without `shapes.exclude_pairs` (pairs never seen in training)")
+    shift_n: int = opt(0, "scenes of the held-out shifted test set (0 = none): the training data's generator with "
+                          "more, smaller objects, and without its exclude_pairs (pairs never seen in training)")
     shift_objects: list[int] = opt([4, 8], "fewest, most objects per shifted scene")
     shift_object_size: list[float] = opt([0.07, 0.1, 0.16, 0.24], "object sizes of the shifted scenes (as "
                                                                     "`shapes.object_size`)")
     shift_eval_limit: int | None = opt(100, "shifted test records per task (None = all)")
     preset: str | None = opt(None, "the preset this config started from", cli=False)
 
-    def shift_shapes(self) -> ShapesWorldConfig | None:
-        """The generator config of the shifted test set (test split only), or None."""
+    def shift_shapes(self, data: ShapesWorldConfig | None = None) -> ShapesWorldConfig | None:
+        """The generator config of the shifted test set (test split only), or None: the training data's generator
+        (``data``, default ``shapes``) with more, smaller objects and every colour-shape pair."""
         if not self.shift_n:
             return None
+        base = data or self.shapes
         lo, hi = self.shift_objects
-        return dataclasses.replace(self.shapes, n=self.shift_n, seed=self.shapes.seed + 1, splits=[0.0, 0.0, 1.0],
+        return dataclasses.replace(base, n=self.shift_n, seed=base.seed + 1, splits=[0.0, 0.0, 1.0],
                                    min_objects=lo, max_objects=hi, object_size=list(self.shift_object_size),
                                    exclude_pairs=[])
 

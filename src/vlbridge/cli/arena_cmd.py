@@ -16,15 +16,19 @@ ALIASES = {
 
 def add_parser(sub) -> None:
     from ..arena.config import ARENA_PRESETS, ArenaConfig
-    p = sub.add_parser("arena", help="compare connectors: same encoder, LLM, data, seed and step budget",
-                       description="Train each connector with the same frozen vision encoder, LLM, ShapesWorld "
-                                   "data, seed, schedule and step budget; evaluate all on the same test split; "
-                                   "write OUT/arena.md, arena.csv, plots and each connector's config. Re-running "
-                                   "the same command resumes: finished connectors are not retrained. Flags "
-                                   "override the preset; the defaults printed below are the fields' own, "
-                                   "--print-config shows the preset's.")
+    p = sub.add_parser("arena", help="compare connectors: same encoder, LLM, data, seeds and step budget",
+                       description="Train each connector once per seed with the same frozen vision encoder, LLM, "
+                                   "ShapesWorld data, schedule and step budget; evaluate all on the same test "
+                                   "records (and a held-out shifted test set); write OUT/arena.md (means with 95% "
+                                   "intervals over seeds, the blind prior, paired differences from mlp), "
+                                   "arena.csv, plots and each run's config. Re-running the same command resumes: "
+                                   "finished (connector, seed) runs are not retrained. Flags override the preset; "
+                                   "the defaults printed below are the fields' own, --print-config shows the "
+                                   "preset's.")
     p.add_argument("--preset", default="arena-cpu", choices=sorted(ARENA_PRESETS),
                    help="named arena preset the flags override (default: arena-cpu)")
+    p.add_argument("--quick", action="store_const", const="arena-quick", dest="preset",
+                   help="the arena-quick preset: a smoke run of the whole pipeline in a few minutes")
     p.add_argument("--print-config", action="store_true", help="print the resolved arena config and exit")
     p.set_defaults(run=run, _dests=add_config_args(p, ArenaConfig, aliases=ALIASES))
 

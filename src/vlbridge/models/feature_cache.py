@@ -110,7 +110,7 @@ def write_entry(path: Path, entry: dict, grid: tuple[int, int]) -> None:
         flat["cls"] = entry["cls"]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:8]}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, tmp,
+    save_file({k: v.detach().cpu().clone() for k, v in flat.items()}, tmp,          # own storage: no shared views
               metadata={"grid": f"{grid[0]},{grid[1]}"})
     os.replace(tmp, path)
 
