@@ -39,8 +39,8 @@ def base_json(shapes_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(base_json, shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("arena") / "run"
-    assert main(arena_argv(base_json, shapes_dir, out, seeds="0,1",
-                           extra=("--shift_n", "12", "--shift_eval_limit", "2"))) == 0
+    assert main(arena_argv(base_json, shapes_dir, out, seeds="0,1",              # two runs at a time
+                           extra=("--shift_n", "12", "--shift_eval_limit", "2", "--jobs", "2", "--threads", "1"))) == 0
     return out
 
 

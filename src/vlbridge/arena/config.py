@@ -36,8 +36,10 @@ class ArenaConfig:
     seeds: list[int] = opt([0], "training seeds: each row trains once per seed (model initialisation and data "
                                 "order); the data and the encoder stay the same")
     save_every: int = opt(100, "steps between checkpoints (a killed arena resumes from the last one)")
-    threads: int | None = opt(None, "torch threads for training and evaluation (None = torch's default; on a "
-                                    "machine shared with other jobs 1 thread is often faster than 2)")
+    threads: int | None = opt(None, "torch threads per run for training and evaluation (None = torch's default; "
+                                    "on a machine shared with other jobs 1 thread is often faster than 2)")
+    jobs: int = opt(1, "runs trained at the same time, each in its own process (e.g. 2 jobs x 1 thread on two "
+                       "cores: small models use two processes better than two threads)")
     feature_store: bool = opt(True, "keep the frozen encoder's features on disk in OUT/features (keyed by image "
                                     "and encoder), so every row and seed reads them instead of encoding again")
     data: str | None = opt(None, "an existing ShapesWorld dir to use instead of generating one into OUT/data")

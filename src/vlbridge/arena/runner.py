@@ -322,12 +322,40 @@ def prior_scores(cfg: ArenaConfig, data: Path, tests: list[TestSet]) -> dict:
     return out
 
 
+def timed_run(cfg: ArenaConfig, run: RunConfig, row: Row, seed: int, out: Path, tests: list[TestSet]) -> tuple[dict, float]:
+    """``run_one`` and its wall time (in a worker process: with the arena's thread count)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    log(f"{row.label} seed {seed}: start")
+    t0 = time.perf_counter()
+    return run_one(cfg, run, row, seed, out, tests), time.perf_counter() - t0
+
+
+def run_jobs(cfg: ArenaConfig, jobs: list[tuple[Row, int, RunConfig]], out: Path,
+             tests: list[TestSet]) -> list[tuple[dict, float]]:
+    """Every (row, seed) run in order: here, or ``cfg.jobs`` at a time in worker processes (results in job
+    order; a failed run stops the queue, and the finished ones are kept for a resume)."""
+    if cfg.jobs <= 1:
+        return [timed_run(cfg, run, row, seed, out, tests) for row, seed, run in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(timed_run, cfg, run, row, seed, out, tests) for row, seed, run in jobs]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
 def run_arena(cfg: ArenaConfig) -> list[dict]:
     """Everything: shared data and encoder, each row trained and evaluated per seed, then tables and plots."""
     from .plots import write_plots
     from .report import write_table
     t_start = time.perf_counter()
     rows = check_rows(cfg)
+    if cfg.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base = base_run_config(cfg)
@@ -347,15 +375,12 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     tests = test_sets(cfg, data, shift)
     prior = prior_scores(cfg, data, tests)
     write_json_atomic(out / "prior.json", prior)
-    results, runs = [], []
-    for seed in cfg.seeds:
-        for i, row in enumerate(rows, 1):
-            log(f"seed {seed}, row {i}/{len(rows)}: {row.label}")
-            t0 = time.perf_counter()
-            run = connector_run_config(cfg, base, row, seed, data, vision, out)
-            results.append(run_one(cfg, run, row, seed, out, tests))
-            runs.append({"row": row.label, "seed": seed, "seconds": time.perf_counter() - t0})
-    timing["runs"] = runs
+    jobs = [(row, seed, connector_run_config(cfg, base, row, seed, data, vision, out))
+            for seed in cfg.seeds for row in rows]
+    done = run_jobs(cfg, jobs, out, tests)
+    results = [result for result, _ in done]
+    timing["runs"] = [{"row": row.label, "seed": seed, "seconds": seconds}
+                      for (row, seed, _), (_, seconds) in zip(jobs, done)]
     table = write_table(results, prior, cfg, out)
     write_plots(results, prior, out)
     timing["total_seconds"] = time.perf_counter() - t_start
