@@ -82,6 +82,24 @@ def test_features_are_encoded_once_for_every_run(finished):
     assert len(folders) == 1 and len(list(folders[0].glob("*.safetensors"))) > 0
 
 
+def test_a_second_comparison_in_the_same_dir_trains_only_its_new_rows(base_json, shapes_dir, finished, monkeypatch):
+    """--name keeps another table beside the first; a row both list (mlp) is not retrained; a labelled variant
+    (wide=linear) trains in its own dirs."""
+    real_train, calls = stages_module.train, []
+
+    def counting(cfg):
+        calls.append(cfg.out)
+        return real_train(cfg)
+
+    monkeypatch.setattr(stages_module, "train", counting)
+    assert main(arena_argv(base_json, shapes_dir, finished, connectors=("mlp", "wide=linear"), seeds="0,1",
+                           extra=("--shift_n", "12", "--shift_eval_limit", "2", "--name", "variants"))) == 0
+    assert sorted(calls) == [str(finished / "wide" / f"seed{k}" / "instruct") for k in (0, 1)]
+    md = (finished / "variants.md").read_text()
+    assert "| mlp | 2 |" in md and "| wide | 2 |" in md and "| linear |" not in md
+    assert (finished / "arena.md").is_file() and (finished / "variants_tasks.png").is_file()
+
+
 def test_a_run_reruns_alone_from_its_saved_config(finished, tmp_path):
     again = tmp_path / "again"
     assert main(["train", "--config", str(finished / "configs" / "mlp-seed1.json"), "--out", str(again)]) == 0

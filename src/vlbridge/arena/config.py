@@ -25,8 +25,10 @@ class ArenaConfig:
                                                       "LABEL=NAME for a variant of a connector (its options: the "
                                                       "NAME options updated by connector_options[LABEL])")
     connector_options: dict = opt({}, "options per row as JSON, e.g. '{\"resampler\": {\"num_latents\": 16}}'")
-    out: str = opt("runs/arena", "run directory: data/, vision/, features/, one dir per row and seed, arena.md/.csv, "
-                                 "plots")
+    out: str = opt("runs/arena", "run directory: data/, vision/, features/, one dir per row and seed, the tables "
+                                 "and plots")
+    name: str = opt("arena", "file stem of this comparison's tables, plots and config (OUT/<name>.md ...): several "
+                             "comparisons can share one run directory, and a run two of them list trains once")
     base: str = opt("tiny-cpu", "training preset every connector starts from (vision arch, LLM, schedule)")
     base_config: str | None = opt(None, "a saved run config.json to start from instead of `base`")
     steps: int = opt(600, "optimizer steps per connector and seed (the same budget for all)")

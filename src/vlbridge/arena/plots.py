@@ -114,10 +114,10 @@ def plot_against(results: list[dict], prior: dict | None, path: Path, key: str, 
     return path
 
 
-def write_plots(results: list[dict], prior: dict | None, out: Path) -> list[Path]:
+def write_plots(results: list[dict], prior: dict | None, out: Path, name: str = "arena") -> list[Path]:
     test_prior = (prior or {}).get("test")
-    return [plot_tasks(results, test_prior, out / "arena_tasks.png"),
-            plot_against(results, test_prior, out / "arena_tokens.png", "visual_tokens",
+    return [plot_tasks(results, test_prior, out / f"{name}_tasks.png"),
+            plot_against(results, test_prior, out / f"{name}_tokens.png", "visual_tokens",
                          "visual tokens per image (log scale)", "Accuracy vs number of visual tokens"),
-            plot_against(results, test_prior, out / "arena_params.png", "connector_params",
+            plot_against(results, test_prior, out / f"{name}_params.png", "connector_params",
                          "connector parameters (log scale)", "Accuracy vs connector parameters")]

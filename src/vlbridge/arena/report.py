@@ -235,8 +235,8 @@ def runs_csv(results: list[dict], tasks: list[str]) -> str:
 
 
 def write_table(results: list[dict], prior: dict | None, cfg: ArenaConfig, out: Path) -> str:
-    """Write OUT/arena.md (tables, how the comparison was set up, how to re-run a run), OUT/arena.csv (long
-    form: intervals and paired differences) and OUT/arena_runs.csv (every run); return the main table."""
+    """Write OUT/<name>.md (tables, how the comparison was set up, how to re-run a run), OUT/<name>.csv (long
+    form: intervals and paired differences) and OUT/<name>_runs.csv (every run); return the main table."""
     tasks = task_order(results)
     prior = prior or {}
     main = table(results, prior.get("test"), tasks, MD_GROUPS)
@@ -270,10 +270,11 @@ def write_table(results: list[dict], prior: dict | None, cfg: ArenaConfig, out: 
                   table(results, prior.get("shift"), tasks, SHIFT_GROUPS, "shift"),
                   "\n" + difference_table(results, tasks, SHIFT_GROUPS, "shift")]
     parts += ["\n## Cost\n", cost_table(results),
-              "\n![per task](arena_tasks.png)\n![vs visual tokens](arena_tokens.png)\n![vs parameters](arena_params.png)\n",
+              f"\n![per task]({cfg.name}_tasks.png)\n![vs visual tokens]({cfg.name}_tokens.png)\n"
+              f"![vs parameters]({cfg.name}_params.png)\n",
               "## Re-run one run\n",
               "\n".join(f"- `{r['connector']}` seed {r.get('seed', 0)}: `{r['command']}`" for r in results)]
-    (out / "arena.md").write_text("\n".join(parts) + "\n")
-    (out / "arena.csv").write_text(long_csv(results, prior, tasks))
-    (out / "arena_runs.csv").write_text(runs_csv(results, tasks))
+    (out / f"{cfg.name}.md").write_text("\n".join(parts) + "\n")
+    (out / f"{cfg.name}.csv").write_text(long_csv(results, prior, tasks))
+    (out / f"{cfg.name}_runs.csv").write_text(runs_csv(results, tasks))
     return main

@@ -2,18 +2,18 @@
 
 Layout of the run directory ``OUT``::
 
-    arena.json               the resolved ArenaConfig
+    <name>.json              the resolved ArenaConfig (``--name``, default "arena")
     data/  data_shift/       shared ShapesWorld data and the held-out shifted test set
     vision/  features/       the frozen encoder (unless --vision is given) and its features on disk
-    prior.json               the blind prior's scores (``prior.py``) on both test sets
+    <name>_prior.json        the blind prior's scores (``prior.py``) on both test sets
     configs/<row>-seed<k>.json   each run's resolved config (`vlbridge train --config` re-runs it)
     <row>/seed<k>/           one dir per row and seed: run.json (its config), eval/, eval_shift/, result.json
                              (the marker of a finished run, written atomically after its evals) and one dir per
                              stage: the connector's pre-stage if it declares one (groma: det, lavit: tokenizer;
                              not counted in the step budget), then instruct/ (config.json, log.jsonl,
                              checkpoints/, final/)
-    arena.md  arena.csv  arena_runs.csv  timing.json      the tables and the wall time of each part
-    arena_tasks.png  arena_tokens.png  arena_params.png   the plots (95% intervals over seeds)
+    <name>.md  <name>.csv  <name>_runs.csv  <name>_timing.json    the tables and the wall time of each part
+    <name>_tasks.png  <name>_tokens.png  <name>_params.png        the plots (95% intervals over seeds)
 
 Seeds run in the outer loop, so a partly finished arena already holds every row for its first seeds. A run
 with a ``result.json`` is not retrained; a finished stage is not rerun; an interrupted LLM stage resumes from
@@ -362,7 +362,7 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     dry_build_connectors(cfg, rows, base, data_image_size(Path(cfg.data)) if cfg.data else cfg.shapes.image_size)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(cfg, out / "arena.json")
+    save_json(cfg, out / f"{cfg.name}.json")
     timing: dict = {"threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     data = prepare_data(cfg, out)
@@ -374,7 +374,7 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     timing["vision_seconds"] = time.perf_counter() - t0
     tests = test_sets(cfg, data, shift)
     prior = prior_scores(cfg, data, tests)
-    write_json_atomic(out / "prior.json", prior)
+    write_json_atomic(out / f"{cfg.name}_prior.json", prior)
     jobs = [(row, seed, connector_run_config(cfg, base, row, seed, data, vision, out))
             for seed in cfg.seeds for row in rows]
     done = run_jobs(cfg, jobs, out, tests)
@@ -382,9 +382,9 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     timing["runs"] = [{"row": row.label, "seed": seed, "seconds": seconds}
                       for (row, seed, _), (_, seconds) in zip(jobs, done)]
     table = write_table(results, prior, cfg, out)
-    write_plots(results, prior, out)
+    write_plots(results, prior, out, cfg.name)
     timing["total_seconds"] = time.perf_counter() - t_start
-    write_json_atomic(out / "timing.json", timing)
-    log(f"wrote {out / 'arena.md'}, {out / 'arena.csv'} and plots in {timing['total_seconds'] / 60:.1f} min")
+    write_json_atomic(out / f"{cfg.name}_timing.json", timing)
+    log(f"wrote {out / cfg.name}.md, {cfg.name}.csv and plots in {timing['total_seconds'] / 60:.1f} min")
     print(table)
     return results

@@ -19,9 +19,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("arena", help="compare connectors: same encoder, LLM, data, seeds and step budget",
                        description="Train each connector once per seed with the same frozen vision encoder, LLM, "
                                    "ShapesWorld data, schedule and step budget; evaluate all on the same test "
-                                   "records (and a held-out shifted test set); write OUT/arena.md (means with 95% "
+                                   "records (and a held-out shifted test set); write OUT/<name>.md (means with 95% "
                                    "intervals over seeds, the blind prior, paired differences from mlp), "
-                                   "arena.csv, plots and each run's config. Re-running the same command resumes: "
+                                   "<name>.csv, plots and each run's config. Re-running the same command resumes: "
                                    "finished (connector, seed) runs are not retrained. Flags override the preset; "
                                    "the defaults printed below are the fields' own, --print-config shows the "
                                    "preset's.")
@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
         return 0
     run_arena(cfg)
-    print(f"arena written to {cfg.out} (arena.md, arena.csv, arena_tasks.png, arena_tokens.png, configs/)")
+    print(f"arena written to {cfg.out} ({cfg.name}.md, {cfg.name}.csv, {cfg.name}_*.png, configs/)")
     return 0
