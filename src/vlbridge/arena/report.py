@@ -234,6 +234,33 @@ def runs_csv(results: list[dict], tasks: list[str]) -> str:
     return buf.getvalue()
 
 
+def sizing_note(results: list[dict], tasks: list[str]) -> str:
+    """How the evaluation size compares with the spread over seeds: one run's binomial standard error on the
+    bounded tasks (at its own score, n questions) against the seed-to-seed standard deviation of each cell."""
+    import statistics
+    data, errors, spreads = by_seed(results, tasks), [], []
+    names = metric_names(results, tasks)
+    n_of = {(r["connector"], t): r["metrics"][t].get("n") for r in results for t in tasks if t in r["metrics"]}
+    for row, cols in data.items():
+        for t in tasks:
+            values = list(cols.get(t, {}).values())
+            n = n_of.get((row, t))
+            if not values or not n or names[t] in UNBOUNDED:
+                continue
+            errors += [(v * (1 - v) / n) ** 0.5 for v in values]
+            if len(values) >= 2:
+                spreads.append(statistics.stdev(values))
+    if not errors:
+        return ""
+    text = (f"Evaluation size: one run's score on a bounded task has a binomial standard error of "
+            f"{100 * statistics.median(errors):.1f} points (median over runs and tasks; at most "
+            f"{100 * max(errors):.1f})")
+    if spreads:
+        text += (f", against a seed-to-seed standard deviation of {100 * statistics.median(spreads):.1f} points "
+                 f"(median over rows and tasks): the intervals are mostly training variance, not test sampling")
+    return text + "."
+
+
 def write_table(results: list[dict], prior: dict | None, cfg: ArenaConfig, out: Path) -> str:
     """Write OUT/<name>.md (tables, how the comparison was set up, how to re-run a run), OUT/<name>.csv (long
     form: intervals and paired differences) and OUT/<name>_runs.csv (every run); return the main table."""
@@ -258,6 +285,7 @@ def write_table(results: list[dict], prior: dict | None, cfg: ArenaConfig, out: 
         f"`fine`: {', '.join(FINE_DETAIL_TASKS)}; `small obj` / `large obj`: questions about one object of that "
         "size; `count 4+ obj`: counting in scenes with 4 or more objects.\n",
         main,
+        "\n" + sizing_note(results, tasks),
         "\n## Difference from mlp, seed by seed\n",
         "Mean of (row - mlp) over seeds x100 [95% interval]; bold where the seeds support a difference.\n",
         difference_table(results, tasks, MD_GROUPS),

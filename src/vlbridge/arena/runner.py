@@ -322,17 +322,20 @@ def prior_scores(cfg: ArenaConfig, data: Path, tests: list[TestSet]) -> dict:
     return out
 
 
-def timed_run(cfg: ArenaConfig, run: RunConfig, row: Row, seed: int, out: Path, tests: list[TestSet]) -> tuple[dict, float]:
-    """``run_one`` and its wall time (in a worker process: with the arena's thread count)."""
+def timed_run(cfg: ArenaConfig, run: RunConfig, row: Row, seed: int, out: Path,
+              tests: list[TestSet]) -> tuple[dict, dict]:
+    """``run_one`` and its wall and CPU seconds (in a worker process: with the arena's thread count). On a machine
+    shared with other jobs the CPU seconds say what the run costs; the wall seconds depend on the load."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     log(f"{row.label} seed {seed}: start")
-    t0 = time.perf_counter()
-    return run_one(cfg, run, row, seed, out, tests), time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = run_one(cfg, run, row, seed, out, tests)
+    return result, {"wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 def run_jobs(cfg: ArenaConfig, jobs: list[tuple[Row, int, RunConfig]], out: Path,
-             tests: list[TestSet]) -> list[tuple[dict, float]]:
+             tests: list[TestSet]) -> list[tuple[dict, dict]]:
     """Every (row, seed) run in order: here, or ``cfg.jobs`` at a time in worker processes (results in job
     order; a failed run stops the queue, and the finished ones are kept for a resume)."""
     if cfg.jobs <= 1:
@@ -352,7 +355,7 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     """Everything: shared data and encoder, each row trained and evaluated per seed, then tables and plots."""
     from .plots import write_plots
     from .report import write_table
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     rows = check_rows(cfg)
     if cfg.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
@@ -379,11 +382,14 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
             for seed in cfg.seeds for row in rows]
     done = run_jobs(cfg, jobs, out, tests)
     results = [result for result, _ in done]
-    timing["runs"] = [{"row": row.label, "seed": seed, "seconds": seconds}
-                      for (row, seed, _), (_, seconds) in zip(jobs, done)]
+    timing["runs"] = [{"row": row.label, "seed": seed, **seconds} for (row, seed, _), (_, seconds) in zip(jobs, done)]
     table = write_table(results, prior, cfg, out)
     write_plots(results, prior, out, cfg.name)
     timing["total_seconds"] = time.perf_counter() - t_start
+    timing["cpu_seconds_runs"] = sum(r["cpu_seconds"] for r in timing["runs"])
+    in_here = timing["cpu_seconds_runs"] if cfg.jobs <= 1 else 0.0
+    timing["cpu_seconds_main"] = time.process_time() - c_start - in_here    # data, encoder, prior, tables, plots
+    timing["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     write_json_atomic(out / f"{cfg.name}_timing.json", timing)
     log(f"wrote {out / cfg.name}.md, {cfg.name}.csv and plots in {timing['total_seconds'] / 60:.1f} min")
     print(table)

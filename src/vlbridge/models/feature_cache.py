@@ -110,7 +110,9 @@ def write_entry(path: Path, entry: dict, grid: tuple[int, int]) -> None:
         flat["cls"] = entry["cls"]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:8]}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    save_file({k: v.detach().cpu().clone() for k, v in flat.items()}, tmp,          # own storage: no shared views
+    # each tensor copied into its own contiguous storage: a row of a batch is a (possibly strided) view, and two
+    # of them may share memory (a feature layer is also a requested layer); safetensors takes neither
+    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in flat.items()}, tmp,
               metadata={"grid": f"{grid[0]},{grid[1]}"})
     os.replace(tmp, path)
 
