@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import opt
-from .constants import COLORS, EXTRA_TASKS, SHAPES, TASKS
+from .constants import COLORS, EXTRA_TASKS, SENTENCE_FORM_TASKS, SHAPES, TASKS
 
 
 @dataclass
@@ -29,10 +29,14 @@ class ShapesWorldConfig:
                                     "always carry it")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
-    sentence_answers: float = opt(0.5, "share of training colour/shape questions asked without the short-answer "
-                                       "instruction and answered with a sentence naming the object ('The circle "
-                                       "is red.'), as LLaVA-1.5 mixes conversation and VQA answers; val/test stay "
-                                       "short")
+    sentence_answers: float = opt(0.5, "share of training questions of the sentence_tasks asked without the "
+                                       "short-answer instruction and answered with a sentence naming the object "
+                                       "('The circle is red.'), as LLaVA-1.5 mixes conversation and VQA answers; "
+                                       "val/test stay short")
+    sentence_tasks: list[str] = opt(["color", "shape"], "tasks whose training questions are sometimes (sentence_answers) "
+                                                        "answered with a sentence naming the object first: color, "
+                                                        "shape, glyph ('The red circle says 7.'), rec ('The red "
+                                                        "circle is at [...].')")
     single_turn_tasks: list[str] = opt([], "tasks written as their own single-turn training records instead of turns "
                                            "of the mixed record, so no answer can be copied from another turn about "
                                            "the same image (e.g. a box from a grounded caption)")
@@ -65,6 +69,10 @@ class ShapesWorldConfig:
         if self.sentence_answers and self.format_hint == "first":
             raise ValueError("format_hint 'first' needs sentence_answers 0 (a question without the short-answer "
                              "instruction would mean a sentence answer)")
+        self.sentence_tasks = list(self.sentence_tasks)
+        bad_forms = [t for t in self.sentence_tasks if t not in SENTENCE_FORM_TASKS]
+        if bad_forms:
+            raise ValueError(f"sentence_tasks {bad_forms}: only {', '.join(SENTENCE_FORM_TASKS)} have a sentence form")
         self.extra_tasks = list(self.extra_tasks)
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:

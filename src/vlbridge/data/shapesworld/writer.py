@@ -17,7 +17,7 @@ from typing import Any
 from .config import ShapesWorldConfig
 from .constants import TASKS, TRAIN_TASK_WEIGHTS
 from .conversation import SENTENCE_SUFFIX, YesNoBalancer, conversation, pick
-from .questions import SENTENCE_FORMS, QA, as_sentence, questions_for
+from .questions import QA, as_sentence, questions_for
 from .render import render_scene
 from .scenes import Scene, generate_scene, scene_rng
 
@@ -60,7 +60,8 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
                   balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS,
                   weights: dict[str, float] | None = None, hint_once: bool = False,
-                  sentence_share: float = 0.0, box_once: bool = False) -> dict[str, Any]:
+                  sentence_share: float = 0.0, box_once: bool = False,
+                  sentence_tasks: tuple[str, ...] | list[str] = ("color", "shape")) -> dict[str, Any]:
     """One multi-turn record of up to ``n_turns`` distinct questions about one image.
 
     Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (updated by ``weights``; a task of weight 0 is
@@ -82,7 +83,7 @@ def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
         task, qa = drawn
         shown |= boxes_in(qa)
         chosen.append(task)
-        if sentence_share and task in SENTENCE_FORMS and rng.random() < sentence_share:
+        if sentence_share and task in sentence_tasks and rng.random() < sentence_share:
             task, qa = task + SENTENCE_SUFFIX, as_sentence(task, qa)
         turns.append((task, qa))
     return {"id": f"{stem}_mixed", "image": image, "task": "mixed", "tasks": chosen,
@@ -147,7 +148,8 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
                 mixed_weights = {**cfg.task_weights, **{t: 0 for t in cfg.single_turn_tasks}}
                 records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks(),
                                              mixed_weights, hint_once=cfg.format_hint == "first",
-                                             sentence_share=cfg.sentence_answers, box_once=cfg.box_once))
+                                             sentence_share=cfg.sentence_answers, box_once=cfg.box_once,
+                                             sentence_tasks=cfg.sentence_tasks))
                 if cfg.single_turn_records:
                     records.extend(_single_turn_records(stem, image, scene, rng, balancer, cfg))
             else:
