@@ -56,6 +56,7 @@ def test_two_connectors_two_seeds_write_tables_csvs_plots_and_configs(finished):
         assert r["shift:color"] != ""                              # scored on the shifted test set too
     assert "| prior (no image) | - |" in md and "| mlp | 2 |" in md and "| linear | 2 |" in md
     assert "## Difference from mlp, seed by seed" in md and "## Held-out shifted test set" in md
+    assert "Evaluation size: one run's score" in md and (finished / "prior" / "shift" / "predictions.jsonl").is_file()
     long = list(csv.DictReader((finished / "arena.csv").open()))
     color = {(r["test_set"], r["connector"]): r for r in long if r["column"] == "color"}
     assert color["test", "mlp"]["n"] == "2" and color["test", "prior"]["n"] == "0"

@@ -88,7 +88,7 @@ def _results(per_row: dict[str, list[float]]) -> list[dict]:
 
 def test_table_marks_differences_the_seeds_do_not_support():
     results = _results({"mlp": [0.80, 0.70, 0.90], "worse": [0.40, 0.32, 0.49], "same": [0.85, 0.60, 0.88]})
-    md = table(results, {"color": {"main": "vqa_acc", "vqa_acc": 0.17}}, ["color"], ())
+    md = table(results, {"metrics": {"color": {"main": "vqa_acc", "vqa_acc": 0.17}}}, ["color"], ())
     lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()}
     assert "| prior (no image) | - | 17.0 |" in md
     assert "80.0 ± 24.8 |" in lines["mlp"] and NOT_SUPPORTED not in lines["mlp"]

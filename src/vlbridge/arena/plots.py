@@ -43,7 +43,7 @@ def plot_tasks(results: list[dict], prior: dict | None, path: Path) -> Path:
         ax.bar(xs, [m or 0.0 for m, _ in stats], width, yerr=[h for _, h in stats], capsize=1.5,
                error_kw={"elinewidth": 0.8}, label=f"{row} ({tokens:.0f} tok)", color=cmap(i % 10))
     if prior:
-        pv = run_values(prior, {}, tasks)
+        pv = run_values(prior["metrics"], prior.get("groups", {}), tasks)
         for g, c in enumerate(cols):
             if pv.get(c) is not None:
                 ax.plot([g - 0.45, g + 0.45], [100 * pv[c]] * 2, color="black", lw=1.2)
@@ -88,7 +88,7 @@ def plot_against(results: list[dict], prior: dict | None, path: Path, key: str, 
                             capsize=2, elinewidth=0.8, zorder=3)
                 top = max(top, mean + half)
     if prior:
-        pv = run_values(prior, {}, tasks)
+        pv = run_values(prior["metrics"], prior.get("groups", {}), tasks)
         for series, style in (("mean", ":"), ("fine", "-.")):
             if pv.get(series) is not None:
                 ax.axhline(100 * pv[series], color="grey", lw=0.9, ls=style)

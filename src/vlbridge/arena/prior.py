@@ -58,8 +58,16 @@ def prior_predictions(train_file: Path, test_records: list[dict]) -> list[Predic
     return preds
 
 
-def prior_metrics(train_file: Path, test_file: Path, ids: set[str] | None = None) -> dict[str, dict]:
+def prior_metrics(train_file: Path, test_file: Path, ids: set[str] | None = None,
+                  out_dir: Path | None = None) -> dict[str, dict]:
     """Per-task metrics of the blind model on the test records (only those in ``ids`` when given, so the level
-    is measured on the same questions as the connectors)."""
+    is measured on the same questions as the connectors); with ``out_dir`` its scored predictions are written
+    there as an eval would write them (``predictions.jsonl``, ``metrics.json``)."""
     records = [r for r in json.loads(test_file.read_text()) if ids is None or str(r["id"]) in ids]
-    return summarize(prior_predictions(train_file, records))
+    preds = prior_predictions(train_file, records)
+    metrics = summarize(preds)
+    if out_dir is not None:
+        from ..data.records import SkipReport
+        from ..eval.runner import write_reports
+        write_reports(out_dir, preds, metrics, SkipReport(), len(records))
+    return metrics

@@ -118,7 +118,8 @@ def cell(iv: Interval | None, diff: Interval | None = None, is_reference: bool =
 
 
 def table(results: list[dict], prior: dict | None, tasks: list[str], groups, which: str = "test") -> str:
-    """Markdown: the prior row, then every row (mean ± 95% interval over seeds, x100)."""
+    """Markdown: the prior row (``prior``: {"metrics", "groups"}), then every row (mean ± 95% interval over seeds,
+    x100)."""
     names = metric_names(results, tasks)
     cols = columns(tasks, groups)
     data = by_seed(results, tasks, which)
@@ -126,7 +127,7 @@ def table(results: list[dict], prior: dict | None, tasks: list[str], groups, whi
                                      for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
     if prior:
-        pv = run_values(prior, {}, tasks)
+        pv = run_values(prior["metrics"], prior.get("groups", {}), tasks)
         lines.append("| prior (no image) | - | " + " | ".join(_pct(pv.get(c)) for c in cols) + " |")
     ref = data.get(REFERENCE, {})
     for row in rows_in_order(results):
@@ -199,7 +200,7 @@ def long_csv(results: list[dict], prior: dict | None, tasks: list[str]) -> str:
         if not data:
             continue
         if prior and prior.get(which):
-            pv = run_values(prior[which], {}, tasks)
+            pv = run_values(prior[which]["metrics"], prior[which].get("groups", {}), tasks)
             for c in cols:
                 if pv.get(c) is not None:
                     w.writerow([which, "prior", c, names.get(c, ""), round(pv[c], 4)] + [None] * 4 + [0] + [None] * 4)

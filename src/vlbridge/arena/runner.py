@@ -312,14 +312,19 @@ def test_sets(cfg: ArenaConfig, data: Path, shift: Path | None) -> list[TestSet]
     return sets
 
 
-def prior_scores(cfg: ArenaConfig, data: Path, tests: list[TestSet]) -> dict:
-    """The blind prior on the same records the runs are scored on (``prior.py``)."""
+def prior_scores(cfg: ArenaConfig, data: Path, tests: list[TestSet], out: Path) -> dict:
+    """The blind prior on the same records the runs are scored on (``prior.py``), with its groups; its predictions
+    go to OUT/prior/<test set>/."""
     from .prior import prior_metrics
-    data_cfg, out = DataConfig(), {}
+    data_cfg, scores = DataConfig(), {}
     for test in tests:
         records = select_per_task(load_split(test.file, data_cfg, SkipReport()), test.limit, test.tasks)
-        out[test.name] = prior_metrics(data / "train.json", test.file, {r.id for r in records})
-    return out
+        where = out / "prior" / test.name
+        metrics = prior_metrics(data / "train.json", test.file, {r.id for r in records}, where)
+        scenes = load_scenes(test.file.parent)
+        groups = group_scores(where / "predictions.jsonl", test.file, scenes, test.held_out) if scenes else {}
+        scores[test.name] = {"metrics": metrics, "groups": groups}
+    return scores
 
 
 def timed_run(cfg: ArenaConfig, run: RunConfig, row: Row, seed: int, out: Path,
@@ -376,7 +381,7 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     vision = prepare_vision(cfg, base.model.vision, data, out)
     timing["vision_seconds"] = time.perf_counter() - t0
     tests = test_sets(cfg, data, shift)
-    prior = prior_scores(cfg, data, tests)
+    prior = prior_scores(cfg, data, tests, out)
     write_json_atomic(out / f"{cfg.name}_prior.json", prior)
     jobs = [(row, seed, connector_run_config(cfg, base, row, seed, data, vision, out))
             for seed in cfg.seeds for row in rows]
