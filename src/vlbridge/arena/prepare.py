@@ -144,7 +144,8 @@ def prepare_vision(cfg: ArenaConfig, base_vision: VisionConfig, data: Path, out:
         raise FileNotFoundError(f"{data} has no scenes.json to pretrain the vision encoder on; pass --vision DIR")
     target = out / "vision"
     vcfg = VisionPretrainConfig(annotations=str(scenes), out=str(target), attributes=list(cfg.vision_attributes),
-                                steps=cfg.vision_steps, seed=cfg.vision_seed, vision=base_vision)
+                                attribute_weights=dict(cfg.vision_attribute_weights), steps=cfg.vision_steps,
+                                seed=cfg.vision_seed, vision=base_vision)
     stamp = target / "vision_pretrain.json"
     if stamp.is_file():
         require_same(as_saved(VisionPretrainConfig, json.loads(stamp.read_text())["config"]), plain(vcfg), stamp,

@@ -45,6 +45,8 @@ class VisionPretrainConfig:
                                                     "joint label of attributes a and b (e.g. color+shape); x1, y1, "
                                                     "x2, y2, cx, cy = a coordinate of the object's box")
     box_bins: int = opt(16, "classes of a box-coordinate attribute (the unit interval in equal bins)")
+    attribute_weights: dict = opt({}, "loss weight per attribute, e.g. '{\"glyph\": 4}' (default 1): a rare or hard "
+                                      "attribute (a glyph on some large objects) is otherwise crowded out by the rest")
     split: str = opt("train", "annotation split to train on ('val' is used for the held-out accuracy)")
     steps: int = opt(400, "optimizer steps")
     batch_size: int = opt(32, "images per step")
@@ -115,6 +117,9 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     random.seed(cfg.seed)
     ann_path = Path(cfg.annotations)
     scenes = load_annotations(ann_path)
+    unknown = sorted(set(cfg.attribute_weights) - set(cfg.attributes))
+    if unknown:
+        raise ValueError(f"attribute_weights names {unknown}, which are not among the attributes {cfg.attributes}")
     for i, s in enumerate(scenes):
         for obj in s.get("objects", []):
             missing = [a for a in attribute_parts(cfg.attributes) if a not in obj]
@@ -152,7 +157,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
         idx = torch.randint(0, len(train[0]), (cfg.batch_size,))
         pixels = train[0][idx].contiguous(memory_format=torch.channels_last)
         logits = head(tower(pixels).features)                              # each [B, N, classes]
-        loss = sum(F.cross_entropy(logits[a].flatten(0, 1), train[1][a][idx].flatten()) for a in cfg.attributes)
+        loss = sum(cfg.attribute_weights.get(a, 1.0)
+                   * F.cross_entropy(logits[a].flatten(0, 1), train[1][a][idx].flatten()) for a in cfg.attributes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
