@@ -182,6 +182,9 @@ class TrainConfig:
     cache_vision_features: float = opt(1024.0, "MB of a frozen vision encoder's features kept per image, so each "
                                                "image is encoded once (0 = off; used only while the encoder "
                                                "has nothing to train)", at_least=0)
+    vision_feature_store: str | None = opt(None, "a directory where the frozen encoder's features persist across runs "
+                                                 "(keyed by image and encoder), so other runs read them instead of "
+                                                 "encoding; None = kept in memory for this run only")
     ddp_find_unused_parameters: bool = opt(True, "under torchrun: let DDP tolerate trainable parameters that get "
                                                   "no gradient in a step (an encoder's unused final norm, optional "
                                                   "connector branches); HF Trainer's default. False saves a "

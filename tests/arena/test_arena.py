@@ -1,4 +1,5 @@
-"""`vlbridge arena` on tiny models: table, CSV, plots and configs; resume; early errors; the table's arithmetic."""
+"""`vlbridge arena` on tiny models: tables, CSVs, plots and configs per (row, seed); seeds; the shifted test set;
+the feature store; resume per (row, seed); labelled variants; early errors."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,6 @@ import vlbridge.arena.runner as runner
 import vlbridge.recipes.stages as stages_module
 from support import tiny_run_config
 from vlbridge.arena.prepare import differences
-from vlbridge.arena.report import headline, summary_scores
 from vlbridge.cli.main import main
 from vlbridge.config import load_run_config, save_json
 
@@ -22,10 +22,11 @@ pytestmark = pytest.mark.slow          # end to end: subprocesses, several train
 CONNECTORS = ("mlp", "linear")
 
 
-def arena_argv(base_json, data, out, connectors=CONNECTORS, steps=3, extra=()):
+def arena_argv(base_json, data, out, connectors=CONNECTORS, steps=3, extra=(), seeds="0"):
     return ["arena", "--base_config", str(base_json), "--data", str(data), "--out", str(out),
-            "--connectors", ",".join(connectors), "--steps", str(steps), "--save_every", "2",
-            "--vision_steps", "2", "--vision_attributes", "shape,color", "--eval_limit", "2", *extra]
+            "--connectors", ",".join(connectors), "--steps", str(steps), "--save_every", "2", "--seeds", seeds,
+            "--vision_steps", "2", "--vision_attributes", "shape,color", "--eval_limit", "2",
+            "--shift_n", "0", "--jobs", "1", *extra]       # in this process (where tests patch); extra may override
 
 
 @pytest.fixture(scope="module")
@@ -38,36 +39,72 @@ def base_json(shapes_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(base_json, shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("arena") / "run"
-    assert main(arena_argv(base_json, shapes_dir, out)) == 0
+    assert main(arena_argv(base_json, shapes_dir, out, seeds="0,1",              # two runs at a time
+                           extra=("--shift_n", "12", "--shift_eval_limit", "2", "--jobs", "2", "--threads", "1"))) == 0
     return out
 
 
-def test_two_connectors_write_table_csv_plots_and_configs(finished):
+def test_two_connectors_two_seeds_write_tables_csvs_plots_and_configs(finished):
     md = (finished / "arena.md").read_text()
-    rows = list(csv.DictReader((finished / "arena.csv").open()))
-    assert [r["connector"] for r in rows] == list(CONNECTORS)
-    for r in rows:
-        result = json.loads((finished / r["connector"] / "result.json").read_text())
-        assert f"| {r['connector']} |" in md
+    runs = list(csv.DictReader((finished / "arena_runs.csv").open()))
+    assert [(r["connector"], r["seed"]) for r in runs] == [("mlp", "0"), ("linear", "0"), ("mlp", "1"), ("linear", "1")]
+    for r in runs:
+        result = json.loads((finished / r["connector"] / f"seed{r['seed']}" / "result.json").read_text())
         assert float(r["visual_tokens"]) == 16                     # tiny encoder: 32 px / 8 px patches = 4x4
         assert int(r["connector_params"]) == result["connector_params"] > 0
-        assert float(r["train_tokens_per_s"]) > 0 and float(r["eval_images_per_s"]) > 0
-        assert any(k.startswith("color:") for k in r) and "mean" in r and "fine" in r
-    for png in ("arena_tasks.png", "arena_tokens.png"):
+        assert result["seed"] == int(r["seed"]) and "color" in result["metrics"]
+        assert r["shift:color"] != ""                              # scored on the shifted test set too
+    assert "| prior (no image) | - |" in md and "| mlp | 2 |" in md and "| linear | 2 |" in md
+    assert "## Difference from mlp, seed by seed" in md and "## Held-out shifted test set" in md
+    assert "Evaluation size: one run's score" in md and (finished / "prior" / "shift" / "predictions.jsonl").is_file()
+    long = list(csv.DictReader((finished / "arena.csv").open()))
+    color = {(r["test_set"], r["connector"]): r for r in long if r["column"] == "color"}
+    assert color["test", "mlp"]["n"] == "2" and color["test", "prior"]["n"] == "0"
+    assert color["test", "linear"]["diff_supported"] in ("True", "False") and ("shift", "linear") in color
+    for png in ("arena_tasks.png", "arena_tokens.png", "arena_params.png"):
         with Image.open(finished / png) as im:
             assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
-    # the two runs differ in the connector and where they live, nothing else (same encoder, data, schedule)
-    a, b = (load_run_config(finished / "configs" / f"{c}.json") for c in CONNECTORS)
+    # the runs differ in the connector, seed and where they live, nothing else (same encoder, data, schedule)
+    a = load_run_config(finished / "configs" / "mlp-seed0.json")
     assert a.model.vision.name_or_path == str(finished / "vision") and not a.train.train_vision
-    diff = differences(json.loads((finished / "configs/mlp.json").read_text()),
-                       json.loads((finished / "configs/linear.json").read_text()))
-    assert {d.split(":")[0] for d in diff} == {"model.connector.name", "out", "preset"}
+    assert a.train.vision_feature_store == str(finished / "features")
+    diff = differences(json.loads((finished / "configs/mlp-seed0.json").read_text()),
+                       json.loads((finished / "configs/linear-seed1.json").read_text()))
+    assert {d.split(":")[0] for d in diff} == {"model.connector.name", "out", "preset", "train.seed"}
+    # the two seeds trained different models
+    w0, w1 = (load_file(finished / "mlp" / f"seed{k}" / "instruct" / "final" / "model.safetensors") for k in (0, 1))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
 
 
-def test_a_row_reruns_alone_from_its_saved_config(finished, tmp_path):
+def test_features_are_encoded_once_for_every_run(finished):
+    """One encoder, so one folder of features on disk, one file per image the runs saw; every run after the
+    first read them (its training log says so)."""
+    folders = list((finished / "features").iterdir())
+    assert len(folders) == 1 and len(list(folders[0].glob("*.safetensors"))) > 0
+
+
+def test_a_second_comparison_in_the_same_dir_trains_only_its_new_rows(base_json, shapes_dir, finished, monkeypatch):
+    """--name keeps another table beside the first; a row both list (mlp) is not retrained; a labelled variant
+    (wide=linear) trains in its own dirs."""
+    real_train, calls = stages_module.train, []
+
+    def counting(cfg, overwrite=False):
+        calls.append(cfg.out)
+        return real_train(cfg)
+
+    monkeypatch.setattr(stages_module, "train", counting)
+    assert main(arena_argv(base_json, shapes_dir, finished, connectors=("mlp", "wide=linear"), seeds="0,1",
+                           extra=("--shift_n", "12", "--shift_eval_limit", "2", "--name", "variants"))) == 0
+    assert sorted(calls) == [str(finished / "wide" / f"seed{k}" / "instruct") for k in (0, 1)]
+    md = (finished / "variants.md").read_text()
+    assert "| mlp | 2 |" in md and "| wide | 2 |" in md and "| linear |" not in md
+    assert (finished / "arena.md").is_file() and (finished / "variants_tasks.png").is_file()
+
+
+def test_a_run_reruns_alone_from_its_saved_config(finished, tmp_path):
     again = tmp_path / "again"
-    assert main(["train", "--config", str(finished / "configs" / "mlp.json"), "--out", str(again)]) == 0
-    original = load_file(finished / "mlp" / "instruct" / "final" / "model.safetensors")
+    assert main(["train", "--config", str(finished / "configs" / "mlp-seed1.json"), "--out", str(again)]) == 0
+    original = load_file(finished / "mlp" / "seed1" / "instruct" / "final" / "model.safetensors")
     rerun = load_file(again / "instruct" / "final" / "model.safetensors")
     assert original.keys() == rerun.keys()
     assert all(torch.equal(original[k], rerun[k]) for k in original)
@@ -87,32 +124,34 @@ def test_resume_skips_finished_and_continues_unfinished(base_json, shapes_dir, t
     monkeypatch.setattr(stages_module, "train", killed_after_two_steps)
     with pytest.raises(RuntimeError, match="killed"):
         runner.run_arena(_config(base_json, shapes_dir, out, steps=4))
-    done = out / "mlp" / "result.json"
-    assert done.is_file() and not (out / "linear" / "result.json").exists()
+    done = out / "mlp" / "seed0" / "result.json"
+    assert done.is_file() and not (out / "linear" / "seed0" / "result.json").exists()
     stamp = done.stat().st_mtime_ns
 
     def counting(cfg, overwrite=False):
-        calls.append((cfg.model.connector.name, cfg.train.resume))
+        calls.append((cfg.model.connector.name, cfg.train.seed, cfg.train.resume))
         return real_train(cfg)
 
     monkeypatch.setattr(stages_module, "train", counting)
-    saved = json.loads((out / "mlp" / "run.json").read_text())          # as written by an older vlbridge that
-    del saved["train"]["num_workers"]                                   # lacked a field (now at its default)
-    (out / "mlp" / "run.json").write_text(json.dumps(saved))
-    assert main(arena_argv(base_json, shapes_dir, out, steps=4)) == 0
-    assert calls == [("linear", True)]                         # mlp not retrained; linear resumed
+    saved = json.loads((out / "mlp" / "seed0" / "run.json").read_text())   # as written by an older vlbridge that
+    del saved["train"]["num_workers"]                                      # lacked a field (now at its default)
+    (out / "mlp" / "seed0" / "run.json").write_text(json.dumps(saved))
+    assert main(arena_argv(base_json, shapes_dir, out, steps=4, seeds="0,1")) == 0
+    # seed 0: mlp not retrained, linear resumed; seed 1 (new) trains both from scratch
+    assert calls == [("linear", 0, True), ("mlp", 1, False), ("linear", 1, False)]
     assert done.stat().st_mtime_ns == stamp
-    steps = [json.loads(x)["step"] for x in (out / "linear" / "instruct" / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in (out / "linear" / "seed0" / "instruct" / "log.jsonl").read_text().splitlines()
              if "loss" in json.loads(x)]
     assert steps == [1, 2, 3, 4]                               # each step trained exactly once
-    assert json.loads((out / "linear" / "result.json").read_text())["train_steps_run"] == 2
-    assert len(list(csv.DictReader((out / "arena.csv").open()))) == 2
+    assert json.loads((out / "linear" / "seed0" / "result.json").read_text())["train_steps_run"] == 2
+    assert len(list(csv.DictReader((out / "arena_runs.csv").open()))) == 4
 
 
 def _config(base_json, data, out, steps):
     from vlbridge.arena.config import ArenaConfig
     return ArenaConfig(connectors=list(CONNECTORS), base_config=str(base_json), data=str(data), out=str(out),
-                       steps=steps, save_every=2, vision_steps=2, vision_attributes=["shape", "color"], eval_limit=2)
+                       steps=steps, save_every=2, vision_steps=2, vision_attributes=["shape", "color"], eval_limit=2,
+                       seeds=[0], shift_n=0)
 
 
 def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, finished, capsys):
@@ -122,7 +161,7 @@ def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, fi
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--connectors", "mlp,nope"], "connectors: unknown value 'nope'; choose from"),
+    (["--connectors", "mlp,nope"], "unknown connector 'nope'; choose from"),
     (["--connectors", "mlp,mlp"], "listed twice"),
     (["--connector_options", '{"mlp": {"bogus": 1}}'], "connector 'mlp' has no option(s) ['bogus']"),
     (["--connectors", "mlp,pixel_shuffle", "--connector_options", '{"pixel_shuffle": {"factor": 3}}'],
@@ -134,46 +173,6 @@ def test_bad_connector_fails_before_any_work(flags, message, tmp_path, capsys, m
     assert main(["arena", "--out", str(out), "--shapes.n", "10", *flags]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()                                    # no data generated, no encoder pretrained
-
-
-def test_headline_metrics_and_means_by_hand():
-    metrics = {"caption": {"metric": "captioning", "main": "cider", "cider": 1.5, "bleu4": 0.2, "tokenizer": "ptb"},
-               "color": {"main": "vqa_acc", "vqa_acc": 0.5, "exact_match": 0.25},
-               "glyph": {"main": "exact_match", "exact_match": 1.0},
-               "count": {"main": "count_acc", "count_acc": 0.25, "exact_match": 0.0, "unparsable": 2},
-               "rec": {"main": "acc@0.5", "acc@0.5": 0.75, "mean_iou": 0.6},
-               "spatial": {"accuracy": 0.5, "exact_match": 0.0, "n": 4},            # no "main": accuracy first
-               "overall": {"main": "exact_match", "exact_match": 0.1}}
-    assert headline("caption", metrics["caption"]) == ("cider", 1.5)
-    assert headline("count", metrics["count"]) == ("count_acc", 0.25)
-    assert headline("spatial", metrics["spatial"]) == ("accuracy", 0.5)
-    s = summary_scores({"metrics": metrics}, ["caption", "color", "glyph", "count", "rec", "spatial"])
-    assert s["mean"] == pytest.approx((0.5 + 1.0 + 0.25 + 0.75 + 0.5) / 5)        # CIDEr (unbounded) left out
-    assert s["fine"] == pytest.approx((1.0 + 0.25 + 0.75) / 3)                    # glyph, count, rec
-
-
-def test_size_and_clutter_groups_by_hand(tmp_path):
-    from vlbridge.arena.breakdown import group_scores
-    small = {"shape": "circle", "color": "red", "size": "small"}
-    large = {"shape": "square", "color": "blue", "size": "large"}
-    scenes = {"a.png": [small, large], "b.png": [small, large] + [{"shape": "diamond", "color": c, "size": "large"}
-                                                                 for c in ("red", "green", "blue")]}
-    items = [("color", "a.png", "<image>\nWhat color is the circle?\nAnswer ...", "red", 1.0),       # small
-             ("shape", "a.png", "What shape is the blue object?", "square", 0.0),                  # large
-             ("exist", "a.png", "Is there a red circle in the image?", "yes", 1.0),                # small
-             ("exist", "a.png", "Is there a green circle in the image?", "no", 1.0),               # no object
-             ("reg", "a.png", "What is the object at [0.1,0.1,0.2,0.2]?", "a large blue square", 1.0),  # large
-             ("rec", "a.png", "Give the bounding box of the red circle.", "[0,0,1,1]", 0.0),       # small
-             ("count", "a.png", "How many objects are there?", "2", 1.0),                          # few
-             ("count", "b.png", "How many objects are there?", "5", 0.0)]                          # many
-    test = [{"id": str(i), "image": img, "task": t} for i, (t, img, *_rest) in enumerate(items)]
-    (tmp_path / "test.json").write_text(json.dumps(test))
-    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"id": str(i), "task": t, "prompt": q, "reference": ref,
-                                                             "score": sc})
-                                                 for i, (t, _, q, ref, sc) in enumerate(items)))
-    groups = group_scores(tmp_path / "p.jsonl", tmp_path / "test.json", scenes)
-    assert groups == {"small": {"score": pytest.approx(2 / 3), "n": 3}, "large": {"score": 0.5, "n": 2},
-                      "many": {"score": 0.0, "n": 1}, "few": {"score": 1.0, "n": 1}}
 
 
 def test_help_and_print_config_show_the_preset(capsys):
@@ -192,19 +191,19 @@ def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, 
     out = tmp_path / "run"
     schedules = json.dumps({"det": {"steps": 2, "warmup_steps": 1}})
     assert main(arena_argv(base_json, shapes_dir, out, connectors=("groma",), extra=("--stage_schedules", schedules))) == 0
-    det = out / "groma" / "det"
+    det = out / "groma" / "seed0" / "det"
     assert (det / "final" / "model.safetensors").is_file() and (det / "det_metrics.json").is_file()
     assert len((det / "log.jsonl").read_text().splitlines()) == 2         # the schedule reached the det stage
-    run = load_run_config(out / "configs" / "groma.json")
+    run = load_run_config(out / "configs" / "groma-seed0.json")
     assert run.train.stages == ["det", "instruct"]
     # the LLM stage started from the trained proposer, and left it frozen
     trained = load_file(det / "final" / "model.safetensors")
-    final = load_file(out / "groma" / "instruct" / "final" / "model.safetensors")
+    final = load_file(out / "groma" / "seed0" / "instruct" / "final" / "model.safetensors")
     proposer = [k for k in trained if ".proposer." in k]
     assert proposer and all(torch.equal(trained[k], final[k]) for k in proposer)
-    result = json.loads((out / "groma" / "result.json").read_text())
+    result = json.loads((out / "groma" / "seed0" / "result.json").read_text())
     assert result["pre_stage_seconds"] > 0 and "rec" in result["metrics"]
-    rows = list(csv.DictReader((out / "arena.csv").open()))
+    rows = list(csv.DictReader((out / "arena_runs.csv").open()))
     assert [r["connector"] for r in rows] == ["groma"] and float(rows[0]["visual_tokens"]) >= 16
 
 
@@ -219,14 +218,14 @@ def test_tokenizer_connector_gets_its_tokenizer_stage_then_an_arena_row(base_jso
     assert main(arena_argv(base_json, shapes_dir, out, connectors=("lavit",),
                            extra=("--connector_options", json.dumps(options),
                                   "--stage_schedules", json.dumps({"tokenizer": stage})))) == 0
-    tok = out / "lavit" / "tokenizer"
+    tok = out / "lavit" / "seed0" / "tokenizer"
     assert (tok / "metrics.json").is_file()
-    run = load_run_config(out / "configs" / "lavit.json")
+    run = load_run_config(out / "configs" / "lavit-seed0.json")
     assert run.train.stages == ["tokenizer", "instruct"] and run.model.connector.options["codebook_size"] == 16
     trained = load_file(tok / "model.safetensors")
-    final = load_file(out / "lavit" / "instruct" / "final" / "model.safetensors")
+    final = load_file(out / "lavit" / "seed0" / "instruct" / "final" / "model.safetensors")
     assert all(torch.equal(v, final[f"connector.visual_tokenizer.{k}"]) for k, v in trained.items())
-    result = json.loads((out / "lavit" / "result.json").read_text())
+    result = json.loads((out / "lavit" / "seed0" / "result.json").read_text())
     assert result["pre_stage_seconds"] > 0 and result["dynamic"] and "color" in result["metrics"]
 
 

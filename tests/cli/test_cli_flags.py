@@ -237,7 +237,7 @@ def test_help_shows_the_presets_values(capsys):
     assert "optimizer steps [tiny-cpu: 800]" in tiny and "[tiny-cpu: pixel_shuffle]" in tiny
     assert "(choices: linear, mlp," in tiny and "(choices: token, sqrt, answer)" in tiny
     assert "optimizer steps [clip-qwen2: 2000]" in help_of("train", "--preset", "clip-qwen2")
-    assert "[arena-cpu: 500]" in help_of("arena")
+    assert "[arena-cpu: 800]" in help_of("arena")
     assert "[required]" in help_of("pretrain-vision") and "[tiny-cpu: 64]" in help_of("pretrain-vision")
     connectors = help_of("connectors")
     assert "--train.steps" not in connectors and "--data" not in connectors and "--model.llm.arch" in connectors

@@ -29,6 +29,7 @@ from vlbridge.data.shapesworld import (
     generate_scene,
     questions_for,
     render_scene,
+    scene_rng,
 )
 from vlbridge.data.shapesworld.questions import WRITERS
 
@@ -507,5 +508,48 @@ def test_every_option_pinned_content(option_runs) -> None:
     new default). PNGs are hashed by their decoded pixels, so a Pillow release that compresses differently does
     not trip it. When a change to the data is intended, regenerate the digest and say so in the commit.
     """
-    assert content_digest(option_runs["a"]) == "be1d0454147fbbde0fbbc1efb6ec20a035a39a8cdf59015295239ed64f07d6f8"
+    assert content_digest(option_runs["a"]) == "938d02bb92784e6fae5648359cc8fc57635bbee6262ed2f037311b16211ca084"
 
+
+
+def test_box_once_never_shows_a_box_twice_in_a_record(tmp_path) -> None:
+    """With box_once a REC answer cannot be copied from an earlier region question, nor a region description
+    read off an earlier REC question; without it, such records occur on the same scenes."""
+    from vlbridge.data.shapesworld.writer import BOX_TEXT
+    options = dict(n=60, max_objects=4, train_turns=8, splits=[1, 0, 0], task_weights={"rec": 3, "reg": 3})
+
+    def repeats(box_once: bool) -> int:
+        out = tmp_path / str(box_once)
+        generate(ShapesWorldConfig(box_once=box_once, **options), out)
+        count = 0
+        for rec in json.loads((out / "train.json").read_text()):
+            boxes = [b for turn in rec["conversations"] for b in BOX_TEXT.findall(turn["value"])]
+            count += len(boxes) - len(set(boxes))
+        return count
+
+    assert repeats(False) > 0 and repeats(True) == 0
+
+
+def test_excluded_pairs_never_appear() -> None:
+    cfg = ShapesWorldConfig(n=1, max_objects=6, exclude_pairs=["red circle", "blue square"])
+    seen = {o.name for i in range(300) for o in generate_scene(scene_rng(0, "train", i), cfg).objects}
+    assert "red circle" not in seen and "blue square" not in seen and "red square" in seen
+    with pytest.raises(ValueError, match="exclude_pairs"):
+        ShapesWorldConfig(exclude_pairs=["red blob"])
+
+
+def test_sentence_tasks_answer_glyph_and_rec_questions_with_the_object_first(tmp_path) -> None:
+    from vlbridge.data.shapesworld.constants import SENTENCE_FORM_TASKS
+    from vlbridge.data.shapesworld.questions import SENTENCE_FORMS
+    assert set(SENTENCE_FORMS) == set(SENTENCE_FORM_TASKS)
+    generate(ShapesWorldConfig(n=60, max_objects=4, glyph_prob=1.0, splits=[1, 0, 0], sentence_answers=1.0,
+                               sentence_tasks=["glyph", "rec"], task_weights={"glyph": 5, "rec": 5}), tmp_path)
+    pairs = [(r["conversations"][k]["value"], r["conversations"][k + 1]["value"])
+             for r in json.loads((tmp_path / "train.json").read_text()) for k in range(0, len(r["conversations"]), 2)]
+    glyph = [(q, a) for q, a in pairs if "What is written on the" in q]
+    rec = [(q, a) for q, a in pairs if "Give the bounding box of the" in q]
+    assert glyph and all(re.fullmatch(r"The \w+ \w+ says \w\.", a) and q.split("the ")[-1][:-1] in a for q, a in glyph)
+    assert rec and all(re.fullmatch(r"The \w+ \w+ is at \[[0-9.,]+\]\.", a) for _, a in rec)
+    assert all(SHORT_ANSWER_SUFFIX not in q for q, _ in glyph)         # asked without the short-answer instruction
+    with pytest.raises(ValueError, match="sentence form"):
+        ShapesWorldConfig(sentence_tasks=["count"])

@@ -142,14 +142,25 @@ def test_det_stage_needs_a_region_connector(grounding_data, tmp_path):
         run_stage(cfg)
 
 
-def test_region_tokens_keep_a_fixed_scale(groma_model, grounding_data):
-    """LayerNorm on the region tokens: zero mean and unit variance per token, whatever the box."""
-    m = groma_model
-    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.52, 0.53]])
+def test_region_tokens_keep_a_fixed_scale(grounding_data, tmp_path):
+    """After training steps (the LayerNorm's gain and bias have moved), every region token still has the same
+    length, whatever its box and image: the spread of the lengths is a fraction of a percent. Without the
+    LayerNorm it is about 9% after the same steps, and grows with training (see region_encoder.py)."""
+    from vlbridge.recipes.stages import run_stage
+    cfg = RunConfig(model=groma_config(), train=TrainConfig(stage="instruct", steps=12, batch_size=8, lr=3e-3,
+                                                            warmup_steps=2, eval_every=0, log_every=1),
+                    out=str(tmp_path / "run"))
+    cfg.data.path = str(grounding_data)
+    torch.manual_seed(0)
+    m = VLBridgeModel.from_pretrained(run_stage(cfg).out)
+    norm = m.connector.region_encoder.out[-1]
+    assert not torch.allclose(norm.weight, torch.ones_like(norm.weight))       # trained, not at its initial gain
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.52, 0.53], [0.6, 0.1, 0.9, 0.5],
+                          [0.2, 0.6, 0.45, 0.95]])
     with torch.no_grad():
-        feats = m.connector.encode_regions(m.vision(pixels_of(m, grounding_data)), [boxes])
-    assert torch.allclose(feats.mean(-1), torch.zeros(3), atol=1e-5)
-    assert torch.allclose(feats.var(-1, unbiased=False), torch.ones(3), atol=5e-3)   # up to LayerNorm eps
+        lengths = torch.cat([m.connector.encode_regions(m.vision(pixels_of(m, grounding_data, i)), [boxes])
+                             for i in range(3)]).norm(dim=-1)                  # 15 regions
+    assert float(lengths.std() / lengths.mean()) < 0.01
 
 
 def test_groma_trains_the_same_with_the_feature_cache_on_and_off(grounding_data, tmp_path):

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from vlbridge.cli.main import main
@@ -50,15 +51,57 @@ def test_drawing_puts_each_box_outline_in_its_colour(tmp_path) -> None:
     assert drawn.getpixel((int(0.37 * 384), int(0.62 * 384))) == (30, 30, 30)     # inside stays the image
 
 
-def test_chat_grounded_writes_a_png(groma_model, grounding_data, tmp_path, capsys) -> None:
+def test_chat_grounded_draws_the_answers_box_where_the_answer_puts_it(groma_model, grounding_data, tmp_path, capsys,
+                                                                    monkeypatch) -> None:
+    """The model's greedy choice is steered to answer "a circle <roi><r0></roi>" (the real generation loop, with
+    every other token ruled out): the printed answer must give region 0's box, and the PNG must have that box's
+    outline, in the first palette colour, exactly there."""
+    import vlbridge.generate as generation
+    from vlbridge.data.boxes import parse_box
     groma_model.save_pretrained(tmp_path / "model")
     image = grounding_data / "images" / "test_000000.png"
+    tokenizer = groma_model.tokenizer
+    forced = tokenizer("a circle", add_special_tokens=False)["input_ids"] + tokenizer.convert_tokens_to_ids(
+        ["<roi>", "<r0>", "</roi>"])
+    real, seen = generation.generate_from, {}
+
+    def steered(model, s, gen=generation.GenerationConfig(), generator=None, logits_processors=(), **kw):
+        seen["regions"] = s.info[0]                                   # the regions the prompt listed
+
+        def force(logits, generated):
+            step = generated.shape[1]
+            if step >= len(forced):
+                return logits
+            out = torch.full_like(logits, float("-inf"))
+            out[:, forced[step]] = 0.0
+            return out
+        return real(model, s, gen, generator, [force, *logits_processors], **kw)
+
+    monkeypatch.setattr(generation, "generate_from", steered)
     png = tmp_path / "answer.png"
     assert main(["chat", "--model", str(tmp_path / "model"), "--image", str(image), "--grounded",
-                 "--grounded-out", str(png), "--max-new-tokens", "4"]) == 0
+                 "--grounded-out", str(png), "--max-new-tokens", str(len(forced) + 1)]) == 0
     printed = capsys.readouterr().out
     assert GCAP_QUESTION in printed and f"boxes drawn in {png}" in printed
-    assert Image.open(png).size == (384, 384)
+    answer = next(line for line in printed.splitlines() if line.startswith("model> "))
+    box = parse_box(answer).box
+    assert box == pytest.approx(tuple(float(v) for v in seen["regions"][0]), abs=5e-4)    # region 0's box
+    drawn = Image.open(png).convert("RGB")
+    W, H = drawn.size
+    assert (W, H) == (384, 384)
+    x1, y1, x2, y2 = (round(v * side) for v, side in zip(box, (W, H, W, H)))
+    mid_x, mid_y = (x1 + x2) // 2, (y1 + y2) // 2
+    outline = [(x1 + 1, mid_y), (x2 - 1, mid_y), (mid_x, y2 - 1)]          # left, right and bottom edges
+    assert all(drawn.getpixel(p) == PALETTE[0] for p in outline), [drawn.getpixel(p) for p in outline]
+    original = Image.open(image).convert("RGB").resize((W, H), Image.NEAREST)
+    assert drawn.getpixel((mid_x, mid_y)) == original.getpixel((mid_x, mid_y))   # the inside stays the image
+    assert sum(drawn.getpixel((x, y)) == PALETTE[0] for x in range(0, W, 4) for y in range(0, H, 4)
+               if not (x1 - 3 <= x <= x2 + 3 and y1 - 20 <= y <= y2 + 20)) == 0    # nothing of it elsewhere
+
+
+def test_chat_region_question_and_bad_region(groma_model, grounding_data, tmp_path, capsys) -> None:
+    groma_model.save_pretrained(tmp_path / "model")
+    image = grounding_data / "images" / "test_000000.png"
     png2 = tmp_path / "region.png"
     assert main(["chat", "--model", str(tmp_path / "model"), "--image", str(image), "--region", "8,8,24,24",
                  "--grounded-out", str(png2), "--max-new-tokens", "4"]) == 0

@@ -63,3 +63,13 @@ def test_joint_attribute_labels_the_combination(shapes_dir, tmp_path):
                                attributes=["color+size_px"], vision=tiny_model_config().vision)
     with pytest.raises(ValueError, match="lacks \\['size_px'\\]"):
         pretrain_vision(bad)
+
+
+def test_box_attributes_label_each_patch_with_its_objects_box_bin():
+    from vlbridge.recipes.vision_pretrain import attribute_value
+    obj = {"box": [0.20, 0.0, 0.55, 1.0], "shape": "square"}
+    assert [attribute_value(obj, a, 4) for a in ("x1", "y1", "x2", "y2", "cx")] == ["0", "0", "2", "3", "1"]
+    assert attribute_value(obj, "x1+shape", 16) == "3+square"
+    vocab = {"<background>": 0, "1": 1, "2": 2}
+    labels = patch_labels([obj], (2, 2), "x2", vocab, box_bins=4).view(2, 2)     # x2 = 0.55 -> bin 2 of 4
+    assert labels.tolist() == [[2, 0], [2, 0]]                  # patch centres at 0.25 (in the box) and 0.75

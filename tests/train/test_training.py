@@ -220,6 +220,42 @@ def test_frozen_feature_cache_changes_nothing_but_the_work(shapes_dir, tmp_path)
     assert trainer.model.vision.cache is None
 
 
+def test_features_on_disk_are_read_by_the_next_run_and_change_nothing(shapes_dir, tmp_path):
+    """A run with a feature store writes every image's features once; the next run (another process would do
+    the same) reads them all, encodes nothing, and trains exactly as a run without any cache."""
+    store, runs = tmp_path / "features", {}
+    for name, mb, directory in (("plain", 0.0, None), ("first", 64.0, store), ("second", 64.0, store)):
+        cfg = _frozen_resnet_config(shapes_dir, tmp_path / name, steps=12)
+        cfg.train.cache_vision_features, cfg.train.vision_feature_store = mb, str(directory) if directory else None
+        trainer = Trainer(cfg)
+        trainer.setup()
+        runs[name] = [trainer.train_step()["loss"] for _ in range(12)], trainer.model.vision.cache
+    (plain, _), (first, c1), (second, c2) = runs["plain"], runs["first"], runs["second"]
+    assert first == plain and second == plain
+    files = list(store.rglob("*.safetensors"))
+    assert c1.misses == len(files) > 0 and c1.disk_hits == 0
+    assert c2.misses == 0 and c2.disk_hits == len(files)
+
+
+def test_feature_store_is_keyed_by_the_encoder(tmp_path):
+    """Another encoder (other weights, or other requested layers) never reads this one's files."""
+    from vlbridge.models.feature_cache import FeatureCache
+    from vlbridge.models.vision import VisionTower
+    tower = VisionTower(_frozen_resnet_config(None, tmp_path / "x", steps=1).model.vision).eval()
+    tower.requires_grad_(False)
+    tower.cache = FeatureCache(64.0, tmp_path / "store")
+    px = torch.rand(2, 3, 32, 32)
+    first = tower(px).features
+    name = tower.fingerprint()
+    with torch.no_grad():
+        next(tower.model.parameters()).add_(1.0)                  # the weights change in place
+    assert tower.fingerprint() != name
+    tower.cache = FeatureCache(64.0, tmp_path / "store")          # a fresh process: nothing in memory
+    changed = tower(px).features
+    assert tower.cache.disk_hits == 0 and tower.cache.misses == 2 and not torch.equal(changed, first)
+    assert len(list((tmp_path / "store").iterdir())) == 2          # one folder per encoder
+
+
 def test_feature_cache_keys_by_pixels_and_stays_within_its_budget():
     from vlbridge.connectors.base import VisualFeatures
     from vlbridge.models.feature_cache import FeatureCache

@@ -86,6 +86,33 @@ def prepare_data(cfg: ArenaConfig, out: Path) -> Path:
     return root
 
 
+def data_shapes(cfg: ArenaConfig, data: Path) -> ShapesWorldConfig:
+    """The generator config of the training data: the data dir's own (shapesworld.json) when it has one."""
+    stamp = data / "shapesworld.json"
+    if stamp.is_file():
+        return from_dict(ShapesWorldConfig, json.loads(stamp.read_text())["config"])
+    return cfg.shapes
+
+
+def prepare_shift(cfg: ArenaConfig, data: Path, out: Path) -> Path | None:
+    """The held-out shifted test set (``ArenaConfig.shift_shapes`` of the training data's generator), generated
+    once into OUT/data_shift; None when ``shift_n`` is 0."""
+    shapes = cfg.shift_shapes(data_shapes(cfg, data))
+    if shapes is None:
+        return None
+    root = out / "data_shift"
+    stamp = root / "shapesworld.json"
+    if stamp.is_file():
+        require_same(as_saved(ShapesWorldConfig, json.loads(stamp.read_text())["config"]), plain(shapes), stamp,
+                     "a shifted test set")
+        log(f"shifted test set: reusing {root}")
+        return root
+    log(f"shifted test set: generating {shapes.n} scenes ({shapes.min_objects}-{shapes.max_objects} objects, sizes "
+        f"{list(shapes.object_size)}, every colour-shape pair) into {root}")
+    generate(shapes, root)
+    return root
+
+
 def data_image_size(data: Path) -> int | None:
     """The image side of a ShapesWorld dir (None when the dir was not made by `vlbridge data shapes`)."""
     stamp = data / "shapesworld.json"
@@ -118,7 +145,10 @@ def prepare_vision(cfg: ArenaConfig, base_vision: VisionConfig, data: Path, out:
         raise FileNotFoundError(f"{data} has no scenes.json to pretrain the vision encoder on; pass --vision DIR")
     target = out / "vision"
     vcfg = VisionPretrainConfig(annotations=str(scenes), out=str(target), attributes=list(cfg.vision_attributes),
-                                steps=cfg.vision_steps, seed=cfg.seed, vision=base_vision)
+                                attribute_weights={a: w for a, w in cfg.vision_attribute_weights.items()
+                                                   if a in cfg.vision_attributes},   # for the attributes learnt
+                                steps=cfg.vision_steps,
+                                seed=cfg.vision_seed, vision=base_vision)
     stamp = target / "vision_pretrain.json"
     if stamp.is_file():
         require_same(as_saved(VisionPretrainConfig, json.loads(stamp.read_text())["config"]), plain(vcfg), stamp,

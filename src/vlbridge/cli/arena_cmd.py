@@ -16,18 +16,23 @@ ALIASES = {"out": ["--out", "--output-dir"], **{f"shapes.{f}": [f"--{f}"] for f 
 
 def add_parser(sub) -> None:
     from ..arena.config import ARENA_PRESETS, ArenaConfig
-    p = sub.add_parser("arena", help="compare connectors: same encoder, LLM, data, seed and step budget",
-                       description="Train each connector with the same frozen vision encoder, LLM, ShapesWorld "
-                                   "data, seed, schedule and step budget; evaluate all on the same test split; "
-                                   "write OUT/arena.md, arena.csv, plots and each connector's config. Re-running "
-                                   "the same command resumes: finished connectors are not retrained. Flags "
-                                   "override the preset; values in brackets are the preset's (--print-config "
-                                   "shows the whole resolved config).",
-                       epilog=examples("vlbridge arena --out runs/arena",
-                                       "vlbridge arena --connectors mlp,qformer,pargo --steps 300 --out runs/small",
+    p = sub.add_parser("arena", help="compare connectors: same encoder, LLM, data, seeds and step budget",
+                       description="Train each connector once per seed with the same frozen vision encoder, LLM, "
+                                   "ShapesWorld data, schedule and step budget; evaluate all on the same test "
+                                   "records (and a held-out shifted test set); write OUT/<name>.md (means with 95% "
+                                   "intervals over seeds, the blind prior, paired differences from mlp), "
+                                   "<name>.csv, plots and each run's config. Re-running the same command resumes: "
+                                   "finished (connector, seed) runs are not retrained. Flags override the preset; "
+                                   "values in brackets are the preset's (--print-config shows the whole resolved "
+                                   "config).",
+                       epilog=examples("vlbridge arena --quick --out runs/arena-quick",
+                                       "vlbridge arena --out runs/arena",
+                                       "vlbridge arena --connectors mlp,qformer,pargo --seeds 0,1,2 --out runs/small",
                                        "vlbridge arena --data data/shapes --vision runs/demo/vision --out runs/a2"))
     p.add_argument("--preset", default="arena-cpu", choices=sorted(ARENA_PRESETS),
                    help="named arena preset the flags override (default: arena-cpu)")
+    p.add_argument("--quick", action="store_const", const="arena-quick", dest="preset",
+                   help="the arena-quick preset: a smoke run of the whole pipeline in a few minutes")
     p.add_argument("--print-config", action="store_true", help="print the resolved arena config and exit")
     dests = add_config_args(p, ArenaConfig, aliases=ALIASES)
     show_defaults_of(p, lambda ns: (start(ns), getattr(ns, "preset", None) or "arena-cpu"))
@@ -46,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         print_config(cfg)
         return 0
     run_arena(cfg)
-    print(f"arena written to {cfg.out} (arena.md, arena.csv, arena_tasks.png, arena_tokens.png, configs/)")
+    print(f"arena written to {cfg.out} ({cfg.name}.md, {cfg.name}.csv, {cfg.name}_*.png, configs/)")
     return 0

@@ -12,6 +12,7 @@ weights in half precision (``VisionConfig.dtype``): pixels are cast to its dtype
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -140,8 +141,23 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> VisualFeatures:
         if self.cache is not None and self.frozen():
-            return self.cache.features(pixel_values, self.encode)
+            encoder = self.fingerprint() if self.cache.directory is not None else None
+            return self.cache.features(pixel_values, self.encode, encoder)
         return self.encode(pixel_values)
+
+    def fingerprint(self) -> str:
+        """A name for what this encoder computes: its weights, input size, feature layers, CLS choice and requested
+        layers (the feature cache's directory on disk). Recomputed when a weight changes in place."""
+        state = (self.extra_layers, tuple(p._version for p in self.model.parameters()),
+                 tuple(b._version for b in self.model.buffers()))
+        if getattr(self, "_fingerprint", (None, None))[0] != state:
+            h = hashlib.blake2b(digest_size=12)
+            h.update(repr((self.image_size, list(self.cfg.feature_layers), self.cfg.keep_cls, list(self.extra_layers),
+                           self.image_mean, self.image_std)).encode())
+            for name, t in self.model.state_dict().items():
+                h.update(name.encode() + t.detach().contiguous().cpu().numpy().tobytes())
+            self._fingerprint = (state, h.hexdigest())
+        return self._fingerprint[1]
 
     def encode(self, pixel_values: torch.Tensor) -> VisualFeatures:
         # pixel_values [B, 3, H, W] -> selected hidden states, each [B, P + rows*cols, D]

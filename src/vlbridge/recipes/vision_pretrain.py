@@ -6,8 +6,11 @@ from-scratch encoder learns object shapes far too slowly through the LLM's loss 
 per-patch shapes in a few hundred steps of direct supervision. This stage stands in for that pretraining:
 every patch predicts the attributes (e.g. shape, colour) of the object whose box contains the patch centre,
 or "background". A joint attribute ``color+shape`` predicts the combination as one label (24 classes on
-ShapesWorld), so each object's features also carry a code of the conjunction, not only of each part. It writes a Hugging Face vision-model directory that ``--model.vision.name_or_path``
-loads like any downloaded checkpoint.
+ShapesWorld), so each object's features also carry a code of the conjunction, not only of each part. The box
+attributes ``x1``, ``y1``, ``x2``, ``y2`` (``cx``, ``cy`` for the centre) are where the patch's object lies: one
+edge of its normalised box, quantised into ``box_bins`` classes, so the features say where things are (as a
+CLIP ViT's do) and not only what they are. It writes a Hugging Face vision-model directory that
+``--model.vision.name_or_path`` loads like any downloaded checkpoint.
 
 Annotations: a JSON list of ``{"image": "rel/path.png", "split": "train", "objects": [{"box": [x1, y1,
 x2, y2], "<attribute>": "<value>", ...}]}`` with normalised corner boxes — ShapesWorld's ``scenes.json``.
@@ -31,6 +34,8 @@ from ..errors import UserError
 from ..models.vision import VisionTower
 
 BACKGROUND = "<background>"
+BOX_ATTRIBUTES = {"x1": lambda b: b[0], "y1": lambda b: b[1], "x2": lambda b: b[2], "y2": lambda b: b[3],
+                  "cx": lambda b: (b[0] + b[2]) / 2, "cy": lambda b: (b[1] + b[3]) / 2}
 
 
 @dataclass
@@ -38,7 +43,11 @@ class VisionPretrainConfig:
     annotations: str = opt("", "scenes JSON with boxes and attributes (e.g. DATA/scenes.json)")
     out: str = opt("", "output dir: a Hugging Face vision model + preprocessor_config.json")
     attributes: list[str] = opt(["shape", "color"], "object attributes each patch learns to predict; 'a+b' = the "
-                                                    "joint label of attributes a and b (e.g. color+shape)")
+                                                    "joint label of attributes a and b (e.g. color+shape); x1, y1, "
+                                                    "x2, y2, cx, cy = a coordinate of the object's box")
+    box_bins: int = opt(16, "classes of a box-coordinate attribute (the unit interval in equal bins)")
+    attribute_weights: dict = opt({}, "loss weight per attribute, e.g. '{\"glyph\": 4}' (default 1): a rare or hard "
+                                      "attribute (a glyph on some large objects) is otherwise crowded out by the rest")
     split: str = opt("train", "annotation split to train on ('val' is used for the held-out accuracy)")
     steps: int = opt(400, "optimizer steps")
     batch_size: int = opt(32, "images per step")
@@ -47,13 +56,16 @@ class VisionPretrainConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
 
 
-def attribute_value(obj: dict, attribute: str) -> str:
-    """The object's label for `attribute`; a joint attribute 'a+b' gives 'value_a+value_b'."""
-    return "+".join(str(obj[part]) for part in attribute.split("+"))
+def attribute_value(obj: dict, attribute: str, box_bins: int = 16) -> str:
+    """The object's label for `attribute`; a joint attribute 'a+b' gives 'value_a+value_b'; a box attribute the
+    bin of that coordinate (e.g. 'x1' of a box starting at 0.3 with 16 bins: '4')."""
+    return "+".join(str(min(int(BOX_ATTRIBUTES[part](obj["box"]) * box_bins), box_bins - 1))
+                    if part in BOX_ATTRIBUTES else str(obj[part]) for part in attribute.split("+"))
 
 
 def attribute_parts(attributes: list[str]) -> list[str]:
-    return [part for a in attributes for part in a.split("+")]
+    """The object fields the attributes read (a box coordinate reads 'box')."""
+    return ["box" if part in BOX_ATTRIBUTES else part for a in attributes for part in a.split("+")]
 
 
 def centres_inside(box: list[float], grid: tuple[int, int]) -> torch.Tensor:
@@ -73,11 +85,12 @@ def object_patches(objects: list[dict], grid: tuple[int, int]) -> torch.Tensor:
     return mask.flatten()
 
 
-def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, vocab: dict[str, int]) -> torch.Tensor:
+def patch_labels(objects: list[dict], grid: tuple[int, int], attribute: str, vocab: dict[str, int],
+                 box_bins: int = 16) -> torch.Tensor:
     """[rows*cols] class ids: the attribute of the smallest box containing each patch centre (0 = background)."""
     labels = torch.zeros(grid, dtype=torch.long)
     for obj in sorted(objects, key=lambda o: -(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])):
-        labels[centres_inside(obj["box"], grid)] = vocab[attribute_value(obj, attribute)]   # smaller boxes last win
+        labels[centres_inside(obj["box"], grid)] = vocab[attribute_value(obj, attribute, box_bins)]  # smaller last wins
     return labels.flatten()
 
 
@@ -105,13 +118,16 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     random.seed(cfg.seed)
     ann_path = Path(cfg.annotations)
     scenes = load_annotations(ann_path)
+    unknown = sorted(set(cfg.attribute_weights) - set(cfg.attributes))
+    if unknown:
+        raise UserError(f"attribute_weights names {unknown}, which are not among the attributes {cfg.attributes}")
     for i, s in enumerate(scenes):
         for obj in s.get("objects", []):
             missing = [a for a in attribute_parts(cfg.attributes) if a not in obj]
             if missing or "box" not in obj:
                 raise UserError(f"{ann_path}: scene #{i} ({s.get('image')}): object lacks {missing or ['box']}")
-    vocabs = {a: {BACKGROUND: 0, **{v: i + 1 for i, v in enumerate(sorted({attribute_value(o, a) for s in scenes
-                                                                            for o in s["objects"]}))}}
+    vocabs = {a: {BACKGROUND: 0, **{v: i + 1 for i, v in enumerate(sorted({attribute_value(o, a, cfg.box_bins)
+                                                                            for s in scenes for o in s["objects"]}))}}
               for a in cfg.attributes}
     tower = VisionTower(cfg.vision)
     transform = tower.image_transform()
@@ -122,7 +138,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
         if not chosen:
             return None
         pixels = torch.stack([transform(load_image(folder / s["image"], where=str(ann_path))[0]) for s in chosen])
-        labels = {a: torch.stack([patch_labels(s["objects"], tower.grid, a, vocabs[a]) for s in chosen])
+        labels = {a: torch.stack([patch_labels(s["objects"], tower.grid, a, vocabs[a], cfg.box_bins) for s in chosen])
                   for a in cfg.attributes}
         return pixels, labels
 
@@ -142,7 +158,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
         idx = torch.randint(0, len(train[0]), (cfg.batch_size,))
         pixels = train[0][idx].contiguous(memory_format=torch.channels_last)
         logits = head(tower(pixels).features)                              # each [B, N, classes]
-        loss = sum(F.cross_entropy(logits[a].flatten(0, 1), train[1][a][idx].flatten()) for a in cfg.attributes)
+        loss = sum(cfg.attribute_weights.get(a, 1.0)
+                   * F.cross_entropy(logits[a].flatten(0, 1), train[1][a][idx].flatten()) for a in cfg.attributes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -114,7 +114,7 @@ class Trainer:
             train_records, val_records = self.select_tasks(train_records, stage), self.select_tasks(val_records, stage)
         self.model = model.train()            # after freezing: frozen modules stay in eval mode
         if tc.cache_vision_features > 0 and model.vision.frozen():
-            model.vision.cache = FeatureCache(tc.cache_vision_features)
+            model.vision.cache = FeatureCache(tc.cache_vision_features, tc.vision_feature_store)
         for line in enable_activation_checkpointing(model, tc.activation_checkpointing):
             self.log(f"activation checkpointing: {line}")
         if tc.compile:

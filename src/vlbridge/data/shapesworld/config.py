@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import opt
-from .constants import COLORS, EXTRA_TASKS, SHAPES, TASKS
+from .constants import COLORS, EXTRA_TASKS, SENTENCE_FORM_TASKS, SHAPES, TASKS
 
 
 @dataclass
@@ -29,16 +29,25 @@ class ShapesWorldConfig:
                                     "always carry it")
     extra_tasks: list[str] = opt([], "optional tasks to add: gcap (grounded caption: each object with its box), "
                                      "rec_neg (referring expression for an absent object, answered 'not present')")
-    sentence_answers: float = opt(0.5, "share of training colour/shape questions asked without the short-answer "
-                                       "instruction and answered with a sentence naming the object ('The circle "
-                                       "is red.'), as LLaVA-1.5 mixes conversation and VQA answers; val/test stay "
-                                       "short")
+    sentence_answers: float = opt(0.5, "share of training questions of the sentence_tasks asked without the "
+                                       "short-answer instruction and answered with a sentence naming the object "
+                                       "('The circle is red.'), as LLaVA-1.5 mixes conversation and VQA answers; "
+                                       "val/test stay short")
+    sentence_tasks: list[str] = opt(["color", "shape"], "tasks whose training questions are sometimes (sentence_answers) "
+                                                        "answered with a sentence naming the object first: color, "
+                                                        "shape, glyph ('The red circle says 7.'), rec ('The red "
+                                                        "circle is at [...].')")
     single_turn_tasks: list[str] = opt([], "tasks written as their own single-turn training records instead of turns "
                                            "of the mixed record, so no answer can be copied from another turn about "
                                            "the same image (e.g. a box from a grounded caption)")
     single_turn_records: int = opt(0, "single-turn training records per scene for single_turn_tasks (drawn by weight)")
     task_weights: dict = opt({}, "train-mix weights overriding TRAIN_TASK_WEIGHTS, e.g. '{\"rec\": 3, \"glyph\": 0}' "
                                  "(0 = never in training records)")
+    box_once: bool = opt(False, "a training record shows each box at most once (in a question or an answer), so "
+                                "a REC answer is never copied from an earlier region question about the same "
+                                "object, nor a region description read off an earlier REC question")
+    exclude_pairs: list[str] = opt([], "colour-shape pairs never drawn, e.g. 'red circle,blue square' (a test set "
+                                       "made without them measures pairs never seen together in training)")
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. when rebuilt from shapesworld.json).
@@ -60,6 +69,10 @@ class ShapesWorldConfig:
         if self.sentence_answers and self.format_hint == "first":
             raise ValueError("format_hint 'first' needs sentence_answers 0 (a question without the short-answer "
                              "instruction would mean a sentence answer)")
+        self.sentence_tasks = list(self.sentence_tasks)
+        bad_forms = [t for t in self.sentence_tasks if t not in SENTENCE_FORM_TASKS]
+        if bad_forms:
+            raise ValueError(f"sentence_tasks {bad_forms}: only {', '.join(SENTENCE_FORM_TASKS)} have a sentence form")
         self.extra_tasks = list(self.extra_tasks)
         unknown = [t for t in self.extra_tasks if t not in EXTRA_TASKS]
         if unknown:
@@ -69,6 +82,14 @@ class ShapesWorldConfig:
         if unknown or self.single_turn_records < 0 or bool(self.single_turn_records) != bool(self.single_turn_tasks):
             raise ValueError(f"single_turn_tasks {self.single_turn_tasks} must be generated tasks and come with "
                              f"single_turn_records > 0 (got {self.single_turn_records})")
+        self.exclude_pairs = list(self.exclude_pairs)
+        bad_pairs = [p for p in self.exclude_pairs if p not in {f"{c} {s}" for c in COLORS for s in SHAPES}]
+        if bad_pairs:
+            raise ValueError(f"exclude_pairs {bad_pairs}: each must be '<colour> <shape>' with a colour among "
+                             f"{list(COLORS)} and a shape among {list(SHAPES)}")
+        if self.max_objects > max_pairs - len(set(self.exclude_pairs)):
+            raise ValueError(f"max_objects {self.max_objects} exceeds the {max_pairs - len(set(self.exclude_pairs))} "
+                             "colour-shape pairs left after exclude_pairs")
         bad = {k: v for k, v in self.task_weights.items()
                if k not in TASKS + EXTRA_TASKS or not isinstance(v, (int, float)) or v < 0}
         if bad:

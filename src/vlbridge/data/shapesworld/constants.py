@@ -30,6 +30,7 @@ SHORT_ANSWER_TASKS: frozenset[str] = frozenset(
     {"color", "shape", "count", "exist", "spatial", "glyph", "reg"}
 )
 BALANCED_TASKS: frozenset[str] = frozenset({"exist", "spatial"})
+SENTENCE_FORM_TASKS: tuple[str, ...] = ("color", "shape", "glyph", "rec")   # tasks with a sentence-answer form
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 
 MIN_GAP_PX = 2               # minimum empty pixels between two object boxes

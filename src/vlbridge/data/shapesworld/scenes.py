@@ -92,13 +92,15 @@ def _glyph_fits(side: int, scale: int) -> bool:
 
 
 def generate_scene(rng: random.Random, cfg: ShapesWorldConfig) -> Scene:
-    """Sample a scene: unique (color, shape) pairs, sizes, glyphs and non-overlapping boxes.
+    """Sample a scene: unique (color, shape) pairs (none of ``cfg.exclude_pairs``), sizes, glyphs and
+    non-overlapping boxes.
 
     Objects that cannot be placed after ``PLACEMENT_TRIES`` attempts are dropped, so a
     scene may have fewer objects than sampled (but always at least one).
     """
     n_objects = rng.randint(cfg.min_objects, cfg.max_objects)
-    pairs = rng.sample([(c, s) for c in COLORS for s in SHAPES], n_objects)
+    excluded = set(cfg.exclude_pairs)
+    pairs = rng.sample([(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" not in excluded], n_objects)
     taken: list[PixelBox] = []
     objects: list[Obj] = []
     for color, shape in pairs:

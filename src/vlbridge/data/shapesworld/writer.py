@@ -10,15 +10,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 from .config import ShapesWorldConfig
 from .constants import TASKS, TRAIN_TASK_WEIGHTS
 from .conversation import SENTENCE_SUFFIX, YesNoBalancer, conversation, pick
-from .questions import SENTENCE_FORMS, QA, as_sentence, questions_for
+from .questions import QA, as_sentence, questions_for
 from .render import render_scene
 from .scenes import Scene, generate_scene, scene_rng
+
+
+BOX_TEXT = re.compile(r"\[[0-9.,]+\]")     # a box as ShapesWorld writes it (``format_box``)
+
+
+def boxes_in(qa: QA) -> set[str]:
+    """The box strings a question or its answer shows."""
+    return set(BOX_TEXT.findall(qa[0] + " " + qa[1]))
 
 
 def _draw_question(tasks: tuple[str, ...] | list[str], pool: dict[str, list[QA]], weight: dict[str, float],
@@ -51,24 +60,30 @@ def _eval_records(stem: str, image: str, scene: Scene, rng: random.Random,
 def _train_record(stem: str, image: str, scene: Scene, rng: random.Random,
                   balancer: YesNoBalancer, n_turns: int, tasks: tuple[str, ...] = TASKS,
                   weights: dict[str, float] | None = None, hint_once: bool = False,
-                  sentence_share: float = 0.0) -> dict[str, Any]:
+                  sentence_share: float = 0.0, box_once: bool = False,
+                  sentence_tasks: tuple[str, ...] | list[str] = ("color", "shape")) -> dict[str, Any]:
     """One multi-turn record of up to ``n_turns`` distinct questions about one image.
 
     Tasks are drawn with replacement by TRAIN_TASK_WEIGHTS (updated by ``weights``; a task of weight 0 is
     never asked) (a scene may get several colour questions, one per object), so one encoded image supervises
-    many answers.
+    many answers. With ``box_once`` a question that would show a box already shown is dropped from the pool
+    (before it is drawn, so it costs the record nothing).
     """
     weight = {**TRAIN_TASK_WEIGHTS, **(weights or {})}
     pool = {t: questions_for(scene, t, rng) for t in tasks}
     chosen: list[str] = []
     turns: list[tuple[str, QA]] = []
+    shown: set[str] = set()
     while len(turns) < n_turns:
+        if box_once:
+            pool = {t: [qa for qa in qas if not boxes_in(qa) & shown] for t, qas in pool.items()}
         drawn = _draw_question(tasks, pool, weight, rng, balancer)
         if drawn is None:
             break
         task, qa = drawn
+        shown |= boxes_in(qa)
         chosen.append(task)
-        if sentence_share and task in SENTENCE_FORMS and rng.random() < sentence_share:
+        if sentence_share and task in sentence_tasks and rng.random() < sentence_share:
             task, qa = task + SENTENCE_SUFFIX, as_sentence(task, qa)
         turns.append((task, qa))
     return {"id": f"{stem}_mixed", "image": image, "task": "mixed", "tasks": chosen,
@@ -133,7 +148,8 @@ def generate(cfg: ShapesWorldConfig, out_dir: str | Path) -> dict[str, Any]:
                 mixed_weights = {**cfg.task_weights, **{t: 0 for t in cfg.single_turn_tasks}}
                 records.append(_train_record(stem, image, scene, rng, balancer, cfg.train_turns, cfg.tasks(),
                                              mixed_weights, hint_once=cfg.format_hint == "first",
-                                             sentence_share=cfg.sentence_answers))
+                                             sentence_share=cfg.sentence_answers, box_once=cfg.box_once,
+                                             sentence_tasks=cfg.sentence_tasks))
                 if cfg.single_turn_records:
                     records.extend(_single_turn_records(stem, image, scene, rng, balancer, cfg))
             else:

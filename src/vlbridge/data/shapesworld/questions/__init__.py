@@ -38,8 +38,10 @@ WRITERS: dict[str, Writer] = {
     "inventory_color": inventory.by_color,
 }
 
-# Tasks whose answer also has a long form: the same question answered with a sentence naming the object.
-SENTENCE_FORMS: dict[str, Callable[[QA], QA]] = {"color": color.sentence, "shape": shape.sentence}
+# Tasks whose answer also has a long form: the same question answered with a sentence naming the object first
+# (``ShapesWorldConfig.sentence_tasks`` chooses which of them get sentence answers in training).
+SENTENCE_FORMS: dict[str, Callable[[QA], QA]] = {"color": color.sentence, "shape": shape.sentence,
+                                                 "glyph": glyph.sentence, "rec": rec.sentence}
 
 
 def questions_for(scene: Scene, task: str, rng: random.Random) -> list[QA]:
@@ -57,7 +59,8 @@ def questions_for(scene: Scene, task: str, rng: random.Random) -> list[QA]:
 
 
 def as_sentence(task: str, qa: QA) -> QA:
-    """The long form of a colour/shape question: the same question, answered with a sentence naming the object."""
+    """The long form of a question (``SENTENCE_FORMS``): the same question, answered with a sentence naming the
+    object first."""
     if task not in SENTENCE_FORMS:
         raise ValueError(f"no sentence form for task {task!r}")
     return SENTENCE_FORMS[task](qa)
