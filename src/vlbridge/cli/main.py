@@ -10,6 +10,8 @@
     vlbridge lavit tokenizer|prepare|measure ...       LaVIT: visual tokenizer stage, generation data, figures
     vlbridge generate-image --model DIR --prompt TEXT --out PNG   text->image with a LaVIT model
     vlbridge arena --connectors mlp,qformer,... --steps N --out RUN   compare connectors (table + plots)
+    vlbridge recipe lion --data DIR --out RUN          a named multi-stage recipe, each stage saved and evaluated
+    vlbridge lion tagger|tags ...                      LION: the image tagger, tagged data
 
 User errors (bad data, missing files, bad options) print one clear line and exit 2; set VLBRIDGE_DEBUG=1
 for the traceback.
@@ -21,11 +23,11 @@ import os
 import sys
 
 from ..data.records import DataError
-from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
-               pretrain_vision_cmd, train_cmd, viz_cmd)
+from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd, lion_cmd,
+               pretrain_vision_cmd, recipe_cmd, train_cmd, viz_cmd)
 
 COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
-            generate_image_cmd)
+            generate_image_cmd, recipe_cmd, lion_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from .cabstractor import CAbstractorConnector
 from .groma import GromaConnector
 from .lavit import LavitConnector
 from .linear import LinearConnector
+from .lion import LionConnector
 from .mlp import MLPConnector
 from .pargo import ParGoConnector
 from .pixel_shuffle import PixelShuffleConnector
@@ -28,6 +29,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     "pixel_shuffle": PixelShuffleConnector,
     "lavit": LavitConnector,
     "groma": GromaConnector,
+    "lion": LionConnector,
 }
 
 

@@ -29,6 +29,10 @@ the continuation's token log-probabilities after the prompt's assistant prefix; 
 the assistant's answer, so its leading whitespace is dropped. Images only (a video or audio visual is
 an error). Runs on CPU.
 
+Task routing (a model with a mixture of adapters, e.g. ``lion``): each request is routed by the type its
+lmms-eval task name maps to in the model's task types (unknown names: the model's default type), or by the
+``task_type`` model arg for every request (``task_type=region`` for a grounding benchmark).
+
 lmms-eval is optional: without it the class still works (it then derives from a small stand-in with the
 same ``rank``/``world_size``/``task_dict``/``create_from_arg_string``), so it can be tested anywhere.
 """
@@ -135,11 +139,13 @@ class VLBridgeLMMS(_Base):
     is_simple = True
 
     def __init__(self, pretrained: str, batch_size: int | str = 1, max_new_tokens: int | str = 128,
-                 seed: int | str = 0, device: str | None = None, max_batch_size: int | str | None = None, **unknown):
+                 seed: int | str = 0, device: str | None = None, max_batch_size: int | str | None = None,
+                 task_type: str | None = None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"unknown model_args for vlbridge: {sorted(unknown)}; known: pretrained, batch_size, "
-                             f"max_new_tokens, seed")
+                             f"max_new_tokens, seed, task_type")
+        self.task_type = task_type
         if device not in (None, "cpu"):
             warnings.warn(f"vlbridge's lmms-eval model runs on CPU; ignoring device={device!r}")
         self.model = VLBridgeModel.from_pretrained(pretrained).eval()
@@ -184,10 +190,17 @@ class VLBridgeLMMS(_Base):
                                top_p=float(kw.get("top_p") or 1.0), top_k=int(kw.get("top_k") or 0))
         return cfg, [u for u in until if u]
 
-    def _generate(self, queries: Sequence[Query], gen_kwargs: dict) -> list[str]:
+    def _types(self, tasks: Sequence[str]) -> list[str] | None:
+        """The routing type of each request: the ``task_type`` model arg, else its task name's in the model."""
+        if self.task_type is not None:
+            return [self.task_type] * len(tasks)
+        return self.model.connector.task_types(list(tasks))
+
+    def _generate(self, queries: Sequence[Query], gen_kwargs: dict, tasks: Sequence[str] | None = None) -> list[str]:
         """One batch through vlbridge's Predictor (encoding, KV-cache generation, decoding as everywhere else)."""
         self.predictor.gen, until = self._gen_config(gen_kwargs)
-        return [cut_at(text, until) for text in self.predictor.answer(queries)]
+        types = self._types(tasks) if tasks is not None else None
+        return [cut_at(text, until) for text in self.predictor.answer(queries, types)]
 
     # ---- lmms-eval interface ---------------------------------------------------------------------------
     def generate_until(self, requests) -> list[str]:
@@ -199,12 +212,13 @@ class VLBridgeLMMS(_Base):
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                queries = []
+                queries, tasks = [], []
                 for i in chunk:
                     context, _, doc_to_visual, doc_id, task, split = requests[i].args
                     queries.append(self._query(context, self._visuals(doc_to_visual, doc_id, task, split)))
+                    tasks.append(task)
                 gen_kwargs = requests[chunk[0]].args[1]
-                for i, text in zip(chunk, self._generate(queries, gen_kwargs)):
+                for i, text in zip(chunk, self._generate(queries, gen_kwargs, tasks)):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), text)
                 bar.update(len(chunk))
@@ -233,12 +247,15 @@ class VLBridgeLMMS(_Base):
         results: list[tuple[float, bool]] = []
         for start in tqdm(range(0, len(requests), self.batch_size), desc="vlbridge loglikelihood",
                           disable=self.rank != 0):
-            batch = [self._loglikelihood_inputs(r) for r in requests[start:start + self.batch_size]]
+            chunk = requests[start:start + self.batch_size]
+            batch = [self._loglikelihood_inputs(r) for r in chunk]
             pixels = [p for _, _, p in batch if p is not None]
-            s, _ = self.model.embed([torch.tensor(ids) for ids, _, _ in batch],
-                                    [torch.tensor(lab) for _, lab, _ in batch], torch.cat(pixels) if pixels else None)
-            logits = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
-                                    position_ids=s.position_ids, use_cache=False).logits.float()   # [B, T, V]
+            tasks = [r.args[4] if len(r.args) == 6 else None for r in chunk]    # None: the unconditional part
+            with self.model.routing(types=self._types(tasks)):
+                s, _ = self.model.embed([torch.tensor(ids) for ids, _, _ in batch],
+                                        [torch.tensor(lab) for _, lab, _ in batch], torch.cat(pixels) if pixels else None)
+                logits = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                                        position_ids=s.position_ids, use_cache=False).logits.float()   # [B, T, V]
             logprobs = logits[:, :-1].log_softmax(-1)                                            # [B, T-1, V]
             targets = s.labels[:, 1:]                                                            # [B, T-1]
             scored = targets != IGNORE_INDEX
@@ -260,7 +277,7 @@ class VLBridgeLMMS(_Base):
             answers: list[str] = []
             info = None
             for round_idx in range(1, MAX_ROUNDS + 1):
-                answers.append(self._generate([self._query(context, images)], gen_kwargs)[0])
+                answers.append(self._generate([self._query(context, images)], gen_kwargs, [task])[0])
                 step = doc_to_text(doc, previous_output=list(answers), round_idx=round_idx, previous_round_info=info)
                 if len(step) == 5:
                     visuals, context, terminal, round_res, info = step
