@@ -67,12 +67,12 @@ def tiny_cpu_vit() -> RunConfig:
 def tiny_cpu_lion() -> RunConfig:
     """tiny-cpu with the ``lion`` connector at the tiny width (an 8-query, 2-layer Q-Former; the aggregator on
     the ResNet's 8x8 map, reading its two earlier stages resampled to 8x8, with position codes since conv maps
-    carry none) and LION's stages image -> region -> mixed. The LLM is built from scratch, so it also trains in
-    the first stage (LION's FlanT5 arrives pretrained and stays frozen)."""
+    carry none) and LION's stages image -> region -> mixed. The LLM stays frozen in them, as LION's FlanT5 (the
+    recipe pretrains it on the data's text first: there is no pretrained tiny LLM to download)."""
     cfg = tiny_cpu()
     options = {"qformer": {"num_queries": 8, "hidden": 128, "layers": 2, "heads": 4, "intermediate": 512,
                            "cross_attention_every": 1, "max_text_len": 64},
-               "aggregator_heads": 4, "position_codes": True, "llm_stages": ["image"]}
+               "aggregator_heads": 4, "position_codes": True}
     cfg.model.connector = ConnectorConfig("lion", options)
     cfg.train.train_vision = False
     cfg.train.stages = ["image", "region", "mixed"]

@@ -1,7 +1,8 @@
 """LION's staged instruction tuning as one command: `vlbridge recipe lion --data D --out RUN`.
 
 Before the stages (``prepare``): an encoder built from scratch is pretrained on DATA/scenes.json into RUN/vision
-(there is no EVA-CLIP to download; a given ``--model.vision.name_or_path`` is used as it is) and frozen; with
+(there is no EVA-CLIP to download; a given ``--model.vision.name_or_path`` is used as it is) and frozen; an LLM
+built from scratch is pretrained on the data's text without images into RUN/llm (``text_lm``); with
 tags (``--tags.mode hard|soft``) a tagger is trained on that encoder into RUN/tagger (unless ``--tagger DIR``)
 and the data is tagged into RUN/data/ (read with the original dir as image folder).
 
@@ -13,6 +14,7 @@ all at once instead, ``--train.stages region`` one stage alone (``--train.init_f
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -44,6 +46,9 @@ class LionRecipeOptions:
     tagger_steps: int = opt(300, "tagger training steps (when it is trained here)")
     vision_steps: int = opt(400, "encoder pretraining steps (when the preset builds its encoder from scratch)")
     vision_attributes: list[str] = opt(["shape", "color"], "attributes the encoder's patches learn in pretraining")
+    llm_steps: int = opt(600, "text-only pretraining steps of an LLM the preset builds from scratch (it then stays "
+                              "frozen, as LION's FlanT5, unless the connector's llm_stages name a stage); 0 = no "
+                              "pretraining (the LLM learns inside the stages of llm_stages)")
     eval: StageEval = field(default_factory=StageEval)
 
 
@@ -57,11 +62,16 @@ def prepare(cfg: RunConfig, options: LionRecipeOptions) -> RunConfig:
                                 "--extra_tasks gcap,rec_neg --single_turn_tasks rec,reg,gcap,rec_neg ...`)")
     if cfg.model.connector.name != "lion":
         raise ValueError(f"the lion recipe trains the lion connector, not {cfg.model.connector.name!r}")
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data), train=dataclasses.replace(cfg.train))
+    cfg = copy.deepcopy(cfg)
     out, data = Path(cfg.out), Path(cfg.data.path)
     cfg.model.vision.name_or_path = pretrained_vision(cfg, options, data, out)
     cfg.model.vision.arch = {}
     cfg.train.train_vision = False
+    if not cfg.model.llm.name_or_path and options.llm_steps > 0:
+        from .text_lm import pretrain_text_lm
+        log(f"llm: text-only pretraining for {options.llm_steps} steps into {out / 'llm'}")
+        cfg.model.llm.name_or_path = str(pretrain_text_lm(cfg, options.llm_steps, out / "llm"))
+        cfg.model.llm.arch, cfg.model.llm.tokenizer = {}, None
     if options.tags.mode != "none":
         cfg.data = tagged_data(cfg.data, options, data, out, cfg.model.vision.name_or_path)
     return cfg
