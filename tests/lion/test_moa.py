@@ -171,3 +171,26 @@ def test_lora_with_moa_trains_both_and_round_trips(tiny_model, shapes_dir, tmp_p
     assert loaded.lora is not None
     before, after = model.state_dict(), loaded.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_fused_computation_equals_the_formula():
+    """out = FFN(x) + sum_k G[t, k] * A_k(x) per sample, with trainable (non one-hot) gates and K = 3."""
+    llm = tiny_lm("llama")
+    router = TaskRouter(TYPES, "image")
+    (layer, *_) = install_moa(llm, 3, 8, router)
+    randomise_adapters(llm)
+    with torch.no_grad():
+        layer.moa_router.copy_(torch.rand_like(layer.moa_router))
+        for a in layer.moa_adapters:
+            a.scale.fill_(0.7)
+            a.w_up.bias.normal_()
+    layer.moa_router.requires_grad_(True)
+    x = torch.randn(3, 5, 32)
+    types = ["region", "image", "region"]
+    with torch.no_grad(), router.routing(types):
+        got = layer(x)
+    expected = layer.ffn(x).clone()
+    for b, t in enumerate(types):
+        g = layer.moa_router[TYPES.index(t)]                                  # [K, D]
+        expected[b] += sum(g[k] * a(x[b]) for k, a in enumerate(layer.moa_adapters))
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -107,18 +107,37 @@ class MoAFeedForward(nn.Module):
         getattr(self, ROUTER).no_weight_decay = True                       # read by train.stages.param_groups
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor | None:
-        """sum_k G[t_b, k] * A_k(x_b) for x [B, T, D]; None when every gate of the batch is zero (then nothing
-        is added, exactly as adding the zeros would)."""
-        gate_table = getattr(self, ROUTER)
-        gates = gate_table[self.router.routes(x.shape[0]).to(gate_table.device)]   # [B, K, D]
-        total = None
-        for k, adapter in enumerate(getattr(self, ADAPTERS)):
-            g = gates[:, k]                                                # [B, D]
-            if not gate_table.requires_grad and not bool(g.any()):
-                continue                                                   # closed for every sample: skip it
-            y = adapter(x) * g.to(x.dtype).view(x.shape[0], *([1] * (x.dim() - 2)), -1)
-            total = y if total is None else total + y
-        return total
+        """sum_k G[t_b, k] * A_k(x_b) for x [B, ..., D]; None when every gate of the batch is zero (then nothing is
+        added, exactly as adding the zeros would).
+
+        Computed fused: the open adapters' down projections as one matmul, then per task type present one up
+        matmul whose weight is the gated, scaled up projections side by side (G[t, k] * s_k * W_up,k), on that
+        type's samples. Adapters closed for every sample of the batch are skipped while the router is frozen."""
+        gate_table = getattr(self, ROUTER)                                  # [types, K, D]
+        routes = self.router.routes(x.shape[0]).to(gate_table.device)       # [B]
+        present = routes.unique().tolist()
+        adapters = list(getattr(self, ADAPTERS))
+        open_k = [k for k in range(len(adapters))
+                  if gate_table.requires_grad or bool(gate_table[present, k].any())]
+        if not open_k:
+            return None
+        down_w = torch.cat([adapters[k].w_down.weight for k in open_k])     # [K' r, D]
+        down_b = torch.cat([adapters[k].w_down.bias for k in open_k])
+        h = torch.relu(nn.functional.linear(x, down_w, down_b))             # [B, ..., K' r]
+        up_w = torch.stack([adapters[k].w_up.weight for k in open_k])       # [K', D, r]
+        up_b = torch.stack([adapters[k].w_up.bias for k in open_k])         # [K', D]
+        scale = torch.cat([adapters[k].scale for k in open_k])[:, None]     # [K', 1]
+        out = None
+        for t in present:
+            g = gate_table[t, open_k] * scale                                # [K', D]
+            weight = (g[:, :, None] * up_w).permute(1, 0, 2).flatten(1)      # [D, K' r]
+            bias = (g * up_b).sum(0)                                         # [D]
+            if len(present) == 1:
+                return nn.functional.linear(h, weight.to(h.dtype), bias.to(h.dtype))
+            rows = (routes == t).nonzero().flatten().to(x.device)
+            y = nn.functional.linear(h[rows], weight.to(h.dtype), bias.to(h.dtype))
+            out = (x.new_zeros(x.shape) if out is None else out).index_copy(0, rows, y)
+        return out
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = self.ffn(x, *args, **kwargs)
