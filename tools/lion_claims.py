@@ -11,8 +11,8 @@ evaluation is never redone, so the script resumes):
     joint       LION's parts all at once on the mixed data, the same total steps   (schedule claim)
     hard, soft  the tag sentence in plain words / with <soft>; evaluated at tag noise 0, 0.2, 0.5   (tag claim)
 
-All share the data, the frozen encoder (pretrained once, by the first run) and, per seed, the text-pretrained
-frozen LLM (made by that seed's `full` run); the tag runs share one tagger (OUT/tagger, `vlbridge lion tagger`).
+All share the data, the frozen encoder (pretrained once, by the first run: OUT/vision) and, per seed, the
+text-pretrained LLM (made by that seed's `full` run); the tag runs share one tagger (OUT/tagger, `vlbridge lion tagger`).
 `python tools/lion_claims.py table OUT` prints the tables.
 
     python tools/lion_claims.py run --data runs/lion_data --out runs/lion_claims --seeds 0,1,2
@@ -29,24 +29,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-STEPS = {"image": 200, "region": 120, "mixed": 120}
-SCHEDULES = {"image": {"steps": 200, "warmup_steps": 20}, "region": {"steps": 120, "warmup_steps": 12},
-             "mixed": {"steps": 120, "warmup_steps": 12}}
+STEPS = {"image": 300, "region": 150, "mixed": 150}
+SCHEDULES = {"image": {"steps": 300, "warmup_steps": 20}, "region": {"steps": 150, "warmup_steps": 15},
+             "mixed": {"steps": 150, "warmup_steps": 15}}
+# tiny-cpu-lion's options; the LLM (text-pretrained, from scratch) also trains in the first stage: frozen from the
+# start it learned nothing visual in 200 steps (colour and shape at chance)
 TINY = {"qformer": {"num_queries": 8, "hidden": 128, "layers": 2, "heads": 4, "intermediate": 512,
                     "cross_attention_every": 1, "max_text_len": 64},
-        "aggregator_heads": 4, "position_codes": True}
+        "aggregator_heads": 4, "position_codes": True, "llm_stages": ["image"]}
 CONDITIONS = {
     "full": {},
     "shared": {"options": {"adapters": 1}},
     "none": {"options": {"adapters": 0}},
     "branch_a": {"options": {"branches": "image"}},
     "branch_b": {"options": {"branches": "region"}},
-    "joint": {"stages": ["joint"]},
+    "joint": {"stages": ["joint"], "options": {"llm_stages": ["joint"]}},
     "hard": {"tags": "hard"},
     "soft": {"tags": "soft"},
 }
 NOISE = (0.0, 0.2, 0.5)
-EVAL_LIMIT = 40
+EVAL_LIMIT = 80
 IMAGE_TASKS = [("caption", "cider", "caption CIDEr"), ("color", "vqa_acc", "colour"), ("shape", "vqa_acc", "shape"),
                ("count", "count_acc", "count"), ("exist", "f1", "exist POPE F1")]
 REGION_TASKS = [("rec", "acc@0.5", "REC Acc@0.5"), ("reg", "cider", "REG CIDEr"), ("gcap", "f1", "gcap F1")]
@@ -73,9 +75,11 @@ def run_condition(name: str, seed: int, data: Path, out: Path, log: Path) -> Pat
             "--model.connector.options", json.dumps({**TINY, **spec.get("options", {})}),
             "--train.stages", ",".join(stages), "--train.stage_schedules", json.dumps(schedules),
             "--train.save_every", "100", "--train.eval_every", "0", "--eval.limit", str(EVAL_LIMIT)]
-    vision = out / "full_s0" / "vision"
+    vision = out / "vision"
     if (vision / "vision_pretrain.json").is_file():
         args += ["--model.vision.name_or_path", str(vision)]
+    elif name != "full" or seed:
+        raise FileNotFoundError(f"{vision} is missing: run condition full with seed 0 first (it pretrains the encoder)")
     llm = out / f"full_s{seed}" / "llm" / "model"
     if name != "full":
         args += ["--model.llm.name_or_path", str(llm)]
@@ -85,6 +89,8 @@ def run_condition(name: str, seed: int, data: Path, out: Path, log: Path) -> Pat
             vlbridge(["lion", "tagger", "--data", str(data), "--vision", str(vision), "--out", str(tagger)], log)
         args += ["--tags.mode", spec["tags"], "--tagger", str(tagger)]
     vlbridge(args, log)
+    if not vision.exists():                                 # the first run pretrained it: every other run shares it
+        vision.symlink_to((run / "vision").resolve())
     if "tags" in spec:
         final = run / stages[-1] / "final"
         for noise in NOISE[1:]:

@@ -69,7 +69,7 @@ def prepare(cfg: RunConfig, options: LionRecipeOptions) -> RunConfig:
     cfg.train.train_vision = False
     if not cfg.model.llm.name_or_path and options.llm_steps > 0:
         from .text_lm import pretrain_text_lm
-        log(f"llm: text-only pretraining for {options.llm_steps} steps into {out / 'llm'}")
+        log(f"llm: text-only pretraining ({options.llm_steps} steps) into {out / 'llm'}, or reusing it")
         cfg.model.llm.name_or_path = str(pretrain_text_lm(cfg, options.llm_steps, out / "llm"))
         cfg.model.llm.arch, cfg.model.llm.tokenizer = {}, None
     if options.tags.mode != "none":
