@@ -45,6 +45,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/data_parallel.py
+	$(BIN)/python bench/moa.py
 
 clean:
 	rm -rf $(VENV) runs data

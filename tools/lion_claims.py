@@ -88,6 +88,8 @@ def run_condition(name: str, seed: int, data: Path, out: Path, log: Path) -> Pat
         if not (tagger / "model.safetensors").is_file():          # one tagger for every run, on the shared encoder
             vlbridge(["lion", "tagger", "--data", str(data), "--vision", str(vision), "--out", str(tagger)], log)
         args += ["--tags.mode", spec["tags"], "--tagger", str(tagger)]
+    if name not in ("full", "shared", "none"):               # only these show the conflict stage by stage
+        args += ["--eval.stages", stages[-1]]
     vlbridge(args, log)
     if not vision.exists():                                 # the first run pretrained it: every other run shares it
         vision.symlink_to((run / "vision").resolve())

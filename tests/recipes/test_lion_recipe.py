@@ -128,3 +128,17 @@ def test_eval_and_chat_route_by_task_type(lion_data, tiny_model, monkeypatch):
     assert seen[-1] == ["image" if r.task == "color" else "region" for r in records]
     Predictor(model, GenerationConfig(max_new_tokens=1), task_type="region").ask("What is here?", [Image.new("RGB", (32, 32))])
     assert seen[-1] == ["region"]
+
+
+def test_recipe_command_resolves_its_config_and_refuses_bad_input(tmp_path, capsys):
+    from vlbridge.cli.main import main
+    assert main(["recipe", "lion", "--print-config", "--tags.mode", "hard", "--eval.limit", "7"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run"]["model"]["connector"]["name"] == "lion"
+    assert printed["run"]["train"]["stages"] == ["image", "region", "mixed"]
+    assert printed["lion"]["tags"]["mode"] == "hard" and printed["lion"]["eval"]["limit"] == 7
+    assert main(["recipe", "lion", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 2
+    assert "is not a dataset dir" in capsys.readouterr().err
+    assert main(["lion", "tags", "--tagger", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--tags.mode", "loud"]) == 2
+    assert "tags.mode must be one of" in capsys.readouterr().err

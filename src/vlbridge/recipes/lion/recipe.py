@@ -36,6 +36,7 @@ class StageEval:
     batch_size: int = opt(64, "records per generation batch")
     max_new_tokens: int = opt(40, "generation budget per answer")
     skip: bool = opt(False, "do not evaluate the stages")
+    stages: list[str] | None = opt(None, "the stages to evaluate (None = every stage run)")
 
 
 @dataclass
@@ -57,6 +58,7 @@ def log(msg: str) -> None:
 
 
 def prepare(cfg: RunConfig, options: LionRecipeOptions) -> RunConfig:
+    options.tags.__post_init__()                              # flags set the fields after construction: check them
     if not cfg.data.path or not Path(cfg.data.path).is_dir():
         raise FileNotFoundError(f"--data {cfg.data.path!r} is not a dataset dir (make one with `vlbridge data shapes "
                                 "--extra_tasks gcap,rec_neg --single_turn_tasks rec,reg,gcap,rec_neg ...`)")
@@ -116,7 +118,7 @@ def tagged_data(data_cfg: DataConfig, options: LionRecipeOptions, data: Path, ou
 
 def evaluate_stage(cfg: RunConfig, options: LionRecipeOptions, stage: str, result: StageResult) -> None:
     """Evaluate a stage's saved model on the test records into RUN/<stage>/eval (once)."""
-    if options.eval.skip:
+    if options.eval.skip or (options.eval.stages is not None and stage not in options.eval.stages):
         return
     from ...eval.runner import predict, summarize, write_reports
     from ...generate import GenerationConfig
