@@ -169,6 +169,7 @@ class VLBridgeModel(nn.Module):
             return self.lm_forward(batch, return_logits, loss_weighting)
 
     def lm_forward(self, batch, return_logits: bool = False, loss_weighting: str = "token") -> VLMOutput:
+        """The loss of a batch under whatever task routing is in force (``forward`` sets it from the records)."""
         s, aux = self.embed(batch.input_ids, batch.labels, batch.pixel_values)
         # Right padding: under a causal mask no real position ever sees a pad, so the padding mask changes
         # nothing that is scored and can be dropped; attention then takes the mask-free causal kernel.
