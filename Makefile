@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/data_parallel.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/moa.py
 
 clean:
 	rm -rf $(VENV) $(LMMS_VENV) runs data

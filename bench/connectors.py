@@ -34,10 +34,12 @@ from vlbridge.connectors import CONNECTORS, VisualFeatures, build_connector
 
 FULL = dict(grid=(24, 24), vis=1024, llm=4096, batch=8,
             pargo=dict(windows="raster", num_partial=288, num_global=16, hidden=768, heads=12, layers=4),
-            lavit=dict(image_size=384, pixel_channels=[64, 32, 16, 8]))     # its pixel decoder: 24 -> 384 px
+            lavit=dict(image_size=384, pixel_channels=[64, 32, 16, 8]),     # its pixel decoder: 24 -> 384 px
+            lion={})                                                     # LION's sizes (BLIP-2 Q-Former, 16 heads)
 QUICK = dict(grid=(12, 12), vis=256, llm=512, batch=4,
              pargo=dict(windows="raster", num_partial=72, num_global=8, hidden=192, heads=4, layers=4),
-             lavit=dict(image_size=192, pixel_channels=[64, 32, 16, 8]))
+             lavit=dict(image_size=192, pixel_channels=[64, 32, 16, 8]),
+             lion=dict(qformer=dict(hidden=192, layers=4, heads=4, intermediate=768), aggregator_heads=4))
 
 
 def fwd_bwd(connector, feats: VisualFeatures) -> None:
@@ -82,6 +84,8 @@ def connector_table(scale: dict, names: list[str], reps: int) -> None:
         try:
             torch.manual_seed(0)
             c = build_connector(name, options, scale["vis"], scale["llm"], (rows, cols)).train()
+            # the other encoder layers a connector reads (LION's aggregator: two intermediate ones), as tokens
+            feats.hidden = {i: torch.randn(scale["batch"], rows * cols, scale["vis"]) for i in c.encoder_layers()}
             secs = statistics.median(timed(lambda: fwd_bwd(c, feats), reps))
             gflop = c.flops(scale["batch"]) / 1e9
             print(f"{name:<14}{c.num_tokens():>8}{c.num_parameters() / 1e6:>9.1f}M{gflop:>11.1f}{secs:>11.2f}"

@@ -218,10 +218,11 @@ class Stage:
     """One training stage, as data: which parts train, on which records, run by which loop.
 
     ``trains`` and ``frozen`` are parameter-name prefixes of the model (``"connector"``, ``"llm"``, ``"vision"``,
-    ``"connector.proposer"`` ...); a parameter trains when it matches ``trains`` and not ``frozen``. The entry
+    ``"connector.proposer"`` ...) or patterns with ``*`` (``"llm.*.moa_router"``); a parameter trains when it
+    matches ``trains`` and not ``frozen``. The entry
     ``"embeddings:added"`` trains only the rows of the LLM's embedding (and untied output) matrices that belong to
     the tokens the connector added (region ids, [IMG]...), every other row staying exactly as it was. With LoRA,
-    ``"llm"`` means the LLM's LoRA weights. ``runner`` names the loop: ``"lm"`` is the trainer's next-token loop;
+    ``"llm"`` means the LLM's LoRA weights (LLM parameters a more specific entry names still train). ``runner`` names the loop: ``"lm"`` is the trainer's next-token loop;
     other names are stage runners of ``vlbridge.recipes.stages`` (a region proposer's, a visual tokenizer's).
     ``tasks`` restricts the training records to these tasks (``None`` = every record). ``schedule`` holds
     ``TrainConfig`` fields a multi-stage recipe sets for this stage (steps, lr ...).

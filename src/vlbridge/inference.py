@@ -32,8 +32,12 @@ class Scored:
 
 
 class Predictor:
-    def __init__(self, model, gen: GenerationConfig | None = None, seed: int = 0):
+    """``task_type``: the routing type of every question (a mixture of adapters picks its adapters by it);
+    None = the model's default."""
+
+    def __init__(self, model, gen: GenerationConfig | None = None, seed: int = 0, task_type: str | None = None):
         self.model = model.eval()
+        self.task_type = task_type
         self.gen = gen or GenerationConfig()
         self.transform = model.vision.image_transform()
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -43,11 +47,15 @@ class Predictor:
         pixels = torch.stack([self.transform(im) for im in query.images]) if query.images else None
         return torch.tensor(ids), pixels
 
-    def answer(self, queries: Sequence[Query]) -> list[str]:
+    def answer(self, queries: Sequence[Query], types: Sequence[str] | None = None) -> list[str]:
+        """Answers to ``queries``; ``types`` routes each by its own task type (default: ``task_type``)."""
         encoded = [self.encode(q) for q in queries]
         pixels = [p for _, p in encoded if p is not None]
-        return generate_answers(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
-                                self.gen, generator=self.generator)
+        if types is None and self.task_type is not None:
+            types = [self.task_type] * len(queries)
+        with self.model.routing(types=types):
+            return generate_answers(self.model, [ids for ids, _ in encoded], torch.cat(pixels) if pixels else None,
+                                    self.gen, generator=self.generator)
 
     def continuation_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` as the start of the assistant's answer (leading whitespace dropped, as an
@@ -55,8 +63,10 @@ class Predictor:
         return self.model.builder.encode_message(text.lstrip())
 
     @torch.no_grad()
-    def score(self, queries: Sequence[Query], continuations: Sequence[str]) -> list[Scored]:
-        """Token log-probabilities of each continuation as the start of the answer to its query (one batch).
+    def score(self, queries: Sequence[Query], continuations: Sequence[str],
+              types: Sequence[str | None] | None = None) -> list[Scored]:
+        """Token log-probabilities of each continuation as the start of the answer to its query (one batch);
+        ``types`` routes each as in ``answer``.
 
         The continuation is scored alone: the assistant's end-of-turn tokens after it are not.
         """
@@ -65,9 +75,12 @@ class Predictor:
         ids = [torch.cat([prompt, torch.tensor(c, dtype=prompt.dtype)]) for (prompt, _), c in zip(encoded, conts)]
         labels = [torch.tensor([IGNORE_INDEX] * len(prompt) + c) for (prompt, _), c in zip(encoded, conts)]
         pixels = [p for _, p in encoded if p is not None]
-        s, _ = self.model.embed(ids, labels, torch.cat(pixels) if pixels else None)
-        logits = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
-                                position_ids=s.position_ids, use_cache=False).logits.float()    # [B, T, V]
+        if types is None and self.task_type is not None:
+            types = [self.task_type] * len(queries)
+        with self.model.routing(types=types):
+            s, _ = self.model.embed(ids, labels, torch.cat(pixels) if pixels else None)
+            logits = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                                    position_ids=s.position_ids, use_cache=False).logits.float()    # [B, T, V]
         logprobs = logits[:, :-1].log_softmax(-1)                                               # [B, T-1, V]
         targets = s.labels[:, 1:]                                                               # [B, T-1]
         token_lp = logprobs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)            # [B, T-1]

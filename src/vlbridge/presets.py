@@ -4,6 +4,8 @@
   Llama-style LM, all built from configs and trained from scratch on ShapesWorld in a few minutes on a laptop
   CPU (nothing to download);
   ``tiny-cpu-vit``: the same with a CLIP-style ViT encoder.
+- ``tiny-cpu-lion``: the tiny-cpu stack with the ``lion`` connector scaled to it and LION's three stages
+  (``vlbridge recipe lion``);
 - ``clip-qwen2`` / ``siglip-llama``: real checkpoints given by path (``--model.vision.name_or_path``,
   ``--model.llm.name_or_path``); LLaVA-1.5 recipe: images padded to a square and preprocessed by the encoder's
   own image processor, the instruct LLM's own chat template, align (connector only, lr 1e-3), then instruct
@@ -65,6 +67,25 @@ def tiny_cpu_vit() -> RunConfig:
     return cfg
 
 
+def tiny_cpu_lion() -> RunConfig:
+    """tiny-cpu with the ``lion`` connector at the tiny width (an 8-query, 2-layer Q-Former; the aggregator on
+    the ResNet's 8x8 map, reading its two earlier stages resampled to 8x8, with position codes since conv maps
+    carry none) and LION's stages image -> region -> mixed. The LLM stays frozen in them, as LION's FlanT5 (the
+    recipe pretrains it on the data's text first: there is no pretrained tiny LLM to download)."""
+    cfg = tiny_cpu()
+    options = {"qformer": {"num_queries": 8, "hidden": 128, "layers": 2, "heads": 4, "intermediate": 512,
+                           "cross_attention_every": 1, "max_text_len": 64},
+               "aggregator_heads": 4, "position_codes": True}
+    cfg.model.connector = ConnectorConfig("lion", options)
+    cfg.train.train_vision = False
+    cfg.train.stages = ["image", "region", "mixed"]
+    cfg.train.stage_schedules = {"image": {"steps": 600}, "region": {"steps": 300, "warmup_steps": 20},
+                                 "mixed": {"steps": 300, "warmup_steps": 20}}
+    cfg.train.ddp_find_unused_parameters = True        # a batch of one task type leaves the other adapter unused
+    cfg.preset = "tiny-cpu-lion"
+    return cfg
+
+
 def clip_qwen2() -> RunConfig:
     vision = VisionConfig(name_or_path="openai/clip-vit-large-patch14-336", feature_layers=[-2], pad_to_square=True)
     llm = LLMConfig(name_or_path="Qwen/Qwen2-0.5B-Instruct", chat_template="tokenizer", max_length=2048)
@@ -84,6 +105,7 @@ def siglip_llama() -> RunConfig:
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny-cpu": tiny_cpu,
     "tiny-cpu-vit": tiny_cpu_vit,
+    "tiny-cpu-lion": tiny_cpu_lion,
     "clip-qwen2": clip_qwen2,
     "siglip-llama": siglip_llama,
 }

@@ -234,3 +234,16 @@ def test_unknown_tokenizer_stage_field_fails_before_any_work(base_json, shapes_d
     assert main(arena_argv(base_json, shapes_dir, out, connectors=("lavit",),
                            extra=("--stage_schedules", '{"tokenizer": {"steps_quantised": 3}}'))) != 0
     assert "steps_quantised" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_lion_row_through_its_declared_hooks(base_json, shapes_dir, tmp_path):
+    """lion in the arena: its encoder layers, instruction text and adapters inside the LLM come from its hooks."""
+    options = {"lion": {"qformer": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32, "num_queries": 2},
+                        "aggregator_heads": 2, "adapter_bottleneck": 4}}
+    out = tmp_path / "run"
+    assert main(arena_argv(base_json, shapes_dir, out, connectors=("lion",), steps=2,
+                           extra=("--connector_options", json.dumps(options)))) == 0
+    result = json.loads((out / "lion" / "result.json").read_text())
+    assert result["max_visual_tokens"] == 2 + 16 and result["eval_records"] > 0
+    weights = load_file(str(out / "lion" / "instruct" / "final" / "model.safetensors"))
+    assert any(".moa_adapters.1." in k for k in weights) and any(k.startswith("connector.aggregator") for k in weights)

@@ -31,7 +31,10 @@ OPTIONS = {"linear": {"bias": False}, "mlp": {"depth": 3, "hidden": 24},
            "resampler": {"num_latents": 5, "layers": 2, "heads": 2, "head_dim": 8, "pos_embed": "learned"},
            "cabstractor": {"depth": 1, "hidden": 16, "grid_out": [2, 3]},
            "pixel_shuffle": {"factor": 2, "depth": 1, "norm": False},
-           "lavit": {"image_size": 32}}          # its pixel decoder upsamples the 4x4 test grid to the 32-px input
+           "lavit": {"image_size": 32},
+           "lion": {"qformer": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32, "num_queries": 3},
+                    "aggregator_heads": 2, "aggregator_intermediate": 32, "region_hidden": 24, "adapter_bottleneck": 8,
+                    "position_codes": True, "region_zero_init": False}}          # its pixel decoder upsamples the 4x4 test grid to the 32-px input
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 

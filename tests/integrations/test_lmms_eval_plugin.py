@@ -248,3 +248,30 @@ def test_registered_with_lmms_eval():
     if "vlbridge" not in {ep.name for ep in entry_points(group="lmms_eval.models")}:
         pytest.skip("this vlbridge install predates its lmms_eval.models entry point: reinstall (pip install -e .)")
     assert get_model("vlbridge") is VLBridgeLMMS
+
+
+def test_requests_are_routed_by_their_task_type(tiny_model, shapes_dir, tmp_path, monkeypatch):
+    """A model with a mixture of adapters (lion): each request routes by its lmms task name's type, or all by the
+    task_type model arg."""
+    import copy
+    from support import tiny_model_config
+    from vlbridge.models.vlm import VLBridgeModel
+    torch.manual_seed(0)
+    lion = VLBridgeModel(tiny_model_config("lion", {"qformer": {"hidden": 16, "layers": 1, "heads": 2,
+                                                                "intermediate": 32, "num_queries": 2},
+                                                    "aggregator_heads": 2, "adapter_bottleneck": 4}),
+                         copy.deepcopy(tiny_model.tokenizer))
+    lion.save_pretrained(tmp_path / "lion")
+    image = Image.open(next((shapes_dir / "images").iterdir())).convert("RGB")
+    for arg, expected in (("", ["region", "image"]), (",task_type=region", ["region", "region"])):
+        lm = VLBridgeLMMS.create_from_arg_string(f"pretrained={tmp_path / 'lion'},batch_size=2,max_new_tokens=1{arg}")
+        lm.task_dict = {"rec": {SPLIT: [{"image": image}]}, TASK: {SPLIT: [{"image": image}]}}
+        seen = []
+        original = lm.model.connector.task_router.routing
+        monkeypatch.setattr(lm.model.connector.task_router, "routing", lambda t, o=original: seen.append(t) or o(t))
+        lm.generate_until([EmulatedInstance("generate_until", ("Where?", {}, doc_to_visual, 0, task, SPLIT), 0,
+                                            {"task": task, "doc_id": 0, "repeats": 1}) for task in ("rec", TASK)])
+        assert seen[-1] == expected
+        lm.loglikelihood([EmulatedInstance("loglikelihood", ("Where?", "here", doc_to_visual, 0, task, SPLIT), 0,
+                                           {"task": task, "doc_id": 0, "repeats": 1}) for task in ("rec", TASK)])
+        assert seen[-1] == expected

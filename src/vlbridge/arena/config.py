@@ -150,6 +150,10 @@ def tiny_connector_options() -> dict:
         # adds them as rows. lavit: LaVIT's defaults at the CPU scale (width 64, keep ratio 1/3)
         "lavit": {},
         "groma": {"proposer_layers": [-2, -1], "region_layers": [-2, -1], "tag_features": True},
+        # lion: 8 Q-Former queries + one aggregator token per patch; its row trains `instruct` (all parts at once)
+        "lion": {"qformer": {"num_queries": 8, "hidden": 128, "layers": 2, "heads": 4, "intermediate": 512,
+                             "cross_attention_every": 1, "max_text_len": 64},
+                 "aggregator_heads": 4, "position_codes": True},
     }
 
 

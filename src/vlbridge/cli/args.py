@@ -103,7 +103,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", *,
     """
     dests = _add_fields(parser, cls, prefix, aliases or {}, tuple(include) if include is not None else None,
                         set(required), rename or {}, choices or {})
-    show_defaults_of(parser, lambda namespace: (cls(), "default"), prefix)
+    show_defaults_of(parser, lambda namespace: (cls(), "default"), prefix, dests)
     return dests
 
 
@@ -140,17 +140,20 @@ def _add_fields(parser, cls, prefix, aliases, include, required, rename, choices
 
 
 def show_defaults_of(parser: argparse.ArgumentParser,
-                     resolve: Callable[[argparse.Namespace], tuple[Any, str]], prefix: str = "") -> None:
+                     resolve: Callable[[argparse.Namespace], tuple[Any, str]], prefix: str = "",
+                     dests: Iterable[str] | None = None) -> None:
     """Make the help of the config flags show the values `resolve(namespace)` gives: a config and its label
     (e.g. ``"tiny-cpu"`` for a preset, ``"default"`` for the field defaults). `--help` calls it with the
-    options parsed before it, so ``--preset X --help`` shows preset X's values."""
+    options parsed before it, so ``--preset X --help`` shows preset X's values. ``dests``: only those flags
+    (default: every config flag of the parser)."""
+    only = set(dests) if dests is not None else None
     def fill(namespace: argparse.Namespace) -> None:
         try:
             cfg, label = resolve(namespace)
         except Exception:                   # a bad --config before --help: show the command's own start
             cfg, label = resolve(argparse.Namespace())
         for action in parser._actions:
-            if not hasattr(action, "field_help"):
+            if not hasattr(action, "field_help") or (only is not None and action.dest not in only):
                 continue
             shown = "required" if action.required else f"{label}: {_short(lookup(cfg, action.dest[len(prefix):]))}"
             action.help = f"{action.field_help} [{shown}]".replace("%", "%%")

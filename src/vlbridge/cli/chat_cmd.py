@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--region", metavar="X1,Y1,X2,Y2",
                    help="ask about a region (normalised or pixel corners); without --prompt asks what the object "
                         "there is; put <region> in --prompt to place the box in your question")
+    p.add_argument("--task-type", metavar="TYPE",
+                   help="the task type the model routes the questions by (a mixture of adapters, e.g. lion's "
+                        "'image' or 'region'; default: REC's type with --grounded/--region, else the model's default)")
     p.add_argument("--grounded-out", metavar="PNG",
                    help="where --grounded/--region draw the boxes (default: IMAGE-STEM_grounded.png here)")
     add_device_flags(p)
@@ -57,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                            temperature=args.temperature, top_p=args.top_p)
-    predictor = Predictor(model, gen, seed=args.seed)
+    task_type = args.task_type
+    if task_type is None and (args.grounded or args.region):
+        mapped = model.connector.task_types(["rec"])             # a region question routes as REC does
+        task_type = mapped[0] if mapped else None
+    predictor = Predictor(model, gen, seed=args.seed, task_type=task_type)
     if args.grounded or args.region:
         return run_grounded(args, predictor, image)
     if args.prompt is not None:

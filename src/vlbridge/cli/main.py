@@ -12,6 +12,8 @@ examples:
   vlbridge arena --connectors mlp,qformer,pargo --out runs/arena
   vlbridge lavit tokenizer --annotations data/shapes/scenes.json --vision runs/demo/vision --out runs/tok
   vlbridge generate-image --model RUN/final --prompt "a red circle" --out img.png
+  vlbridge recipe lion --data data/lion --out runs/lion          (LION's three stages, each saved and evaluated)
+  vlbridge lion tagger --data data/lion --vision runs/lion/vision --out runs/lion/tagger
   vlbridge serve --model runs/demo/final                        (OpenAI-compatible server + web demo)
   vlbridge export --model RUN/final --format hf-llava --out DIR (a transformers LLaVA checkpoint)
 
@@ -26,13 +28,13 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd, plan_cmd,
-               pretrain_vision_cmd, train_cmd, viz_cmd)
+from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd, lion_cmd,
+               plan_cmd, pretrain_vision_cmd, recipe_cmd, train_cmd, viz_cmd)
 from . import export_cmd, serve_cmd
 from .parser import Parser, debug
 
 COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, plan_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
-            generate_image_cmd)
+            generate_image_cmd, recipe_cmd, lion_cmd)
 COMMANDS += (serve_cmd, export_cmd)
 
 

@@ -48,6 +48,10 @@ class HelpFormatter(argparse.HelpFormatter):
                                                 initial_indent=indent, subsequent_indent=indent))
         return "\n\n".join(paragraphs)
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """An option's help, wrapped at spaces only (a preset name such as tiny-cpu stays whole)."""
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings:
             return super()._format_action_invocation(action)

@@ -14,6 +14,7 @@ from .cabstractor import CAbstractorConnector
 from .groma import GromaConnector
 from .lavit import LavitConnector
 from .linear import LinearConnector
+from .lion import LionConnector
 from .mlp import MLPConnector
 from .pargo import ParGoConnector
 from .pixel_shuffle import PixelShuffleConnector
@@ -30,6 +31,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     "pixel_shuffle": PixelShuffleConnector,
     "lavit": LavitConnector,
     "groma": GromaConnector,
+    "lion": LionConnector,
 }
 register_names("connectors", lambda: tuple(CONNECTORS))
 for _name, _cls in CONNECTORS.items():

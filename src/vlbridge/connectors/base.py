@@ -10,7 +10,8 @@ Everything else a connector can do is a hook declared on ``Connector`` below, ea
 does nothing special, so reading this class tells what any connector may change: the text it conditions
 on, tokens around each image, tokens it adds to the vocabulary, encoder layers it reads, how it rewrites
 a sample's sequence (region tokens), how it reads an answer back, its stages and the stage that must run
-before the LLM stages, and parts it loads from a separately trained directory.
+before the LLM stages, parts it loads from a separately trained directory, modules it adds inside the LLM
+(adapters) and how it routes each sample through them by its task.
 
 Each connector declares a typed ``Options`` dataclass; its fields are what ``config.json`` stores, so
 loading rebuilds the same module, and their ``help`` metadata is what ``vlbridge connectors --describe``
@@ -18,9 +19,10 @@ prints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -186,6 +188,20 @@ class Connector(nn.Module):
         """Load separately trained parts named in the options (e.g. a visual tokenizer dir) into a freshly built
         connector. Called when a model is built from its config, never when a saved model is loaded (its
         weights already hold those parts)."""
+
+    def wrap_llm(self, llm: nn.Module) -> None:
+        """Add modules inside the LLM by wrapping its submodules (e.g. adapters beside every FFN sublayer). Called
+        once when the model is built, before LoRA and before any weights are loaded, so a saved model rebuilds
+        them from the options; their parameters are the LLM's (``llm.…`` names)."""
+
+    def task_types(self, tasks: Sequence[str | None]) -> list[str] | None:
+        """The routing type of each sample from its record's ``task`` (None: the model does not route by task)."""
+        return None
+
+    def routing(self, types: Sequence[str] | None):
+        """A context in which every LLM call routes sample i by ``types[i]`` (a type ``task_types`` gives);
+        ``None`` = the default type for every sample. Default: nothing to route."""
+        return contextlib.nullcontext()
 
     # ---- reporting ----------------------------------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -90,7 +90,8 @@ def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: Gener
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         if not len(batch):
             continue
-        texts = generate_answers(model, batch.input_ids, batch.pixel_values, gen)   # region tokens -> boxes
+        with model.routing(tasks=[rec.task for rec in batch.records]):           # per-sample task types (MoA)
+            texts = generate_answers(model, batch.input_ids, batch.pixel_values, gen)   # region tokens -> boxes
         for rec, text in zip(batch.records, texts):
             preds.append(prediction_for(rec, text))
     return preds

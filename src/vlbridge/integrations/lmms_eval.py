@@ -49,6 +49,10 @@ lmms-eval 0.7.3 turns any result that is not text into a string before scoring, 
 wrapped in its ``GenerationResult`` (whose text it passes on unchanged). Its response cache
 (``--use_cache``) expects text in a ``GenerationResult`` and cannot store them.
 
+Task routing (a model with a mixture of adapters, e.g. ``lion``): each request is routed by the type its
+lmms-eval task name maps to in the model's task types (unknown names: the model's default type), or by the
+``task_type`` model arg for every request (``task_type=region`` for a grounding benchmark).
+
 lmms-eval is optional: without it the class still works (it then derives from a small stand-in with the
 same ``rank``/``world_size``/``task_dict``/``create_from_arg_string``, and returns the plain pairs), so it
 can be tested anywhere.
@@ -160,11 +164,13 @@ class VLBridgeLMMS(_Base):
     is_simple = True
 
     def __init__(self, pretrained: str, batch_size: int | str = 1, max_new_tokens: int | str = 128,
-                 seed: int | str = 0, device: str | None = None, max_batch_size: int | str | None = None, **unknown):
+                 seed: int | str = 0, device: str | None = None, max_batch_size: int | str | None = None,
+                 task_type: str | None = None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"unknown model_args for vlbridge: {sorted(unknown)}; known: pretrained, batch_size, "
-                             f"max_new_tokens, seed")
+                             f"max_new_tokens, seed, task_type")
+        self.task_type = task_type
         where = resolve_device(device or "cpu")           # lmms-eval's --device (cuda, cuda:1, cpu ...)
         self.model = VLBridgeModel.from_pretrained(pretrained, device=where,
                                                    dtype=DTYPES[resolve_precision("auto", where)]).eval()
@@ -209,10 +215,17 @@ class VLBridgeLMMS(_Base):
                                top_p=float(kw.get("top_p") or 1.0), top_k=int(kw.get("top_k") or 0))
         return cfg, [u for u in until if u]
 
-    def _generate(self, queries: Sequence[Query], gen_kwargs: dict) -> list[str]:
+    def _types(self, tasks: Sequence[str]) -> list[str] | None:
+        """The routing type of each request: the ``task_type`` model arg, else its task name's in the model."""
+        if self.task_type is not None:
+            return [self.task_type] * len(tasks)
+        return self.model.connector.task_types(list(tasks))
+
+    def _generate(self, queries: Sequence[Query], gen_kwargs: dict, tasks: Sequence[str] | None = None) -> list[str]:
         """One batch through vlbridge's Predictor (encoding, KV-cache generation, decoding as everywhere else)."""
         self.predictor.gen, until = self._gen_config(gen_kwargs)
-        return [cut_at(text, until) for text in self.predictor.answer(queries)]
+        types = self._types(tasks) if tasks is not None else None
+        return [cut_at(text, until) for text in self.predictor.answer(queries, types)]
 
     # ---- lmms-eval interface ---------------------------------------------------------------------------
     def generate_until(self, requests) -> list[str]:
@@ -224,12 +237,13 @@ class VLBridgeLMMS(_Base):
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                queries = []
+                queries, tasks = [], []
                 for i in chunk:
                     context, _, doc_to_visual, doc_id, task, split = requests[i].args
                     queries.append(self._query(context, self._visuals(doc_to_visual, doc_id, task, split)))
+                    tasks.append(task)
                 gen_kwargs = requests[chunk[0]].args[1]
-                for i, text in zip(chunk, self._generate(queries, gen_kwargs)):
+                for i, text in zip(chunk, self._generate(queries, gen_kwargs, tasks)):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), text)
                 bar.update(len(chunk))
@@ -257,8 +271,10 @@ class VLBridgeLMMS(_Base):
         pairs: list[tuple[float, bool]] = []
         for start in tqdm(range(0, len(requests), self.batch_size), desc="vlbridge loglikelihood",
                           disable=self.rank != 0):
-            queries, continuations = zip(*(self._loglikelihood_input(r) for r in requests[start:start + self.batch_size]))
-            for scored in self.predictor.score(queries, continuations):
+            chunk = requests[start:start + self.batch_size]
+            queries, continuations = zip(*(self._loglikelihood_input(r) for r in chunk))
+            tasks = [r.args[4] if len(r.args) == 6 else None for r in chunk]    # None: the unconditional part
+            for scored in self.predictor.score(queries, continuations, self._types(tasks)):
                 n = len(scored.token_logprobs)
                 pairs.append((-scored.logprob / n if n else 0.0, scored.greedy))
         for req, pair in zip(requests, pairs):
@@ -274,7 +290,7 @@ class VLBridgeLMMS(_Base):
             answers: list[str] = []
             info = None
             for round_idx in range(1, MAX_ROUNDS + 1):
-                answers.append(self._generate([self._query(context, images)], gen_kwargs)[0])
+                answers.append(self._generate([self._query(context, images)], gen_kwargs, [task])[0])
                 step = doc_to_text(doc, previous_output=list(answers), round_idx=round_idx, previous_round_info=info)
                 if len(step) == 5:
                     visuals, context, terminal, round_res, info = step

@@ -67,6 +67,7 @@ class VLBridgeModel(nn.Module):
                                          self.llm_dim, self.vision.grid)
         self.connector.bind_vision(self.vision)
         self.vision.request_layers(self.connector.encoder_layers())
+        self.connector.wrap_llm(self.llm)                    # e.g. adapters beside the LLM's FFNs
         missing = [t for t in self.connector.added_tokens() if t not in tokenizer.get_vocab()]
         if missing:                                          # e.g. region ids, [IMG] / [/IMG], visual codes
             self.add_tokens(missing)
@@ -169,7 +170,20 @@ class VLBridgeModel(nn.Module):
         start, end = self.llm.get_input_embeddings()(ids)[:, None].unbind(0)   # each [1, D]
         return [torch.cat([start, v, end]) for v in visual]
 
+    def routing(self, tasks=None, types=None):
+        """A context in which the LLM routes each sample by its task type (a mixture of adapters picks its
+        adapters by it): ``tasks`` are the records' tasks (mapped by the connector), or ``types`` the type names
+        themselves; neither = every sample takes the default type."""
+        if types is None and tasks is not None:
+            types = self.connector.task_types(list(tasks))
+        return self.connector.routing(types)
+
     def forward(self, batch, return_logits: bool = False, loss_weighting: str = "token") -> VLMOutput:
+        with self.routing(tasks=[r.task for r in batch.records] if batch.records else None):
+            return self.lm_forward(batch, return_logits, loss_weighting)
+
+    def lm_forward(self, batch, return_logits: bool = False, loss_weighting: str = "token") -> VLMOutput:
+        """The loss of a batch under whatever task routing is in force (``forward`` sets it from the records)."""
         s, aux = self.embed(batch.input_ids, batch.labels, batch.pixel_values)
         # Right padding: under a causal mask no real position ever sees a pad, so the padding mask changes
         # nothing that is scored and can be dropped; attention then takes the mask-free causal kernel.

@@ -7,6 +7,8 @@ in LLaVA's pre-training) and ``instruct`` (connector + LLM, full or LoRA, plus t
 """
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 import torch
 
 from ..config import Stage, TrainConfig
@@ -29,7 +31,10 @@ def resolve_stage(connector, cfg: TrainConfig) -> Stage:
 
 
 def _matches(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+    """``name`` is a prefix entry or lies under one; an entry with ``*`` is a pattern over whole names
+    (``llm.*.moa_router``: the router of every layer, wherever the LLM keeps its layers)."""
+    return any(name == p or name.startswith(p + ".") or ("*" in p and (fnmatchcase(name, p) or fnmatchcase(name, p + ".*")))
+               for p in prefixes)
 
 
 def apply_stage(model, stage: Stage) -> dict[str, tuple[int, int]]:
@@ -37,8 +42,9 @@ def apply_stage(model, stage: Stage) -> dict[str, tuple[int, int]]:
     clear_row_masks(model)
     for name, p in model.named_parameters():
         p.requires_grad = _matches(name, stage.trains) and not _matches(name, stage.frozen)
-        if p.requires_grad and model.lora is not None and name.startswith("llm.") and "lora_" not in name:
-            p.requires_grad = False                              # LoRA: the LLM trains through its adapters
+        if p.requires_grad and model.lora is not None and name.startswith("llm.") and "lora_" not in name \
+                and not _matches(name, [t for t in stage.trains if t != "llm"]):
+            p.requires_grad = False      # LoRA: the LLM trains through its adapters (and what the stage names)
     if ADDED_ROWS in stage.trains:
         added = model.connector.added_tokens()
         train_only_rows(model, model.tokenizer.convert_tokens_to_ids(added) if added else [])
