@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .base import Arranged, Connector, ConnectorOutput, SequenceContext, VisualFeatures
+from .base import (Arranged, Connector, ConnectorOutput, ImageSlot, ObjectiveTerms, SequenceContext,
+                   TrainingCollapse, VisualFeatures)
 from .cabstractor import CAbstractorConnector
+from .emu import EmuConnector
 from .groma import GromaConnector
 from .lavit import LavitConnector
 from .linear import LinearConnector
@@ -28,6 +30,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     "pixel_shuffle": PixelShuffleConnector,
     "lavit": LavitConnector,
     "groma": GromaConnector,
+    "emu": EmuConnector,
 }
 
 
@@ -42,4 +45,5 @@ def build_connector(name: str, options: dict, vis_dim: int, llm_dim: int, grid) 
     return cls(cls.Options(**options), vis_dim, llm_dim, grid)
 
 
-__all__ = ["CONNECTORS", "Arranged", "Connector", "ConnectorOutput", "SequenceContext", "VisualFeatures", "build_connector"]
+__all__ = ["CONNECTORS", "Arranged", "Connector", "ConnectorOutput", "ImageSlot", "ObjectiveTerms", "SequenceContext",
+           "TrainingCollapse", "VisualFeatures", "build_connector"]
