@@ -4,6 +4,8 @@
   Llama-style LM, all built from configs and trained from scratch on ShapesWorld in a few minutes on a laptop
   CPU (nothing to download);
   ``tiny-cpu-vit``: the same with a CLIP-style ViT encoder.
+- ``tiny-cpu-emu``: the tiny-cpu stack with Emu's connector at CPU scale (16 embeddings per image from a
+  2-layer Causal Transformer, regression weight 1), for ShapesWorld documents (``vlbridge data shapes-docs``);
 - ``clip-qwen2`` / ``siglip-llama``: real checkpoints given by path (``--model.vision.name_or_path``,
   ``--model.llm.name_or_path``); LLaVA-1.5 recipe: align (connector only, lr 1e-3), then instruct.
 """
@@ -62,6 +64,14 @@ def tiny_cpu_vit() -> RunConfig:
     return cfg
 
 
+def tiny_cpu_emu() -> RunConfig:
+    """tiny-cpu with the `emu` connector scaled to the 128-wide stack: 16 queries, 2 layers of width 128."""
+    cfg = tiny_cpu()
+    cfg.model.connector = ConnectorConfig("emu", {"num_queries": 16, "layers": 2, "hidden": 128, "heads": 4})
+    cfg.preset = "tiny-cpu-emu"
+    return cfg
+
+
 def clip_qwen2() -> RunConfig:
     vision = VisionConfig(name_or_path="openai/clip-vit-large-patch14-336", feature_layers=[-2])
     llm = LLMConfig(name_or_path="Qwen/Qwen2-0.5B-Instruct", chat_template="chatml", max_length=2048)
@@ -82,6 +92,7 @@ def siglip_llama() -> RunConfig:
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny-cpu": tiny_cpu,
     "tiny-cpu-vit": tiny_cpu_vit,
+    "tiny-cpu-emu": tiny_cpu_emu,
     "clip-qwen2": clip_qwen2,
     "siglip-llama": siglip_llama,
 }

@@ -1,4 +1,4 @@
-"""`vlbridge chat`: ask a saved model about an image, one-shot (--prompt) or interactively."""
+"""`vlbridge chat`: ask a saved model about one or more images, one-shot (--prompt) or interactively."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model about an image",
                        description="One-shot with --prompt; otherwise an interactive multi-turn chat. " + HELP)
     p.add_argument("--model", required=True, help="saved model dir (e.g. RUN/final)")
-    p.add_argument("--image", help="image file (any mode; converted to RGB)")
+    p.add_argument("--image", action="append", default=[],
+                   help="image file (any mode; converted to RGB); repeat for several, placed at the prompt's "
+                        "<image> marks or, without them, before it")
     p.add_argument("--prompt", help="question; omit for an interactive session")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length budget (default: 64)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -39,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                            temperature=args.temperature, top_p=args.top_p)
     predictor = Predictor(model, gen, seed=args.seed)
-    image = load_image(args.image, where=args.image)[0] if args.image else None
+    images = [load_image(path, where=path)[0] for path in args.image]
     if args.grounded or args.region:
-        return run_grounded(args, predictor, image)
+        if len(images) > 1:
+            raise ValueError("--grounded and --region take one --image")
+        return run_grounded(args, predictor, images[0] if images else None)
     if args.prompt is not None:
-        print(predictor.ask(args.prompt, [image] if image else []))
+        print(predictor.ask(args.prompt, images))
         return 0
     print(HELP)
     turns: list[Turn] = []
@@ -62,14 +66,14 @@ def run(args: argparse.Namespace) -> int:
         if text.startswith("/image "):
             path = text[7:].strip()
             try:
-                image, turns = load_image(path, where=path)[0], []
+                images, turns = [load_image(path, where=path)[0]], []
             except (ImageError, OSError) as e:
                 print(f"cannot use {path}: {e}")
             continue
-        if not turns and image is not None and "<image>" not in text:
-            text = "<image>\n" + text
+        if not turns and images and "<image>" not in text:
+            text = "<image>\n" * len(images) + text
         turns.append(Turn("user", text))
-        answer = predictor.answer([Query(turns, [image] if image is not None else [])])[0]
+        answer = predictor.answer([Query(turns, images)])[0]
         turns.append(Turn("assistant", answer))
         print(f"model> {answer}")
 
@@ -89,6 +93,6 @@ def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
         pairs = [(answer, region)]                       # a region question: the answer labels the region
     print(f"you> {prompt}")
     print("model> " + describe(answer, pairs))
-    out = draw_grounding(image, pairs, args.grounded_out or f"{Path(args.image).stem}_grounded.png", region=region)
+    out = draw_grounding(image, pairs, args.grounded_out or f"{Path(args.image[0]).stem}_grounded.png", region=region)
     print(f"boxes drawn in {out}")
     return 0

@@ -8,7 +8,8 @@
     vlbridge viz answers --model DIR --data test.json --out PNG
     vlbridge connectors [--preset NAME]                 connectors: tokens, parameters, FLOPs for a preset
     vlbridge lavit tokenizer|prepare|measure ...       LaVIT: visual tokenizer stage, generation data, figures
-    vlbridge generate-image --model DIR --prompt TEXT --out PNG   text->image with a LaVIT model
+    vlbridge emu decoder|measure ...                   Emu: visual decoder stage, generation figures
+    vlbridge generate-image --model DIR --prompt TEXT [--image A ...] --out PNG   an image with a LaVIT or Emu model
     vlbridge arena --connectors mlp,qformer,... --steps N --out RUN   compare connectors (table + plots)
 
 User errors (bad data, missing files, bad options) print one clear line and exit 2; set VLBRIDGE_DEBUG=1
@@ -21,11 +22,11 @@ import os
 import sys
 
 from ..data.records import DataError
-from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
+from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, emu_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
                pretrain_vision_cmd, train_cmd, viz_cmd)
 
 COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
-            generate_image_cmd)
+            emu_cmd, generate_image_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

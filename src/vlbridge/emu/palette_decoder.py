@@ -18,6 +18,7 @@ class PaletteDecoder(nn.Module):
     def __init__(self, llm_dim: int, num_tokens: int, grid: tuple[int, int], image_size: int, dim: int,
                  layers: int, heads: int, channels: list[int], palette: int = 16):
         super().__init__()
+        self.image_size = image_size
         self.to_grid = EmbeddingsToGrid(llm_dim, num_tokens, grid, dim, layers, heads, dim)
         self.pixels = PixelDecoder(dim, grid, image_size, channels, palette)
 
