@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ...config import opt
 from ...data.images import load_image
@@ -143,7 +144,7 @@ def write_report(cfg: EmuMeasureConfig, figures: dict, samples: dict, prompts: l
     show = range(min(cfg.grid, len(story_captions)))
     story = sample_grid([[col[i] for col in samples["story"]] for i in show],
                         [f"after: {story_captions[i]}" for i in show], ["last frame", "true next"] + gens)
-    sheet = type(t2i).new("RGB", (max(t2i.width, story.width), t2i.height + story.height), (255, 255, 255))
+    sheet = Image.new("RGB", (max(t2i.width, story.width), t2i.height + story.height), (255, 255, 255))
     sheet.paste(t2i, (0, 0))
     sheet.paste(story, (0, t2i.height))
     sheet.save(out / "samples.png")
