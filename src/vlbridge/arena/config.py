@@ -67,10 +67,13 @@ def tiny_connector_options() -> dict:
         "cabstractor": {"grid_out": [4, 4], "depth": 2},
         "pixel_shuffle": {"factor": 2},
         "pargo": {"layers": 2, "num_global": 4, "tile": [2, 2]},
-        # not in the default lists (a `det` stage / a visual-tokenizer stage first); `--connectors mlp,groma,lavit`
+        # not in the default lists (a `det` stage / a visual-tokenizer stage first); `--connectors mlp,groma,lavit,emu`
         # adds them as rows. lavit: LaVIT's defaults at the CPU scale (width 64, 256 codes, keep ratio 1/3)
         "lavit": {},
         "groma": {"proposer_layers": [-2, -1], "region_layers": [-2, -1], "tag_features": True},
+        # Emu's Causal Transformer at the width of the stack: 16 queries, 2 layers (chat records produce no images,
+        # so nothing is regressed here: the row measures the connector as a reader)
+        "emu": {"num_queries": 16, "layers": 2, "hidden": 128, "heads": 4},
     }
 
 

@@ -4,6 +4,8 @@
         the `decoder` stage: the visual decoder learns to paint the trained model's embeddings of the data's images
     vlbridge emu measure --model RUN/gen --data DOCS --out DIR
         next-frame and text->image figures against their baselines, the trilemma entry, a sample grid
+    vlbridge emu claims --data DOCS --vision RUN/vision --out DIR [--seeds 0,1,2]
+        every claim over seeds: models with and without regression, decoder, eval, measure; claims.md
 
 The whole pipeline on ShapesWorld documents (CPU):
 
@@ -36,6 +38,19 @@ def add_parser(sub) -> None:
     meas = steps.add_parser("measure", help="next-frame and text->image figures, trilemma entry, sample grid",
                             description="Writes metrics.json, summary.md and samples.png into --out.")
     meas.set_defaults(run=run_measure, _dests=add_config_args(meas, EmuMeasureConfig))
+    from ..recipes.emu.claims import ClaimsConfig
+    claims = steps.add_parser("claims", help="every Emu claim over seeds, with and without regression",
+                              description="Trains, evaluates and measures each seed with and without the regression "
+                                          "(resumable: finished steps are skipped); writes claims.md and claims.json.")
+    claims.set_defaults(run=run_claims, _dests=add_config_args(claims, ClaimsConfig))
+
+
+def run_claims(args: argparse.Namespace) -> int:
+    from ..recipes.emu.claims import ClaimsConfig, run_claims
+    cfg = apply_overrides(ClaimsConfig(), args, args._dests)
+    print(run_claims(cfg)["text"])
+    print(f"claims: {cfg.out}/claims.md")
+    return 0
 
 
 def run_decoder(args: argparse.Namespace) -> int:
