@@ -10,6 +10,7 @@ import torch
 from support import emu_config
 from vlbridge.connectors import TrainingCollapse
 from vlbridge.connectors.emu import IMG_CLOSE, IMG_OPEN
+from vlbridge.emu.regression import image_share
 from vlbridge.data.dataset import Batch
 from vlbridge.data.records import Turn, load_records
 from vlbridge.data.template import IGNORE_INDEX
@@ -120,18 +121,58 @@ def test_full_logits_path_gives_the_same_objective(tiny_model):
     assert sparse.loss.item() == pytest.approx(dense.loss.item(), rel=1e-5)
 
 
-def test_collapse_guard_stops_constant_targets(tiny_model):
+def test_image_share_sees_embeddings_that_ignore_the_image():
+    g = torch.Generator().manual_seed(0)
+    per_index = torch.randn(1, 6, 8, generator=g).expand(5, 6, 8)          # the same 6 embeddings for 5 images
+    assert image_share(per_index) == pytest.approx(0.0, abs=1e-6)
+    assert image_share(per_index + 1e-3 * torch.randn(5, 6, 8, generator=g)) < 1e-4
+    assert image_share(torch.randn(5, 6, 8, generator=g)) > 0.5              # images differ, indices do not
+    assert image_share(per_index[:1]) is None                               # one image says nothing
+
+
+def test_collapse_guard_stops_targets_that_ignore_the_image(tiny_model):
     model = emu_model(tiny_model, detach_targets=False, collapse_patience=2).train()
     batch = document_batch(model)
-    model(batch)                                                    # healthy targets: no complaint
+    out = model(batch)                                              # healthy targets: no complaint
+    assert out.stats["target_image_share"] > 0.01
     with torch.no_grad():
-        model.connector.former.proj.weight.zero_()                  # every embedding = the bias: a constant
+        model.connector.former.proj.weight.zero_()                  # every image's embeddings = the bias
     model(batch)                                                    # first collapsed batch: counted
-    with pytest.raises(TrainingCollapse, match="collapsed.*variance.*detach_targets"):
+    with pytest.raises(TrainingCollapse, match="collapsed.*same embeddings for every image"):
         model(batch)
     model.eval()
     model.connector.guard.run = 0
     model(batch)                                                    # evaluation never stops a run
+    model.train()
+    model.connector.set_objective(collapse_ratio=0.0)               # the guard switched off
+    for _ in range(3):
+        model(batch)
+
+
+def test_objective_options_change_without_touching_weights(tiny_model, tmp_path):
+    from vlbridge.recipes.emu.prepare import prepare
+    model = emu_model(tiny_model, regression_weight=0.0)
+    model.save_pretrained(tmp_path / "plain")
+    prepare(tmp_path / "plain", tmp_path / "init", {"regression_weight": 2.0, "regression_loss": "cosine"})
+    init = VLBridgeModel.from_pretrained(tmp_path / "init")
+    assert init.connector.options.regression_weight == 2.0 and init.connector.options.regression_loss == "cosine"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), init.state_dict().values()))
+    with pytest.raises(ValueError, match="not objective options"):
+        init.connector.set_objective(num_queries=8)
+
+
+def test_generate_stage_freezes_the_connector_but_its_head(tiny_model):
+    from vlbridge.config import TrainConfig
+    from vlbridge.train.stages import apply_stage, resolve_stage
+    model = emu_model(tiny_model)
+    apply_stage(model, resolve_stage(model.connector, TrainConfig(stage="generate")))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "connector.regression.weight" in trained and any(n.startswith("llm.") for n in trained)
+    assert not any(n.startswith(("connector.former", "connector.decoder", "vision.")) for n in trained)
+    apply_stage(model, resolve_stage(model.connector, TrainConfig(stage="instruct")))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("connector.former") for n in trained)
+    assert not any(n.startswith("connector.decoder") for n in trained)
 
 
 def test_pool_variant_averages_the_grid(tiny_model):

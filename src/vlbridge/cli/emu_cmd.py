@@ -1,5 +1,7 @@
 """`vlbridge emu ...`: the Emu pipeline steps that are not plain training.
 
+    vlbridge emu prepare --model RUN/read/final --out RUN/init --options '{"regression_weight": 1}'
+        a saved model with its objective's options changed (the start of the `generate` stage)
     vlbridge emu decoder --model RUN/final --data DOCS --out RUN/gen
         the `decoder` stage: the visual decoder learns to paint the trained model's embeddings of the data's images
     vlbridge emu measure --model RUN/gen --data DOCS --out DIR
@@ -7,11 +9,16 @@
     vlbridge emu claims --data DOCS --vision RUN/vision --out DIR [--seeds 0,1,2]
         every claim over seeds: models with and without regression, decoder, eval, measure; claims.md
 
-The whole pipeline on ShapesWorld documents (CPU):
+The whole pipeline on ShapesWorld documents (CPU): the connector learns to read without the regression, then the
+LLM learns to produce images with the connector frozen (trained together from the start, the embeddings
+collapse: docs/notes/emu.md), then the decoder:
 
     vlbridge data shapes-docs --out DOCS --n 3000
     vlbridge pretrain-vision --annotations DOCS/scenes.json --out RUN/vision
-    vlbridge train --preset tiny-cpu-emu --model.vision.name_or_path RUN/vision --data DOCS --out RUN/lm
+    vlbridge train --preset tiny-cpu-emu --model.vision.name_or_path RUN/vision --train.train_vision false \
+        --model.connector.options '{"regression_weight": 0}' --data DOCS --out RUN/read
+    vlbridge emu prepare --model RUN/read/final --out RUN/init --options '{"regression_weight": 1}'
+    vlbridge train --init-from RUN/init --stage generate --data DOCS --out RUN/lm
     vlbridge emu decoder --model RUN/lm/final --data DOCS --out RUN/gen
     vlbridge eval --model RUN/gen --data DOCS/test.json                  # QA and few-shot (k = 0, 1, 2, 4)
     vlbridge emu measure --model RUN/gen --data DOCS --out RUN/measure
@@ -31,6 +38,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("emu", help="Emu: train the visual decoder, measure generation in context",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    prep = steps.add_parser("prepare", help="a saved Emu model with its objective's options changed",
+                            description="Copies --model to --out with the objective options of --options changed "
+                                        "(regression_weight, regression_loss, detach_targets, collapse_ratio, "
+                                        "collapse_patience), e.g. to start the generate stage.")
+    prep.add_argument("--model", required=True, help="saved Emu model dir")
+    prep.add_argument("--out", required=True, help="output model dir")
+    prep.add_argument("--options", required=True, type=json.loads, help="JSON object of objective options")
+    prep.set_defaults(run=run_prepare)
     dec = steps.add_parser("decoder", help="train the visual decoder of a trained Emu model",
                            description="Everything but the decoder frozen; writes the model with its decoder to --out "
                                        "and decoder_metrics.json (held-out reconstruction figures) beside it.")
@@ -43,6 +58,12 @@ def add_parser(sub) -> None:
                               description="Trains, evaluates and measures each seed with and without the regression "
                                           "(resumable: finished steps are skipped); writes claims.md and claims.json.")
     claims.set_defaults(run=run_claims, _dests=add_config_args(claims, ClaimsConfig))
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ..recipes.emu.prepare import prepare
+    print(f"model: {prepare(args.model, args.out, args.options)}")
+    return 0
 
 
 def run_claims(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ Images the sequence *produces* (every image of a document record, an image in an
 regressed (``hidden_objective``): the LLM's last hidden state at ``[IMG]`` and at the first M-1 embeddings
 predicts the next embedding through a Linear head (``emu.regression``), the state at the last embedding
 predicts ``[/IMG]`` by the next-token loss, so L = CE(text) + lambda * regression. Targets are the connector's
-own outputs, detached by default; their variance is logged and guarded against collapse.
+own outputs, detached by default; their variance, and the share of it that differs from image to image, are
+logged, and a run whose embeddings stop depending on the image is stopped (``emu.regression``).
 
 The visual decoder that paints M embeddings (``decoder``: a one-pass palette decoder, or a flow-matching
 U-Net) lives in the connector so a saved model carries everything generation needs; it trains in its own
@@ -18,6 +19,7 @@ U-Net) lives in the connector so a saved model carries everything generation nee
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -29,7 +31,7 @@ from ..config import Stage, opt
 from ..emu.causal_transformer import CausalTransformer
 from ..emu.flow_decoder import FlowDecoder
 from ..emu.palette_decoder import PaletteDecoder
-from ..emu.regression import (LOSSES, CollapseGuard, RegressionHead, mean_variance, regression_loss,
+from ..emu.regression import (LOSSES, CollapseGuard, RegressionHead, image_share, mean_variance, regression_loss,
                               regression_positions)
 from .base import Connector, ConnectorOutput, ImageSlot, ObjectiveTerms, SequenceContext, VisualFeatures
 
@@ -53,8 +55,8 @@ class EmuOptions:
     regression_loss: str = opt("mse", "'mse' (Emu) or 'cosine' (1 - cosine similarity per embedding)")
     detach_targets: bool = opt(True, "regression targets carry no gradient into the connector (Emu); false lets "
                                      "it flow (the collapse guard then watches the targets)")
-    collapse_ratio: float = opt(1e-3, "stop training when the targets' variance stays below this times the text "
-                                      "embeddings' variance (0 = never)")
+    collapse_ratio: float = opt(0.01, "stop training when the share of the targets' variance that differs from image "
+                                      "to image stays below this (0 = never)")
     collapse_patience: int = opt(20, "training batches in a row below collapse_ratio before the run stops")
     decoder: str = opt("palette", "visual decoder: 'palette' (one pass, a palette colour per pixel) or 'flow' "
                                   "(flow-matching U-Net, `decoder_steps` passes)")
@@ -140,14 +142,16 @@ class EmuConnector(Connector):
         rows, positions, produced = regression_positions(slots, self.options.num_queries)
         if not produced:
             return ObjectiveTerms()
-        target = torch.cat([visual[i] for i in produced])                    # [n*M, D]
+        targets = torch.stack([visual[i] for i in produced])                 # [n, M, D]
+        target = targets.flatten(0, 1)                                       # [n*M, D]
         if self.options.detach_targets:
             target = target.detach()
-        target_var = mean_variance(target)
-        reference_var = mean_variance(ctx.embed.weight)
-        stats = {"target_var": target_var, "target_var_ratio": target_var / max(reference_var, 1e-12)}
+        share = image_share(targets)
+        stats = {"target_var": mean_variance(target)}
+        if share is not None:
+            stats["target_image_share"] = share
         if ctx.training:
-            self.guard.check(target_var, reference_var)
+            self.guard.check(share)
         if self.options.regression_weight == 0:
             return ObjectiveTerms(stats=stats)
         pred = self.regress(hidden[rows, positions])                         # [n*M, D]
@@ -159,13 +163,30 @@ class EmuConnector(Connector):
     @classmethod
     def stages(cls, options: EmuOptions) -> dict[str, Stage]:
         """``align`` (connector and regression head) and ``instruct`` (+ the LLM), the visual decoder frozen in
-        both; then ``decoder``: the decoder alone learns to paint the trained connector's embeddings of the data's
-        images (``vlbridge emu decoder``; run it after the LLM stages)."""
+        both; ``generate``: the LLM and the regression head learn to produce images while the connector that makes
+        the targets stays frozen (so the targets cannot collapse; start it from a model whose connector learnt to
+        read, e.g. an ``instruct`` run); then ``decoder``: the decoder alone learns to paint the trained connector's
+        embeddings of the data's images (``vlbridge emu decoder``; run it after the LLM stages)."""
         parts = ("connector",)
         frozen = ("connector.decoder",)
         return {"align": Stage("align", trains=parts, frozen=frozen),
                 "instruct": Stage("instruct", trains=parts + ("llm",), frozen=frozen),
+                "generate": Stage("generate", trains=("connector.regression", "llm")),
                 "decoder": Stage("decoder", trains=("connector.decoder",), runner="emu_decoder")}
+
+    OBJECTIVE_OPTIONS = ("regression_weight", "regression_loss", "detach_targets", "collapse_ratio", "collapse_patience")
+
+    def set_objective(self, **options) -> None:
+        """Change the objective's options of a built connector (none of them shapes a module), e.g. to switch
+        the regression on for the ``generate`` stage of a model trained without it."""
+        bad = sorted(set(options) - set(self.OBJECTIVE_OPTIONS))
+        if bad:
+            raise ValueError(f"emu connector: {bad} are not objective options; these are: {list(self.OBJECTIVE_OPTIONS)}")
+        merged = dataclasses.replace(self.options, **options)
+        if merged.regression_loss not in LOSSES or merged.regression_weight < 0:
+            raise ValueError(f"emu connector: regression_loss must be one of {LOSSES} and regression_weight >= 0")
+        self.options = merged
+        self.guard = CollapseGuard(merged.collapse_ratio, merged.collapse_patience)
 
     def flops(self, batch: int = 1) -> int:
         """Linears of the Causal Transformer (queries and memory) or of the pooled projection (the decoder and the

@@ -7,11 +7,13 @@ bias, as Emu); the state at ``e_M`` predicts ``[/IMG]`` through the ordinary nex
 ``regression_loss`` scores predictions against targets ("mse": Emu's plain mean squared error; "cosine":
 1 - cosine similarity per embedding).
 
-Targets are the connector's own outputs. Detached (the default) they are fixed for the step; with a gradient
-into them the cheapest way to lower the loss is to make every embedding the same, so ``CollapseGuard`` compares
-the targets' variance (per dimension, over every target of the batch, averaged) with the variance of the
-LLM's text-token embeddings (a scale of the same space) and stops the run when it stays below
-``ratio`` times that for ``patience`` training batches in a row.
+Targets are the connector's own outputs, detached by default (Emu). Detaching them does not make the
+objective safe: the same connector also writes the *inputs* the hidden states are computed from, and its
+weights move with their gradient, so an embedding that no longer depends on the image (the same M vectors for
+every image) makes every next embedding perfectly predictable. ``image_share`` measures how far from that the
+targets are: the variance across the batch's images (per embedding index and dimension, averaged) as a share
+of the targets' whole variance (which also counts how the M indices differ from each other). ``CollapseGuard``
+stops a training run whose share stays below ``ratio`` for ``patience`` batches in a row.
 """
 from __future__ import annotations
 
@@ -57,19 +59,30 @@ def mean_variance(x: torch.Tensor) -> float:
     return float(x.detach().float().var(0, unbiased=False).mean()) if len(x) > 1 else 0.0
 
 
+def image_share(targets: torch.Tensor) -> float | None:
+    """targets [n_images, M, D]: the variance across images (per index and dimension, averaged) over the total
+    variance of all n*M embeddings; None with fewer than two images."""
+    if targets.shape[0] < 2:
+        return None
+    t = targets.detach().float()
+    total = float(t.flatten(0, 1).var(0, unbiased=False).mean())
+    return float(t.var(0, unbiased=False).mean()) / total if total > 0 else 0.0
+
+
 class CollapseGuard:
-    """Counts training batches whose regression targets have (almost) no variance; raises after ``patience``."""
+    """Counts training batches whose regression targets barely depend on the image; raises after ``patience``."""
 
     def __init__(self, ratio: float, patience: int):
         self.ratio, self.patience, self.run = ratio, patience, 0
 
-    def check(self, target_var: float, reference_var: float) -> None:
-        if self.ratio <= 0:
+    def check(self, share: float | None) -> None:
+        if self.ratio <= 0 or share is None:
             return
-        self.run = self.run + 1 if target_var < self.ratio * reference_var else 0
+        self.run = self.run + 1 if share < self.ratio else 0
         if self.run >= self.patience:
             raise TrainingCollapse(
-                f"the regression targets collapsed: their variance {target_var:.3g} stayed below "
-                f"{self.ratio:g} x the text embeddings' variance ({reference_var:.3g}) for {self.run} batches in a "
-                "row, so every image is mapped to the same embedding. Detach the targets "
-                "(`detach_targets: true`, the default), or lower `regression_weight`")
+                f"the regression targets collapsed: for {self.run} batches in a row the images' embeddings varied "
+                f"from image to image by less than {self.ratio:g} of their variance (last: {share:.2g}), so the "
+                "connector gives (nearly) the same embeddings for every image and predicting them needs no image. "
+                "Keep the targets detached (`detach_targets: true`), lower `regression_weight`, or train the "
+                "regression with the connector frozen (the `generate` stage, after a stage that taught it to read)")

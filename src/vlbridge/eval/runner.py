@@ -99,9 +99,12 @@ def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: Gener
 
 def prediction_for(rec: Record, prediction: str) -> Prediction:
     """An unscored prediction for ``rec``: prompt = last user turn (a document: its text), reference = last
-    assistant turn (a document: its answer)."""
+    assistant turn (a document: its answer; when that is one line, only the first line written is read, as a
+    document's items are lines and the model may go on to write the next ones)."""
     reference = rec.turns[-1].text
     prompt = next(t.text for t in reversed(rec.turns[:-1]) if t.role in ("user", "document"))
+    if rec.is_document and "\n" not in reference.strip():
+        prediction = prediction.strip().split("\n")[0]     # a one-item answer: the document's next item only
     return Prediction(rec.id, rec.task or "all", prompt, prediction, reference, metric=record_metric(rec),
                       references=list(rec.references) if rec.references else None)
 

@@ -1,16 +1,22 @@
 """The Emu claims, measured over seeds: next frame, in-context learning, text -> image, regression on vs off.
 
-For each seed: the ``tiny-cpu-emu`` model trained on a documents dir with the regression (``regression_weight``)
-and without it (0), the same data, encoder, steps and seed; the regressing model's decoder stage; ``vlbridge
-eval`` of both on the dir's test.json (QA: caption CIDEr, colour, shape; few-shot at each k); ``emu measure`` of the
-regressing one (next frame, text -> image). Every step writes its own directory under OUT/seed<S>/ and is
+For each seed, on one documents dir with one frozen encoder (OUT/seed<S>/...):
+
+- ``plain``: ``tiny-cpu-emu`` trained ``steps`` steps without the regression (lambda 0);
+- ``emu``: the same from scratch with the regression (lambda ``regression_weight``), connector and LLM trained
+  together as Emu does (the collapse guard off, so the run finishes and its targets' image share is logged);
+- ``generate``: ``plain`` continued ``generate_steps`` steps in the ``generate`` stage (regression on, connector
+  frozen), then its decoder stage; this is the model that generates.
+
+``vlbridge eval`` scores each on the dir's test.json (QA: caption CIDEr, colour, shape; few-shot at each k) and
+``emu measure`` the generating one (next frame, text -> image). Every step writes its own directory and is
 skipped when it finished before, so an interrupted run continues. The summary (``claims.md``, ``claims.json``)
 gives mean +- sd over seeds and says which claims hold:
 
 - in-context learning counts only if few-shot accuracy rises with k above the k = 0 prior (every k > 0 above
-  k = 0 by more than the spread over seeds, and k = 4 above k = 1);
+  k = 0 by more than the spread over seeds, and not falling as k grows);
 - the next frame counts if generation in context gets the changing object right more often than copying the
-  last frame and than generating with no context;
+  last frame and than generating with no context (by more than the spread);
 - text -> image counts if generated images have exactly the prompt's colours more often than both baselines.
 """
 from __future__ import annotations
@@ -39,8 +45,9 @@ class ClaimsConfig:
     vision: str = opt("", "pretrained vision encoder dir (`vlbridge pretrain-vision` on DATA/scenes.json)")
     out: str = opt("runs/emu_claims", "output dir: one dir per seed and setting, claims.md, claims.json")
     seeds: list[int] = opt([0, 1, 2], "training seeds")
-    steps: int = opt(1000, "LM training steps of each model")
-    regression_weight: float = opt(1.0, "lambda of the regressing models (the others have 0)")
+    steps: int = opt(1000, "LM training steps of the plain and emu models")
+    generate_steps: int = opt(500, "steps of the generate stage after the plain model")
+    regression_weight: float = opt(1.0, "lambda of the regressing models (the plain one has 0)")
     decoder_steps: int = opt(800, "decoder stage steps")
     eval_limit: int = opt(200, "test records per task in evaluation")
     measure_n: int = opt(200, "next-frame and text -> image items measured")
@@ -52,13 +59,17 @@ def log(msg: str) -> None:
     print(f"[emu claims] {msg}", file=sys.stderr, flush=True)
 
 
-def run_config(cfg: ClaimsConfig, seed: int, weight: float, out: Path):
+def run_config(cfg: ClaimsConfig, seed: int, weight: float, out: Path, stage: str = "instruct",
+               init_from: Path | None = None):
     run = get_preset("tiny-cpu-emu")
-    run.model.connector.options = {**run.model.connector.options, **cfg.options, "regression_weight": weight}
+    run.model.connector.options = {**run.model.connector.options, **cfg.options, "regression_weight": weight,
+                                   "collapse_ratio": 0.0}
     run.model.vision = dataclasses.replace(run.model.vision, name_or_path=cfg.vision, arch={})
     run.data = dataclasses.replace(run.data, path=cfg.data)
-    run.train = dataclasses.replace(run.train, train_vision=False, steps=cfg.steps, seed=seed, save_every=250,
-                                    eval_every=0)
+    steps = cfg.generate_steps if stage == "generate" else cfg.steps
+    run.train = dataclasses.replace(run.train, train_vision=False, steps=steps, seed=seed, save_every=250,
+                                    eval_every=0, stage=stage, init_from=str(init_from) if init_from else None,
+                                    warmup_steps=min(run.train.warmup_steps, steps // 10))
     run.out = str(out)
     return run
 
@@ -97,28 +108,42 @@ def evaluate(model_dir: Path, test_file: Path, limit: int, out: Path) -> dict:
 def run_seed(cfg: ClaimsConfig, seed: int) -> dict:
     from .decoder import DecoderTrainConfig, train_decoder
     from .measure import EmuMeasureConfig, measure
+    from .prepare import prepare
     root, data = Path(cfg.out) / f"seed{seed}", Path(cfg.data)
     result: dict = {"seed": seed}
-    for name, weight in (("regression", cfg.regression_weight), ("plain", 0.0)):
+    plan = [("plain", 0.0, "instruct", None), ("emu", cfg.regression_weight, "instruct", None),
+            ("generate", cfg.regression_weight, "generate", root / "generate_init")]
+    for name, weight, stage, init in plan:
         t0 = time.perf_counter()
-        log(f"seed {seed}: training the {name} model (lambda {weight:g})")
-        final = train_once(run_config(cfg, seed, weight, root / name))
+        if init is not None and not (init / "model.safetensors").is_file():
+            prepare(root / "plain" / "final", init, {"regression_weight": weight, "collapse_ratio": 0.0})
+        log(f"seed {seed}: training {name} (lambda {weight:g}, stage {stage})")
+        final = train_once(run_config(cfg, seed, weight, root / name, stage, init))
         result[f"{name}_train_seconds"] = time.perf_counter() - t0
-        log(f"seed {seed}: evaluating the {name} model")
+        result[f"{name}_log"] = objective_log(root / name / "log.jsonl")
+        log(f"seed {seed}: evaluating {name}")
         result[f"{name}_eval"] = evaluate(final, data / "test.json", cfg.eval_limit, root / name / "eval")
-    gen = root / "regression" / "with_decoder"
+    gen = root / "generate" / "with_decoder"
     if not (gen / "decoder_metrics.json").is_file():
         log(f"seed {seed}: decoder stage")
-        train_decoder(DecoderTrainConfig(model=str(root / "regression" / "final"), data=cfg.data, out=str(gen),
+        train_decoder(DecoderTrainConfig(model=str(root / "generate" / "final"), data=cfg.data, out=str(gen),
                                          steps=cfg.decoder_steps, seed=seed))
     result["decoder"] = json.loads((gen / "decoder_metrics.json").read_text()).get("val")
-    figures = root / "regression" / "measure" / "metrics.json"
+    figures = root / "generate" / "measure" / "metrics.json"
     if not figures.is_file():
         log(f"seed {seed}: measuring generation")
         measure(EmuMeasureConfig(model=str(gen), data=cfg.data, out=str(figures.parent), n=cfg.measure_n,
                                  cfg_scales=list(cfg.cfg_scales), seed=seed))
     result["measure"] = json.loads(figures.read_text())
     return result
+
+
+def objective_log(path: Path) -> dict:
+    """The objective's logged figures at the first and last logged steps (regression loss, image share)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if '"loss"' in line] if path.is_file() else []
+    keys = ("regression", "target_image_share", "target_var")
+    pick = lambda row: {k: row[k] for k in keys if k in row} | {"step": row["step"]}   # noqa: E731
+    return {"first": pick(rows[0]), "last": pick(rows[-1])} if rows else {}
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -135,58 +160,70 @@ def headline(metrics: dict, task: str) -> float:
     return float(entry[entry["main"]])
 
 
+MODELS = ("plain", "emu", "generate")
+
+
+def name_of(name: str, cfg: ClaimsConfig) -> str:
+    return {"plain": f"plain: λ = 0, {cfg.steps} steps",
+            "emu": f"Emu: λ = {cfg.regression_weight:g} from the start, {cfg.steps} steps",
+            "generate": f"plain + generate stage (λ = {cfg.regression_weight:g}, connector frozen), "
+                        f"{cfg.steps} + {cfg.generate_steps} steps"}[name]
+
+
 def summarize_claims(cfg: ClaimsConfig, results: list[dict]) -> tuple[str, dict]:
-    ks = sorted(int(t.split("_k")[1]) for t in results[0]["regression_eval"] if t.startswith("fewshot_k"))
+    ks = sorted(int(t.split("_k")[1]) for t in results[0]["plain_eval"] if t.startswith("fewshot_k"))
     verdict: dict = {}
-    lines = [f"Seeds {', '.join(str(r['seed']) for r in results)}; {cfg.steps} steps each; mean ± sd over seeds.", ""]
+    lines = [f"Seeds {', '.join(str(r['seed']) for r in results)}; mean ± sd over seeds.", ""]
 
-    lines += ["**In-context learning** (few-shot episode accuracy, %, by k examples):", "",
-              "| model | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
-    icl = {}
-    for name in ("regression", "plain"):
-        per_k = {k: [headline(r[f"{name}_eval"], f"fewshot_k{k}") for r in results] for k in ks}
-        icl[name] = per_k
-        lines.append(f"| {name_of(name, cfg)} | " + " | ".join(fmt(per_k[k]) for k in ks) + " |")
-    for name, per_k in icl.items():
-        m0, s0 = mean_sd(per_k[ks[0]])
-        rises = all(mean_sd(per_k[k])[0] - m0 > max(s0, mean_sd(per_k[k])[1]) for k in ks[1:])
-        monotone = all(mean_sd(per_k[b])[0] >= mean_sd(per_k[a])[0] for a, b in zip(ks[1:], ks[2:]))
-        verdict[f"in_context_learning_{name}"] = bool(rises and monotone)
-
-    lines += ["", "**Regression on vs off** (understanding at equal steps):", "",
-              "| model | caption CIDEr | colour % | shape % |", "|---|---:|---:|---:|"]
-    for name in ("regression", "plain"):
+    lines += ["**Regression on vs off** (understanding on the test split; image share = the part of the "
+              "connector's embeddings that differs from image to image, at the last logged step):", "",
+              "| model | caption CIDEr | colour % | shape % | image share |", "|---|---:|---:|---:|---:|"]
+    for name in MODELS:
+        share = [r[f"{name}_log"].get("last", {}).get("target_image_share") for r in results]
+        share_text = fmt(share) + " %" if all(x is not None for x in share) else "-"
         lines.append(f"| {name_of(name, cfg)} | "
                      + fmt([headline(r[f'{name}_eval'], 'caption') for r in results], pct=False) + " | "
                      + fmt([headline(r[f'{name}_eval'], 'color') for r in results]) + " | "
-                     + fmt([headline(r[f'{name}_eval'], 'shape') for r in results]) + " |")
+                     + fmt([headline(r[f'{name}_eval'], 'shape') for r in results]) + f" | {share_text} |")
+
+    lines += ["", "**In-context learning** (few-shot episode accuracy, %, by k examples; the same queries at every k):",
+              "", "| model | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for name in MODELS:
+        per_k = {k: [headline(r[f"{name}_eval"], f"fewshot_k{k}") for r in results] for k in ks}
+        lines.append(f"| {name_of(name, cfg)} | " + " | ".join(fmt(per_k[k]) for k in ks) + " |")
+        m0, s0 = mean_sd(per_k[ks[0]])
+        rises = all(mean_sd(per_k[k])[0] - m0 > max(s0, mean_sd(per_k[k])[1]) for k in ks[1:])
+        monotone = all(mean_sd(per_k[b])[0] >= mean_sd(per_k[a])[0] - mean_sd(per_k[a])[1]
+                       for a, b in zip(ks[1:], ks[2:]))
+        verdict[f"in_context_learning_{name}"] = bool(rises and monotone)
 
     scales = list(cfg.cfg_scales)
-    lines += ["", "**Next frame** (checker on the generated frame, %):", "",
+    lines += ["", "**Next frame** (the generate model; checker on the frame, %):", "",
               "| frame | changed object right | other objects there | exact frame |", "|---|---:|---:|---:|"]
     rows = [("the true frame", "next_frame_real"), ("decoder on the true frame's embeddings", "next_frame_reconstruction")]
-    rows += [(f"generated in context, CFG {s:g}", f"next_frame_cfg{s:g}") for s in scales]
+    rows += [(f"generated in context, CFG {x:g}", f"next_frame_cfg{x:g}") for x in scales]
     rows += [("baseline: copy the last frame", "next_frame_copy_last"), ("baseline: no context", "next_frame_no_context")]
     for label, key in rows:
         lines.append(f"| {label} | " + " | ".join(fmt([r["measure"][key][m] for r in results])
                                                    for m in ("changed_ok", "others_ok", "frame_ok")) + " |")
-    best = max(scales, key=lambda s: mean_sd([r["measure"][f"next_frame_cfg{s:g}"]["changed_ok"] for r in results])[0])
+    best = max(scales, key=lambda x: mean_sd([r["measure"][f"next_frame_cfg{x:g}"]["changed_ok"] for r in results])[0])
     gen_nf = mean_sd([r["measure"][f"next_frame_cfg{best:g}"]["changed_ok"] for r in results])
     base = max(mean_sd([r["measure"][k]["changed_ok"] for r in results])[0]
                for k in ("next_frame_copy_last", "next_frame_no_context"))
     verdict["next_frame"] = bool(gen_nf[0] - gen_nf[1] > base)
 
-    lines += ["", "**Text → image** (checker, %; LaVIT: its figures at CFG 1 on the same 200 test scenes, one seed):",
-              "", "| images | colours exact | every object | exact scene |", "|---|---:|---:|---:|"]
+    lines += ["", "**Text → image** (the generate model; checker, %; LaVIT: its README figures at CFG 1 on the same "
+                  "200 test scenes and prompts, one run):", "",
+              "| images | colours exact | every object | exact scene |", "|---|---:|---:|---:|"]
     rows = [("real renders", "t2i_real_renders"), ("decoder on the real embeddings", "t2i_reconstructions")]
-    rows += [(f"Emu generated, CFG {s:g}", f"t2i_cfg{s:g}") for s in scales]
+    rows += [(f"Emu generated, CFG {x:g}", f"t2i_cfg{x:g}") for x in scales]
     rows += [("baseline: other scenes", "t2i_other_scenes"), ("baseline: no caption", "t2i_no_caption")]
     for label, key in rows:
         lines.append(f"| {label} | " + " | ".join(fmt([r["measure"][key][m] for r in results])
                                                    for m in ("colors_exact", "objects_present", "objects_exact")) + " |")
     lines.append("| LaVIT generated, CFG 1 (discrete codes) | "
                  + " | ".join(f"{100 * LAVIT_T2I[m]:.1f}" for m in ("colors_exact", "objects_present", "objects_exact")) + " |")
-    best = max(scales, key=lambda s: mean_sd([r["measure"][f"t2i_cfg{s:g}"]["colors_exact"] for r in results])[0])
+    best = max(scales, key=lambda x: mean_sd([r["measure"][f"t2i_cfg{x:g}"]["colors_exact"] for r in results])[0])
     gen_t2i = mean_sd([r["measure"][f"t2i_cfg{best:g}"]["colors_exact"] for r in results])
     base = max(mean_sd([r["measure"][k]["colors_exact"] for r in results])[0] for k in ("t2i_other_scenes", "t2i_no_caption"))
     verdict["text_to_image"] = bool(gen_t2i[0] - gen_t2i[1] > base)
@@ -198,10 +235,6 @@ def summarize_claims(cfg: ClaimsConfig, results: list[dict]) -> tuple[str, dict]
                   f"{fmt([x['reconstruction_exact_scene'] for x in t])} %; not discrete."]
     lines += ["", "Verdicts: " + ", ".join(f"{k}: {'holds' if v else 'does not hold'}" for k, v in verdict.items())]
     return "\n".join(lines), verdict
-
-
-def name_of(name: str, cfg: ClaimsConfig) -> str:
-    return f"λ = {cfg.regression_weight:g} (regression)" if name == "regression" else "λ = 0 (plain)"
 
 
 def run_claims(cfg: ClaimsConfig) -> dict:
