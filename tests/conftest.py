@@ -15,6 +15,9 @@ import torch
 from support import groma_config, tiny_model_config
 from vlbridge.data.shapesworld import ShapesWorldConfig, generate
 
+# lmms-eval's harness tests run in their own environment (`make test-lmms`), not in the main suite.
+collect_ignore = ["lmms"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
@@ -72,3 +75,25 @@ def groma_model(grounding_data):
     torch.manual_seed(0)
     records = load_records(grounding_data / "train.json")
     return build_model(groma_config(), [t.text for r in records for t in r.turns]).eval()
+
+
+@pytest.fixture(scope="session")
+def answering_model(untied_tiny_model):
+    """The untied tiny model with weights redrawn at std 0.2, so its answers depend on image and question."""
+    from serve_support import redraw
+    return redraw(untied_tiny_model)
+
+
+@pytest.fixture(scope="session")
+def lavit_model(shapes_dir):
+    """A tiny LaVIT model (weights redrawn, palette random) whose painted images differ per code."""
+    from serve_support import LAVIT_OPTIONS, redraw
+    from vlbridge.data.records import load_records
+    from vlbridge.models.build import build_model
+    torch.manual_seed(0)
+    texts = [t.text for r in load_records(shapes_dir / "train.json") for t in r.turns] + ["Draw a red circle"]
+    model = redraw(build_model(tiny_model_config("lavit", LAVIT_OPTIONS), texts).eval())
+    palette = model.connector.visual_tokenizer.pixel_decoder.palette        # unfitted: all black
+    palette.copy_(torch.rand(palette.shape, generator=torch.Generator().manual_seed(0)))
+    return model
+

@@ -8,19 +8,48 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+from .errors import UserError, did_you_mean
+
+Choices = Sequence[str] | str | Callable[[], Sequence[str]]
 
 
-def opt(default: Any, help: str, cli: bool = True) -> Any:
+def opt(default: Any, help: str, cli: bool = True, *, choices: Choices | None = None,
+        at_least: float | None = None, at_most: float | None = None) -> Any:
     """A dataclass field with a help string (mutable defaults are copied per instance); cli=False hides it
-    from the command line (set by the program, not the user)."""
-    meta = {"help": help, "cli": cli}
+    from the command line (set by the program, not the user). ``choices`` (names, or the key of a registry of
+    names, see ``register_names``) and the bounds ``at_least``/``at_most`` are checked by :func:`validate` and shown by
+    the CLI; for a list field they apply to every item."""
+    meta = {"help": help, "cli": cli, "choices": choices, "at_least": at_least, "at_most": at_most}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# Registries of names (connectors, chat templates ...) that choice-checked fields name by key. The modules that
+# define them register here when imported; this module sits below them and never imports them.
+REGISTRIES: dict[str, Callable[[], Sequence[str]]] = {}
+
+
+def register_names(key: str, names: Callable[[], Sequence[str]]) -> None:
+    """Make ``opt(..., choices=key)`` fields accept the names ``names()`` returns."""
+    REGISTRIES[key] = names
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a field (a registry's current names when given as a registry key), or None
+    (also when the registry's module has not been imported)."""
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return None
+    if isinstance(choices, str):
+        return tuple(REGISTRIES[choices]()) if choices in REGISTRIES else None
+    return tuple(choices() if callable(choices) else choices)
 
 
 @dataclass
@@ -31,15 +60,24 @@ class VisionConfig:
     feature_layers: list[int] = opt([-1], "hidden-state indices fed to the connector (several are concatenated on "
                                           "the channel axis; -2 is LLaVA's penultimate layer)")
     keep_cls: bool = opt(False, "keep the CLS/prefix token(s) in the features passed to the connector")
-    image_size: int | None = opt(None, "input resolution (square); None = the encoder's config image_size")
+    image_size: int | None = opt(None, "input resolution (square); None = the encoder's config image_size",
+                                 at_least=1)
     image_mean: list[float] | None = opt(None, "normalisation mean; None = CLIP's")
     image_std: list[float] | None = opt(None, "normalisation std; None = CLIP's")
 
 
 @dataclass
 class ConnectorConfig:
-    name: str = opt("mlp", "connector registry name (see `vlbridge.connectors.CONNECTORS`)")
+    name: str = opt("mlp", "connector registry name (`vlbridge connectors` lists them)", choices="connectors")
     options: dict = opt({}, "connector options as JSON, e.g. '{\"depth\": 2}'")
+
+    def check(self) -> None:
+        names = REGISTRIES.get(f"connector_options.{self.name}")     # registered by vlbridge.connectors
+        known = list(names()) if names is not None else list(self.options)
+        for key in self.options:
+            if key not in known:
+                raise UserError(f"connector {self.name!r} has no option {key!r}{did_you_mean(key, known)}; "
+                                f"options: {', '.join(known)}")
 
 
 @dataclass
@@ -47,11 +85,12 @@ class LLMConfig:
     name_or_path: str | None = opt(None, "Hugging Face causal LM (hub id or local dir); None builds `arch` from scratch")
     arch: dict = opt({}, "Hugging Face config kwargs (with model_type) used when name_or_path is None")
     tokenizer: str | None = opt(None, "tokenizer dir; None = the LLM's own, or (from scratch) one trained on the data")
-    tokenizer_vocab: int = opt(640, "vocabulary size when a tokenizer is trained in-process")
-    chat_template: str = opt("plain", "chat template name (see `vlbridge.data.template.TEMPLATES`)")
-    max_length: int = opt(512, "longest sequence (text + visual tokens) the model accepts")
+    tokenizer_vocab: int = opt(640, "vocabulary size when a tokenizer is trained in-process", at_least=1)
+    chat_template: str = opt("plain", "chat template name", choices="chat_templates")
+    max_length: int = opt(512, "longest sequence (text + visual tokens) the model accepts", at_least=1)
     image_positions: str = opt("sequential", "position ids of visual tokens: 'sequential' (LLaVA) or 'shared' (all "
-                                             "of an image's tokens at one position; text continues after it)")
+                                             "of an image's tokens at one position; text continues after it)",
+                               choices="image_positions")
 
 
 @dataclass
@@ -67,9 +106,11 @@ class DataConfig:
     train_file: str = opt("train.json", "training records, relative to `path` when it is a dir")
     val_file: str | None = opt("val.json", "validation records (None or missing file = no validation)")
     image_folder: str | None = opt(None, "folder that image paths resolve against; None = the JSON file's folder")
-    on_bad_record: str = opt("skip", "'skip' (count and report bad records) or 'error' (stop at the first one)")
-    image_modes: str = opt("convert", "non-RGB images: 'convert' deliberately (and note it) or 'reject' as bad")
-    max_pixels: int = opt(64_000_000, "refuse images with more pixels than this (decompression bombs)")
+    on_bad_record: str = opt("skip", "'skip' (count and report bad records) or 'error' (stop at the first one)",
+                             choices=("skip", "error"))
+    image_modes: str = opt("convert", "non-RGB images: 'convert' deliberately (and note it) or 'reject' as bad",
+                           choices=("convert", "reject"))
+    max_pixels: int = opt(64_000_000, "refuse images with more pixels than this (decompression bombs)", at_least=1)
 
 
 @dataclass
@@ -84,36 +125,38 @@ class TrainConfig:
                                     "stage's own fields for a visual tokenizer")
     train_vision: bool = opt(False, "also train the vision encoder in the instruct stage")
     init_from: str | None = opt(None, "start from this saved model dir (e.g. the align stage's output)")
-    steps: int = opt(1000, "optimizer steps")
-    batch_size: int = opt(16, "records per micro-batch (per process under torchrun)")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(1e-3, "peak learning rate")
-    lr_vision: float | None = opt(None, "vision encoder learning rate (None = lr)")
-    lr_connector: float | None = opt(None, "connector learning rate (None = lr)")
-    lr_llm: float | None = opt(None, "LLM learning rate (None = lr)")
-    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms)")
-    betas: list[float] = opt([0.9, 0.98], "AdamW betas")
-    warmup_steps: int = opt(50, "linear warm-up steps")
-    min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    steps: int = opt(1000, "optimizer steps", at_least=1)
+    batch_size: int = opt(16, "records per micro-batch (per process under torchrun)", at_least=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", at_least=1)
+    lr: float = opt(1e-3, "peak learning rate", at_least=0)
+    lr_vision: float | None = opt(None, "vision encoder learning rate (None = lr)", at_least=0)
+    lr_connector: float | None = opt(None, "connector learning rate (None = lr)", at_least=0)
+    lr_llm: float | None = opt(None, "LLM learning rate (None = lr)", at_least=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms)", at_least=0)
+    betas: list[float] = opt([0.9, 0.98], "AdamW betas: two values in [0, 1)", at_least=0)
+    warmup_steps: int = opt(50, "linear warm-up steps", at_least=0)
+    min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", at_least=0, at_most=1)
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)", at_least=0)
     loss_weighting: str = opt("token", "LM loss weights: 'token' (LLaVA), 'sqrt' (InternVL 2.5 square averaging: "
-                                       "1/sqrt(answer length)) or 'answer' (1/answer length)")
-    lora_r: int = opt(0, "LoRA rank for the LLM in the instruct stage (0 = full fine-tuning)")
-    lora_alpha: int = opt(16, "LoRA alpha")
+                                       "1/sqrt(answer length)) or 'answer' (1/answer length)",
+                              choices="loss_weightings")
+    lora_r: int = opt(0, "LoRA rank for the LLM in the instruct stage (0 = full fine-tuning)", at_least=0)
+    lora_alpha: int = opt(16, "LoRA alpha", at_least=1)
     lora_targets: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj"], "LLM module names LoRA adapts")
-    log_every: int = opt(10, "steps between progress-bar postfix updates")
-    eval_every: int = opt(200, "steps between validation passes (0 = only at the end)")
-    eval_batches: int = opt(8, "validation micro-batches per pass")
-    save_every: int = opt(0, "steps between checkpoints (0 = only at the end)")
-    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    log_every: int = opt(10, "steps between progress-bar postfix updates", at_least=1)
+    eval_every: int = opt(200, "steps between validation passes (0 = only at the end)", at_least=0)
+    eval_batches: int = opt(8, "validation micro-batches per pass", at_least=1)
+    save_every: int = opt(0, "steps between checkpoints (0 = only at the end)", at_least=0)
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep (0 = all)", at_least=0)
     seed: int = opt(0, "seed for initialisation, data order and dropout")
     resume: bool = opt(False, "continue from the latest checkpoint in --out")
     stop_after: int | None = opt(None, "stop (with a checkpoint) after this many steps in this invocation; "
-                                       "--resume continues the same schedule (for jobs split across sessions)")
-    num_workers: int = opt(0, "DataLoader worker processes for image decoding")
+                                       "--resume continues the same schedule (for jobs split across sessions)",
+                                   at_least=1)
+    num_workers: int = opt(0, "DataLoader worker processes for image decoding", at_least=0)
     cache_vision_features: float = opt(1024.0, "MB of a frozen vision encoder's features kept per image, so each "
                                                "image is encoded once (0 = off; used only while the encoder "
-                                               "has nothing to train)")
+                                               "has nothing to train)", at_least=0)
     ddp_find_unused_parameters: bool = opt(True, "under torchrun: let DDP tolerate trainable parameters that get "
                                                   "no gradient in a step (an encoder's unused final norm, optional "
                                                   "connector branches); HF Trainer's default. False saves a "
@@ -123,6 +166,10 @@ class TrainConfig:
     group_by_length: bool = opt(False, "batch records of similar length (less padding; HF Trainer's "
                                        "group_by_length): each epoch's shuffled order is cut into groups of "
                                        "50 batches, each group sorted by length, then the batches shuffled")
+
+    def check(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"train.betas: expected two values in [0, 1) such as 0.9,0.98, got {self.betas}")
 
 
 @dataclass(frozen=True)
@@ -172,10 +219,11 @@ def to_dict(cfg) -> dict:
 def from_dict(cls, data: dict):
     """Build dataclass `cls` from a (possibly partial) nested dict; unknown keys are an error."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
+        hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
+        raise UserError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}{hint}; options: {', '.join(names)}")
     kwargs = {}
     for name, value in data.items():
         kind = hints[name]
@@ -188,4 +236,84 @@ def save_json(cfg, path: str | Path) -> None:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    return from_dict(RunConfig, json.loads(Path(path).read_text()))
+    """A saved run config (RUN/config.json); a model's config.json or bad JSON is a UserError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--config {path} is a folder: pass the run config file, e.g. {path / 'config.json'}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object (a run config), got {type(data).__name__}")
+    if data.get("model_type") == "vlbridge":
+        raise UserError(f"{path} is a saved model's config, not a run config: start from the model with "
+                        f"--init-from {path.parent}")
+    try:
+        return from_dict(RunConfig, data)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------- validation
+
+def _type_ok(value: Any, kind) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or kind in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict or kind is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(kind) -> str:
+    return getattr(kind, "__name__", None) if typing.get_origin(kind) is None else str(kind).replace("typing.", "")
+
+
+def validate(cfg, prefix: str = ""):
+    """Check every field of a config dataclass (nested ones too) before anything runs: its type, its choices
+    and bounds (see :func:`opt`), then the class's own ``check()`` (or a ``__post_init__`` that validates).
+    Raises a UserError naming the field, e.g. ``train.batch_size: must be >= 1, got 0``; returns `cfg`."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        name, value, kind = prefix + f.name, getattr(cfg, f.name), hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            if not dataclasses.is_dataclass(value):
+                raise UserError(f"{name}: expected an object of options, got {value!r}")
+            validate(value, name + ".")
+            continue
+        if not _type_ok(value, kind):
+            raise UserError(f"{name}: expected {_type_name(kind)}, got {value!r}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        choices = field_choices(f)
+        for item in items:
+            if item is None:
+                continue
+            if choices is not None and item not in choices:
+                raise UserError(f"{name}: unknown value {item!r}{did_you_mean(str(item), choices)}; choose from "
+                                f"{', '.join(choices)}")
+            low, high = f.metadata.get("at_least"), f.metadata.get("at_most")
+            if low is not None and item < low:
+                raise UserError(f"{name}: must be >= {low}, got {value!r}")
+            if high is not None and item > high:
+                raise UserError(f"{name}: must be <= {high}, got {value!r}")
+    if hasattr(cfg, "check"):              # its messages name the fields in full
+        cfg.check()
+    elif hasattr(cfg, "__post_init__"):
+        try:
+            cfg.__post_init__()
+        except ValueError as e:            # the class validates its own input there
+            raise UserError(f"{prefix.rstrip('.')}: {e}" if prefix else str(e)) from None
+    return cfg

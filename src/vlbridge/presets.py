@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainConfig, VisionConfig
+from .errors import unknown_name
 
 
 def tiny_llm() -> LLMConfig:
@@ -100,5 +101,5 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise unknown_name("preset", name, PRESETS)
     return PRESETS[name]()

@@ -122,7 +122,7 @@ def test_changed_settings_in_the_same_dir_are_an_error(base_json, shapes_dir, fi
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--connectors", "mlp,nope"], "unknown connector 'nope'; registered:"),
+    (["--connectors", "mlp,nope"], "connectors: unknown value 'nope'; choose from"),
     (["--connectors", "mlp,mlp"], "listed twice"),
     (["--connector_options", '{"mlp": {"bogus": 1}}'], "connector 'mlp' has no option(s) ['bogus']"),
     (["--connectors", "mlp,pixel_shuffle", "--connector_options", '{"pixel_shuffle": {"factor": 3}}'],

@@ -76,13 +76,3 @@ def test_cli_end_to_end(tmp_path, capsys):
                  "--out", str(tmp_path / "answers.png"), "--images", "2"]) == 0
     assert (tmp_path / "answers.png").stat().st_size > 10_000
 
-
-def test_chat_interactive(tmp_path, monkeypatch, capsys, shapes_dir):
-    from vlbridge.train.trainer import train
-    final = train(tiny_run_config(shapes_dir, tmp_path / "run", steps=1))
-    image = sorted((shapes_dir / "images").glob("test_*.png"))[0]
-    inputs = iter(["What color is the circle?", "/image nowhere.png", "/reset", "And the square?", "/quit"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(inputs))
-    assert main(["chat", "--model", str(final), "--image", str(image), "--max-new-tokens", "3"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("model> ") == 2 and "cannot use nowhere.png" in out

@@ -335,7 +335,7 @@ SMALL = {"qformer": {"hidden": 64, "layers": 2, "heads": 2, "intermediate": 128}
 
 
 def test_connectors_command_lists_every_connector(capsys):
-    assert main(["connectors", "--preset", "tiny-cpu", "--json", "--options", json.dumps(SMALL)]) == 0
+    assert main(["connectors", "--preset", "tiny-cpu", "--json", "--connector-options", json.dumps(SMALL)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["grid"] == [8, 8] and report["vision_dim"] == 128 and report["llm_dim"] == 128
     rows = {r["connector"]: r for r in report["connectors"]}
@@ -349,13 +349,13 @@ def test_connectors_command_lists_every_connector(capsys):
 
 def test_connectors_command_table_and_errors(capsys):
     opts = {**SMALL, "pixel_shuffle": {"factor": 3}}
-    assert main(["connectors", "--options", json.dumps(opts)]) == 0
+    assert main(["connectors", "--connector-options", json.dumps(opts)]) == 0
     out = capsys.readouterr().out
     assert "patch grid 8x8" in out and all(name in out for name in CONNECTORS)
     assert "not divisible by factor 3" in out                          # a connector that cannot take the grid
     assert main(["connectors", "--preset", "clip-qwen2"]) == 2        # checkpoints that are not on disk
     assert "not a local directory" in capsys.readouterr().err
-    assert main(["connectors", "--options", '{"nope": {}}']) == 2
+    assert main(["connectors", "--connector-options", '{"nope": {}}']) == 2
     assert "unknown connector" in capsys.readouterr().err
 
 
@@ -379,5 +379,6 @@ def test_connectors_command_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["connectors", "--help"])
     out = capsys.readouterr().out
-    flags = ("--preset", "--options", "--json", "--model.vision.name_or_path", "--model.llm.name_or_path")
+    flags = ("--preset", "--connector-options", "--json", "--vision", "--llm", "--model.vision.name-or-path",
+             "--model.llm.arch")
     assert e.value.code == 0 and all(flag in out for flag in flags)

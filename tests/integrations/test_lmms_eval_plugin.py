@@ -2,7 +2,8 @@
 
 Every test runs twice: with ``EmulatedInstance`` (a faithful copy of the fields and ``args`` of
 ``lmms_eval.api.instance.Instance``; always runs) and with lmms-eval's own ``Instance`` (skipped with the
-reason when lmms-eval is not importable: it is the optional extra ``[lmms]``, not needed by ``make test``).
+reason when lmms-eval is not importable: it lives in the side environment of ``make test-lmms``, which
+also runs these tests, and the harness end to end in tests/lmms/).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from vlbridge.data.records import Turn
 from vlbridge.data.template import IGNORE_INDEX
 from vlbridge.generate import GenerationConfig
 from vlbridge.inference import Predictor, Query
-from vlbridge.integrations.lmms_eval import VLBridgeLMMS, prompt_with_images
+from vlbridge.integrations.lmms_eval import VLBridgeLMMS, prompt_with_images, unwrap
 
 TASK, SPLIT = "shapes", "test"
 
@@ -112,32 +113,50 @@ def test_until_cuts_the_answer(plugin, Instance):
     assert cut == full[:full.index(stop)] and stop not in cut
 
 
-def _model_logprob(plugin, question, image, continuation_ids):
-    """log p(continuation | prompt) from the model's own training loss (sum of token cross-entropies)."""
+def _model_loss(plugin, question, image, continuation_ids):
+    """Mean token negative log-likelihood of a continuation from the model's own training loss."""
     prompt, pixels = plugin.predictor.encode(Query([Turn("user", f"<image>\n{question}")], [image]))
     ids = torch.cat([prompt, torch.tensor(continuation_ids)])
     labels = torch.tensor([IGNORE_INDEX] * len(prompt) + continuation_ids)
     with torch.no_grad():
         out = plugin.model(Batch([ids], [labels], pixels, [1]))
-    return -float(out.lm_loss_sum)
+    return float(out.lm_loss_sum) / len(continuation_ids)
 
 
-def test_loglikelihood(plugin, Instance):
+def loglikelihood(plugin, reqs):
+    return [unwrap(r) for r in plugin.loglikelihood(reqs)]
+
+
+def test_loglikelihood_is_the_mean_token_loss(plugin, Instance):
     d = docs(plugin)
     conts = [" " + d[0]["answer"], "red circle", d[2]["answer"]]
     reqs = [request(Instance, "loglikelihood", (d[i]["question"], conts[i], doc_to_visual, i, TASK, SPLIT), i)
             for i in range(3)]
-    out = plugin.loglikelihood(reqs)                                # batches of 2 and 1
-    for i, (ll, greedy) in enumerate(out):
-        ref = _model_logprob(plugin, d[i]["question"], d[i]["image"], plugin.continuation_ids(conts[i]))
-        assert ll == pytest.approx(ref, abs=1e-4) and ll < 0 and isinstance(greedy, bool)
+    out = loglikelihood(plugin, reqs)                               # batches of 2 and 1
+    for i, (loss, greedy) in enumerate(out):
+        ref = _model_loss(plugin, d[i]["question"], d[i]["image"], plugin.continuation_ids(conts[i]))
+        assert loss == pytest.approx(ref, abs=1e-5) and loss > 0 and isinstance(greedy, bool)
     # doc_to_target as a callable is the same as the string it returns
-    by_fn = plugin.loglikelihood([request(Instance, "loglikelihood",
-                                          (d[0]["question"], lambda doc: doc["answer"], doc_to_visual, 0, TASK, SPLIT))])
-    assert by_fn[0][0] == pytest.approx(out[0][0], abs=1e-4)
+    by_fn = loglikelihood(plugin, [request(Instance, "loglikelihood",
+                                           (d[0]["question"], lambda doc: doc["answer"], doc_to_visual, 0, TASK, SPLIT))])
+    assert by_fn[0][0] == pytest.approx(out[0][0], abs=1e-5)
     # the unconditional (context, continuation) form of mutual-information scoring: no image
-    (ll, _), = plugin.loglikelihood([request(Instance, "loglikelihood", ("", "red"))])
-    assert ll < 0
+    (loss, _), = loglikelihood(plugin, [request(Instance, "loglikelihood", ("", "red"))])
+    assert loss > 0
+
+
+def test_loglikelihood_result_passes_lmms_evals_unwrapping(plugin, Instance):
+    """The evaluator reads each result through ``unwrap_generation_output``: the pair must come out whole."""
+    try:
+        from lmms_eval.api.instance import unwrap_generation_output
+    except ImportError as e:
+        pytest.skip(f"lmms-eval is not importable ({e})")
+    d = docs(plugin)
+    result, = plugin.loglikelihood([request(Instance, "loglikelihood", (d[0]["question"], "red", doc_to_visual, 0,
+                                                                        TASK, SPLIT))])
+    pair, _ = unwrap_generation_output(result)
+    loss, greedy = pair
+    assert isinstance(loss, float) and isinstance(greedy, bool) and pair == unwrap(result)
 
 
 def test_loglikelihood_is_greedy(plugin, Instance):
@@ -163,17 +182,17 @@ def test_loglikelihood_is_greedy(plugin, Instance):
     best, other = ranked[0], next(t for t in ranked[1:] if plugin.continuation_ids(text_of([t])) == [t])
     reqs = [request(Instance, "loglikelihood", (d[0]["question"], text_of([t]), doc_to_visual, 0, TASK, SPLIT))
             for t in (best, other)]
-    (ll_best, greedy_best), (ll_other, greedy_other) = plugin.loglikelihood(reqs)
-    assert greedy_best and not greedy_other and ll_best > ll_other
-    assert ll_best == pytest.approx(float(logits.log_softmax(-1)[best]), abs=1e-4)
+    (loss_best, greedy_best), (loss_other, greedy_other) = loglikelihood(plugin, reqs)
+    assert greedy_best and not greedy_other and loss_best < loss_other
+    assert loss_best == pytest.approx(-float(logits.log_softmax(-1)[best]), abs=1e-4)
     # greedy means every token is the argmax: [best, x] with x not the argmax after best is not greedy
     with torch.no_grad():
         s, _ = plugin.model.embed([torch.cat([prompt, torch.tensor([best])])], None, pixels)
         next_best = plugin.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
                                      position_ids=s.position_ids).logits[0, -1].argmax()
     pair = next([best, t] for t in ranked[1:] if t != next_best and plugin.continuation_ids(text_of([best, t])) == [best, t])
-    (_, greedy_pair), = plugin.loglikelihood([request(Instance, "loglikelihood", (d[0]["question"], text_of(pair),
-                                                                                  doc_to_visual, 0, TASK, SPLIT))])
+    (_, greedy_pair), = loglikelihood(plugin, [request(Instance, "loglikelihood", (d[0]["question"], text_of(pair),
+                                                                                   doc_to_visual, 0, TASK, SPLIT))])
     assert not greedy_pair
 
 

@@ -85,7 +85,7 @@ def test_generate_image_cli_writes_a_png_of_the_requested_size(model, pictures, 
     assert Image.open(out).size == (48, 48)
     out = tmp_path / "context.png"
     assert main(["generate-image", "--model", str(tmp_path / "emu"), "--prompt", "a red circle", "--image", str(frame),
-                 "--image", str(frame), "--out", str(out), "--size", "40", "--cfg", "2"]) == 0
+                 "--image", str(frame), "--out", str(out), "--size", "40", "--cfg-scale", "2"]) == 0
     assert Image.open(out).size == (40, 40)
     assert "regressed embeddings" in capsys.readouterr().out
     assert main(["generate-image", "--model", str(tmp_path / "emu"), "--prompt", "<image> <image> <image>",

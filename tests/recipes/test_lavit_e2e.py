@@ -28,7 +28,7 @@ def test_lavit_pipeline_from_the_cli(shapes_dir, tmp_path, capsys):
     shutil.copytree(shapes_dir, data)
     vision, tok_dir, init, run = tmp_path / "vision", tmp_path / "tok", tmp_path / "init", tmp_path / "run"
     assert main(["pretrain-vision", "--annotations", str(data / "scenes.json"), "--out", str(vision), "--steps", "2",
-                 "--batch_size", "4", "--vision.arch", TINY_VIT, "--vision.image_size", "32"]) == 0
+                 "--batch_size", "4", "--model.vision.arch", TINY_VIT, "--model.vision.image_size", "32"]) == 0
     assert main(["lavit", "tokenizer", "--annotations", str(data / "scenes.json"), "--vision", str(vision),
                  "--out", str(tok_dir), "--steps_continuous", "3", "--steps_quantized", "3", "--steps_pixels", "2",
                  "--batch_size", "4", "--ratio_warmup", "2", "--kmeans_images", "8", *TOKENIZER_OPTIONS]) == 0

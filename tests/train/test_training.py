@@ -94,10 +94,15 @@ def test_interrupted_checkpoint_write_keeps_last_good(shapes_dir, tmp_path, monk
 
 
 def test_refuses_to_overwrite_checkpoints_without_resume(shapes_dir, tmp_path):
+    from vlbridge.errors import UserError
     cfg = tiny_run_config(shapes_dir, tmp_path / "run", steps=1)
-    train(cfg)
-    with pytest.raises(SystemExit, match="--resume"):
+    final = train(cfg)
+    weights = (final / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="--resume to continue it, --overwrite"):
         train(cfg)
+    assert (final / "model.safetensors").read_bytes() == weights
+    cfg.train.seed = 1
+    assert train(cfg, overwrite=True) == final and (final / "model.safetensors").read_bytes() != weights
 
 
 def test_align_stage_trains_only_the_connector(shapes_dir, tmp_path):

@@ -11,36 +11,41 @@ from typing import Callable
 
 from ..config import opt
 from ..data.shapesworld import ShapesWorldConfig
+from ..errors import unknown_name
+from ..presets import PRESETS
 
 ALL_CONNECTORS = ["mlp", "qformer", "resampler", "cabstractor", "pixel_shuffle", "pargo"]
 
 
 @dataclass
 class ArenaConfig:
-    connectors: list[str] = opt(list(ALL_CONNECTORS), "connectors to compare (registry names, comma-separated)")
+    connectors: list[str] = opt(list(ALL_CONNECTORS), "connectors to compare (registry names, comma-separated)",
+                                choices="connectors")
     connector_options: dict = opt({}, "options per connector as JSON, e.g. '{\"resampler\": {\"num_queries\": 16}}'")
     out: str = opt("runs/arena", "run directory: data/, vision/, one dir per connector, arena.md/.csv, plots")
-    base: str = opt("tiny-cpu", "training preset every connector starts from (vision arch, LLM, schedule)")
+    base: str = opt("tiny-cpu", "training preset every connector starts from (vision arch, LLM, schedule)",
+                    choices=lambda: tuple(PRESETS))
     base_config: str | None = opt(None, "a saved run config.json to start from instead of `base`")
-    steps: int = opt(600, "optimizer steps per connector (the same budget for all)")
-    batch_size: int | None = opt(None, "records per step (None = the base preset's)")
-    lr: float | None = opt(None, "peak learning rate (None = the base preset's)")
-    warmup_steps: int | None = opt(None, "warm-up steps (None = the base preset's, at most a tenth of `steps`)")
+    steps: int = opt(600, "optimizer steps per connector (the same budget for all)", at_least=1)
+    batch_size: int | None = opt(None, "records per step (None = the base preset's)", at_least=1)
+    lr: float | None = opt(None, "peak learning rate (None = the base preset's)", at_least=0)
+    warmup_steps: int | None = opt(None, "warm-up steps (None = the base preset's, at most a tenth of `steps`)",
+                                   at_least=0)
     seed: int = opt(0, "training seed: the same LLM initialisation and data order for every connector")
-    save_every: int = opt(100, "steps between checkpoints (a killed arena resumes from the last one)")
+    save_every: int = opt(100, "steps between checkpoints (a killed arena resumes from the last one)", at_least=0)
     data: str | None = opt(None, "an existing ShapesWorld dir to use instead of generating one into OUT/data")
     vision: str | None = opt(None, "a pretrained vision encoder dir shared by all connectors; None = pretrain "
                                    "one into OUT/vision (`vlbridge pretrain-vision` on the data's scenes.json)")
-    vision_steps: int = opt(400, "vision pretraining steps (when `vision` is None)")
+    vision_steps: int = opt(400, "vision pretraining steps (when `vision` is None)", at_least=1)
     vision_attributes: list[str] = opt(["shape", "color"], "object attributes the encoder's patches learn "
                                                            "in pretraining (add 'glyph' to make glyphs legible)")
     stage_schedules: dict = opt({"det": {"steps": 300, "lr": 2e-3, "warmup_steps": 30}},
                                 "settings of the stages a connector runs before its LLM stage (its `pre_stage`), "
                                 "as JSON {stage: {field: value}}: e.g. groma's 'det' (training fields) or lavit's "
                                 "'tokenizer' (fields of `vlbridge lavit tokenizer`); not counted in `steps`")
-    eval_limit: int | None = opt(100, "test records per task (None = the whole test split)")
-    eval_batch_size: int = opt(64, "records per generation batch in evaluation")
-    max_new_tokens: int = opt(40, "generation budget per answer")
+    eval_limit: int | None = opt(100, "test records per task (None = the whole test split)", at_least=1)
+    eval_batch_size: int = opt(64, "records per generation batch in evaluation", at_least=1)
+    max_new_tokens: int = opt(40, "generation budget per answer", at_least=1)
     shapes: ShapesWorldConfig = field(default_factory=ShapesWorldConfig)
     preset: str | None = opt(None, "the preset this config started from", cli=False)
 
@@ -82,5 +87,5 @@ ARENA_PRESETS: dict[str, Callable[[], ArenaConfig]] = {"arena-cpu": arena_cpu}
 
 def get_arena_preset(name: str) -> ArenaConfig:
     if name not in ARENA_PRESETS:
-        raise ValueError(f"unknown arena preset {name!r}; presets: {', '.join(ARENA_PRESETS)}")
+        raise unknown_name("arena preset", name, ARENA_PRESETS)
     return ARENA_PRESETS[name]()

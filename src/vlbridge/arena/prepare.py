@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import RunConfig, VisionConfig, from_dict, load_run_config
 from ..data.shapesworld import ShapesWorldConfig, generate
+from ..errors import UserError
 from ..presets import get_preset
 from .config import ArenaConfig
 
@@ -51,7 +52,7 @@ def as_saved(cls, saved: dict) -> dict:
 def require_same(saved: dict, wanted: dict, where: Path, what: str) -> None:
     diff = differences(saved, wanted)
     if diff:
-        raise ValueError(f"{where} holds {what} made with other settings ({'; '.join(diff[:4])}); "
+        raise UserError(f"{where} holds {what} made with other settings ({'; '.join(diff[:4])}); "
                          f"use another --out, or delete it to rebuild")
 
 
@@ -60,7 +61,7 @@ def base_run_config(cfg: ArenaConfig) -> RunConfig:
     if cfg.base_config:
         path = Path(cfg.base_config)
         if not path.is_file():
-            raise FileNotFoundError(f"--base_config {path} does not exist")
+            raise FileNotFoundError(f"--base-config {path} does not exist")
         return load_run_config(path)
     return get_preset(cfg.base)
 

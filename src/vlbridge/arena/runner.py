@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConnectorConfig, DataConfig, RunConfig, VisionConfig, save_json
+from ..config import ConnectorConfig, DataConfig, RunConfig, VisionConfig, save_json, validate
 from ..connectors import CONNECTORS, build_connector
 from ..data.records import SkipReport
+from ..errors import UserError, unknown_name
 from ..generate import GenerationConfig
 from ..train.checkpoint import latest_checkpoint
 from ..train.data import load_split, make_dataset
@@ -44,20 +45,20 @@ RESULT = "result.json"
 def check_connectors(cfg: ArenaConfig) -> None:
     """Fail before any work on an unknown connector, a duplicate, or an option the connector does not have."""
     if not cfg.connectors:
-        raise ValueError("--connectors is empty: name at least one connector")
+        raise UserError("--connectors is empty: name at least one connector")
     twice = sorted({n for n in cfg.connectors if cfg.connectors.count(n) > 1})
     if twice:
-        raise ValueError(f"connector {twice[0]!r} is listed twice in --connectors")
+        raise UserError(f"connector {twice[0]!r} is listed twice in --connectors")
     unknown = [n for n in list(cfg.connectors) + list(cfg.connector_options) if n not in CONNECTORS]
     if unknown:
-        raise ValueError(f"unknown connector {unknown[0]!r}; registered: {', '.join(sorted(CONNECTORS))}")
+        raise unknown_name("connector", unknown[0], CONNECTORS)
     for name, options in cfg.connector_options.items():
         if not isinstance(options, dict):
-            raise ValueError(f"--connector_options {name!r}: expected a JSON object of options, got {options!r}")
+            raise UserError(f"--connector-options {name!r}: expected a JSON object of options, got {options!r}")
     from ..recipes.stages import check_schedule
     for stage, schedule in cfg.stage_schedules.items():
         if not isinstance(schedule, dict):
-            raise ValueError(f"--stage_schedules {stage!r}: expected a JSON object of settings, got {schedule!r}")
+            raise UserError(f"--stage-schedules {stage!r}: expected a JSON object of settings, got {schedule!r}")
     for name in cfg.connectors:
         cls, options = CONNECTORS[name], cfg.connector_options.get(name, {})
         if set(options) - {f.name for f in dataclasses.fields(cls.Options)}:
@@ -75,7 +76,7 @@ def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | No
     vision = sized_vision(base.model.vision, image_size)
     if cfg.vision:
         if not Path(cfg.vision).is_dir():
-            raise FileNotFoundError(f"--vision {cfg.vision} is not a directory")
+            raise UserError(f"--vision {cfg.vision} is not a directory")
         vision = dataclasses.replace(vision, name_or_path=cfg.vision, arch={})
     with torch.random.fork_rng():
         tower = VisionTower(vision)
@@ -87,7 +88,7 @@ def dry_build_connectors(cfg: ArenaConfig, base: RunConfig, image_size: int | No
             try:
                 build_connector(name, connector_options(cfg, name, vision), tower.out_dim, llm_dim, tower.grid)
             except (ValueError, TypeError) as e:
-                raise ValueError(f"connector {name!r} with options {cfg.connector_options.get(name, {})}: {e}") from None
+                raise UserError(f"connector {name!r} with options {cfg.connector_options.get(name, {})}: {e}") from e
 
 
 def connector_options(cfg: ArenaConfig, name: str, vision: VisionConfig) -> dict:
@@ -252,13 +253,15 @@ def run_arena(cfg: ArenaConfig) -> list[dict]:
     """Everything: shared data and encoder, each connector trained and evaluated, then table and plots."""
     from .plots import write_plots
     from .report import write_table
+    validate(cfg)
     check_connectors(cfg)
     base = base_run_config(cfg)
-    dry_build_connectors(cfg, base, data_image_size(Path(cfg.data)) if cfg.data else cfg.shapes.image_size)
     out = Path(cfg.out)
+    given = prepare_data(cfg, out) if cfg.data else None        # a given --data is checked before anything is written
+    dry_build_connectors(cfg, base, data_image_size(given) if given else cfg.shapes.image_size)
     out.mkdir(parents=True, exist_ok=True)
     save_json(cfg, out / "arena.json")
-    data = prepare_data(cfg, out)
+    data = given or prepare_data(cfg, out)
     test_file = data / "test.json"
     base.model.vision = sized_vision(base.model.vision, data_image_size(data))
     vision = prepare_vision(cfg, base.model.vision, data, out)

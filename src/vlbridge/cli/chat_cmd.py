@@ -1,29 +1,44 @@
-"""`vlbridge chat`: ask a saved model about one or more images, one-shot (--prompt) or interactively."""
+"""`vlbridge chat`: ask a saved model about an image (or several, one-shot), one-shot (--prompt) or interactively."""
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..data.images import ImageError, load_image
-from ..data.records import Turn
+from ..data.images import load_image
+from ..errors import UserError
 from ..generate import GenerationConfig
-from ..inference import Predictor, Query
+from ..inference import Predictor
 from ..models.vlm import VLBridgeModel
+from .chat_session import ChatSession, commands_help
+from .parser import examples, non_negative_float, positive_int
 
-HELP = "commands: /reset (new conversation), /image PATH (switch image), /quit"
+
+def top_p(text: str) -> float:
+    value = non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model about an image",
-                       description="One-shot with --prompt; otherwise an interactive multi-turn chat. " + HELP)
+                       description="One-shot with --prompt; otherwise an interactive multi-turn chat (with piped "
+                                   "input: one answer per line, no prompts).\n\n" + commands_help(),
+                       epilog=examples("vlbridge chat --model runs/demo/final --image photo.png",
+                                       "vlbridge chat --model runs/demo/final --image photo.png --prompt "
+                                       "'What color is the circle?'",
+                                       "printf 'What shape is it?\\nAnd its color?\\n' | vlbridge chat --model "
+                                       "runs/demo/final --image photo.png",
+                                       "vlbridge chat --model runs/groma/final --image photo.png --grounded"))
     p.add_argument("--model", required=True, help="saved model dir (e.g. RUN/final)")
     p.add_argument("--image", action="append", default=[],
-                   help="image file (any mode; converted to RGB); repeat for several, placed at the prompt's "
-                        "<image> marks or, without them, before it")
+                   help="image file (any mode; converted to RGB); with --prompt repeat it for several, placed at "
+                        "the prompt's <image> marks or, without them, before it")
     p.add_argument("--prompt", help="question; omit for an interactive session")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length budget (default: 64)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length budget (default: 64)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.8, help="sampling temperature (default: 0.8)")
+    p.add_argument("--top-p", type=top_p, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--grounded", action="store_true",
                    help="grounded answer: print each phrase with its box and draw them into a PNG (--grounded-out); "
@@ -37,45 +52,24 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.grounded or args.region) and not args.image:
+        raise UserError("--grounded and --region need --image")
+    if len(args.image) > 1 and (args.prompt is None or args.grounded or args.region):
+        raise UserError("several --image need --prompt (the interactive and grounded chats take one image)")
+    images = [load_image(path, where=path)[0] for path in args.image]
+    image = images[0] if images else None
     model = VLBridgeModel.from_pretrained(args.model)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                            temperature=args.temperature, top_p=args.top_p)
     predictor = Predictor(model, gen, seed=args.seed)
-    images = [load_image(path, where=path)[0] for path in args.image]
     if args.grounded or args.region:
-        if len(images) > 1:
-            raise ValueError("--grounded and --region take one --image")
-        return run_grounded(args, predictor, images[0] if images else None)
+        return run_grounded(args, predictor, image)
     if args.prompt is not None:
+        if image is None:
+            print("note: no --image: the model answers from text alone", file=sys.stderr)
         print(predictor.ask(args.prompt, images))
         return 0
-    print(HELP)
-    turns: list[Turn] = []
-    while True:
-        try:
-            text = input("you> ").strip()
-        except EOFError:
-            return 0
-        if not text:
-            continue
-        if text == "/quit":
-            return 0
-        if text == "/reset":
-            turns = []
-            continue
-        if text.startswith("/image "):
-            path = text[7:].strip()
-            try:
-                images, turns = [load_image(path, where=path)[0]], []
-            except (ImageError, OSError) as e:
-                print(f"cannot use {path}: {e}")
-            continue
-        if not turns and images and "<image>" not in text:
-            text = "<image>\n" * len(images) + text
-        turns.append(Turn("user", text))
-        answer = predictor.answer([Query(turns, images)])[0]
-        turns.append(Turn("assistant", answer))
-        print(f"model> {answer}")
+    return ChatSession(predictor, image, args.image[0] if args.image else None).run()
 
 
 def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
@@ -83,8 +77,6 @@ def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
     from pathlib import Path
 
     from ..recipes.groma.grounded_chat import describe, draw_grounding, grounded_prompt, parse_region, phrase_boxes
-    if image is None:
-        raise ValueError("--grounded and --region need --image")
     region = parse_region(args.region, image.size) if args.region else None
     prompt = grounded_prompt(args.prompt, region)
     answer = predictor.ask(prompt, [image])

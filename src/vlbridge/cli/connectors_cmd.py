@@ -2,9 +2,9 @@
 
 The numbers are for a preset's vision encoder (its patch grid and width) and LLM width. Encoders and LLMs
 built from ``arch`` need nothing on disk (the vision tower is built from its config to read the grid);
-presets that name checkpoints need them as local directories (``--model.vision.name_or_path DIR``,
-``--model.llm.name_or_path DIR``): nothing is downloaded. Each connector uses its default options, the
-preset's connector its configured ones, and ``--options`` overrides per connector.
+presets that name checkpoints need them as local directories (``--vision DIR``, ``--llm DIR``): nothing
+is downloaded. Each connector uses its default options, the preset's connector its configured ones, and
+``--connector-options`` overrides per connector (as in ``vlbridge arena``).
 """
 from __future__ import annotations
 
@@ -12,34 +12,43 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import ModelConfig, RunConfig
+from ..config import ModelConfig, RunConfig, validate
+from ..errors import UserError, unknown_name
 from ..presets import PRESETS, get_preset
-from .args import add_config_args, apply_overrides
+from .args import add_config_args, apply_overrides, json_object, show_defaults_of
+from .parser import examples
 
 
 def add_parser(sub) -> None:
     from ..connectors import CONNECTORS
     summaries = "\n".join(f"  {name:<14} {summary(cls)}" for name, cls in CONNECTORS.items())
     p = sub.add_parser("connectors", help="list connectors with tokens, parameters and FLOPs for a preset",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="List every registered connector with its output token count, parameter count "
-                                   "and forward FLOPs (per image) for a preset's vision grid and widths; "
-                                   "--describe NAME shows one connector's options, defaults and stages.\n\n"
-                                   f"connectors:\n{summaries}")
+                                   "and forward FLOPs (per image) for a preset's vision grid and widths. Values "
+                                   "in brackets are the preset's. --describe NAME shows one connector's options, "
+                                   "defaults and stages.\n\n"
+                                   f"connectors:\n{summaries}",
+                       epilog=examples("vlbridge connectors", "vlbridge connectors --preset tiny-cpu-vit --json",
+                                       "vlbridge connectors --describe pargo",
+                                       "vlbridge connectors --connector-options '{\"qformer\": {\"layers\": 2}}'",
+                                       "vlbridge connectors --preset clip-qwen2 --vision CLIP_DIR --llm QWEN_DIR"))
     p.add_argument("--describe", metavar="NAME", choices=sorted(CONNECTORS),
                    help="print what connector NAME does, every option with its meaning and default, its stages")
     p.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS), help="named preset (default: tiny-cpu)")
-    p.add_argument("--options", type=json.loads, default={},
+    p.add_argument("--connector-options", type=json_object, default={}, metavar="JSON",
                    help='options per connector as JSON, e.g. \'{"qformer": {"layers": 2, "hidden": 128}}\'')
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    dests = [d for d in add_config_args(p, RunConfig) if d.startswith(("model.vision.", "model.llm."))]
+    dests = add_config_args(p, RunConfig, include=("model.vision.", "model.llm."),
+                            aliases={"model.vision.name_or_path": ["--vision"], "model.llm.name_or_path": ["--llm"]})
+    show_defaults_of(p, lambda ns: (get_preset(getattr(ns, "preset", None) or "tiny-cpu"),
+                                    getattr(ns, "preset", None) or "tiny-cpu"))
     p.set_defaults(run=run, _dests=dests)
 
 
 def _local(path: str, what: str, preset: str) -> str:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"preset {preset!r}: the {what} {path!r} is not a local directory (nothing is "
-                                f"downloaded); pass --model.{what.split()[0]}.name_or_path DIR")
+                                f"downloaded); pass --{what.split()[0]} DIR")
     return path
 
 
@@ -49,7 +58,7 @@ def llm_width(cfg: ModelConfig, preset: str) -> int:
         conf = AutoConfig.from_pretrained(_local(cfg.llm.name_or_path, "llm checkpoint", preset))
         return conf.get_text_config().hidden_size
     if "hidden_size" not in cfg.llm.arch:
-        raise ValueError(f"preset {preset!r}: llm.arch has no hidden_size")
+        raise UserError(f"preset {preset!r}: llm.arch has no hidden_size")
     return int(cfg.llm.arch["hidden_size"])
 
 
@@ -69,9 +78,9 @@ def connector_rows(cfg: ModelConfig, preset: str, options: dict | None = None) -
     import torch
     from ..connectors import CONNECTORS, build_connector
     options = options or {}
-    unknown = set(options) - set(CONNECTORS)
-    if unknown:
-        raise ValueError(f"--options names unknown connector(s) {sorted(unknown)}; registered: {', '.join(CONNECTORS)}")
+    for name in options:
+        if name not in CONNECTORS:
+            raise unknown_name("connector in --connector-options", name, CONNECTORS)
     vis_dim, grid = vision_dims(cfg, preset)
     llm_dim = llm_width(cfg, preset)
     header = {"preset": preset, "grid": list(grid), "vision_dim": vis_dim, "llm_dim": llm_dim}
@@ -116,7 +125,7 @@ def describe(name: str) -> str:
     from ..connectors import CONNECTORS
     cls = CONNECTORS[name]
     doc = (sys.modules[cls.__module__].__doc__ or "").strip()
-    lines = [doc, "", f"options (--model.connector.options '{{\"NAME\": VALUE, ...}}'):"]
+    lines = [doc, "", "options (--model.connector.options '{{\"NAME\": VALUE, ...}}'):"]
     for f in dataclasses.fields(cls.Options):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -136,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.describe:
         print(describe(args.describe))
         return 0
-    cfg = apply_overrides(get_preset(args.preset), args, args._dests)
-    if not isinstance(args.options, dict) or not all(isinstance(v, dict) for v in args.options.values()):
-        raise ValueError('--options must be a JSON object of objects, e.g. {"qformer": {"layers": 2}}')
-    header, rows = connector_rows(cfg.model, args.preset, args.options)
+    cfg = validate(apply_overrides(get_preset(args.preset), args, args._dests))
+    if not all(isinstance(v, dict) for v in args.connector_options.values()):
+        raise UserError('--connector-options must be a JSON object of objects, e.g. {"qformer": {"layers": 2}}')
+    header, rows = connector_rows(cfg.model, args.preset, args.connector_options)
     print(json.dumps({**header, "connectors": rows}, indent=2) if args.json else format_table(header, rows))
     return 0

@@ -16,7 +16,8 @@ collapse: docs/notes/emu.md), then the decoder:
     vlbridge data shapes-docs --out DOCS --n 3000
     vlbridge pretrain-vision --annotations DOCS/scenes.json --out RUN/vision
     vlbridge train --preset tiny-cpu-emu --model.vision.name_or_path RUN/vision --train.train_vision false \
-        --model.connector.options '{"regression_weight": 0}' --data DOCS --out RUN/read
+        --model.connector.options '{"num_queries": 16, "layers": 2, "hidden": 128, "heads": 4, "regression_weight": 0}' \
+        --data DOCS --out RUN/read
     vlbridge emu prepare --model RUN/read/final --out RUN/init --options '{"regression_weight": 1}'
     vlbridge train --init-from RUN/init --stage generate --data DOCS --out RUN/lm
     vlbridge emu decoder --model RUN/lm/final --data DOCS --out RUN/gen
@@ -29,35 +30,48 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..config import validate
 from .args import add_config_args, apply_overrides
+from .parser import examples
+
+OUT = {"out": ["--out", "--output-dir"]}
 
 
 def add_parser(sub) -> None:
+    from ..recipes.emu.claims import ClaimsConfig
     from ..recipes.emu.decoder import DecoderTrainConfig
     from ..recipes.emu.measure import EmuMeasureConfig
-    p = sub.add_parser("emu", help="Emu: train the visual decoder, measure generation in context",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    first, _, rest = __doc__.partition("\n\n")
+    p = sub.add_parser("emu", help="Emu: objective hand-off, visual decoder, generation figures, the claims",
+                       description=first, epilog=rest)
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
     prep = steps.add_parser("prepare", help="a saved Emu model with its objective's options changed",
                             description="Copies --model to --out with the objective options of --options changed "
                                         "(regression_weight, regression_loss, detach_targets, collapse_ratio, "
-                                        "collapse_patience), e.g. to start the generate stage.")
+                                        "collapse_patience), e.g. to start the generate stage.",
+                            epilog=examples("vlbridge emu prepare --model RUN/read/final --out RUN/init --options "
+                                            "'{\"regression_weight\": 1}'"))
     prep.add_argument("--model", required=True, help="saved Emu model dir")
-    prep.add_argument("--out", required=True, help="output model dir")
+    prep.add_argument("--out", "--output-dir", required=True, help="output model dir")
     prep.add_argument("--options", required=True, type=json.loads, help="JSON object of objective options")
     prep.set_defaults(run=run_prepare)
     dec = steps.add_parser("decoder", help="train the visual decoder of a trained Emu model",
                            description="Everything but the decoder frozen; writes the model with its decoder to --out "
-                                       "and decoder_metrics.json (held-out reconstruction figures) beside it.")
-    dec.set_defaults(run=run_decoder, _dests=add_config_args(dec, DecoderTrainConfig))
+                                       "and decoder_metrics.json (held-out reconstruction figures) beside it.",
+                           epilog=examples("vlbridge emu decoder --model RUN/lm/final --data DOCS --out RUN/gen"))
+    dec.set_defaults(run=run_decoder, _dests=add_config_args(dec, DecoderTrainConfig, aliases=OUT,
+                                                             required=("model", "data", "out")))
     meas = steps.add_parser("measure", help="next-frame and text->image figures, trilemma entry, sample grid",
-                            description="Writes metrics.json, summary.md and samples.png into --out.")
-    meas.set_defaults(run=run_measure, _dests=add_config_args(meas, EmuMeasureConfig))
-    from ..recipes.emu.claims import ClaimsConfig
+                            description="Writes metrics.json, summary.md and samples.png into --out.",
+                            epilog=examples("vlbridge emu measure --model RUN/gen --data DOCS --out RUN/measure"))
+    meas.set_defaults(run=run_measure, _dests=add_config_args(meas, EmuMeasureConfig, aliases=OUT,
+                                                              required=("model", "data", "out")))
     claims = steps.add_parser("claims", help="every Emu claim over seeds, with and without regression",
                               description="Trains, evaluates and measures each seed with and without the regression "
-                                          "(resumable: finished steps are skipped); writes claims.md and claims.json.")
-    claims.set_defaults(run=run_claims, _dests=add_config_args(claims, ClaimsConfig))
+                                          "(resumable: finished steps are skipped); writes claims.md and claims.json.",
+                              epilog=examples("vlbridge emu claims --data DOCS --vision RUN/vision --out RUN/claims"))
+    claims.set_defaults(run=run_claims, _dests=add_config_args(claims, ClaimsConfig, aliases=OUT,
+                                                               required=("data", "vision")))
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -68,7 +82,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_claims(args: argparse.Namespace) -> int:
     from ..recipes.emu.claims import ClaimsConfig, run_claims
-    cfg = apply_overrides(ClaimsConfig(), args, args._dests)
+    cfg = validate(apply_overrides(ClaimsConfig(), args, args._dests))
     print(run_claims(cfg)["text"])
     print(f"claims: {cfg.out}/claims.md")
     return 0
@@ -76,7 +90,7 @@ def run_claims(args: argparse.Namespace) -> int:
 
 def run_decoder(args: argparse.Namespace) -> int:
     from ..recipes.emu.decoder import DecoderTrainConfig, summary_line, train_decoder
-    out = train_decoder(apply_overrides(DecoderTrainConfig(), args, args._dests))
+    out = train_decoder(validate(apply_overrides(DecoderTrainConfig(), args, args._dests)))
     print(summary_line(json.loads((out / "decoder_metrics.json").read_text())))
     print(f"model with decoder: {out}")
     return 0
@@ -84,7 +98,7 @@ def run_decoder(args: argparse.Namespace) -> int:
 
 def run_measure(args: argparse.Namespace) -> int:
     from ..recipes.emu.measure import EmuMeasureConfig, measure, summary_markdown
-    cfg = apply_overrides(EmuMeasureConfig(), args, args._dests)
+    cfg = validate(apply_overrides(EmuMeasureConfig(), args, args._dests))
     print(summary_markdown(measure(cfg), cfg))
     print(f"report: {cfg.out}")
     return 0

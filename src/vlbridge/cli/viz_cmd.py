@@ -7,10 +7,12 @@ from pathlib import Path
 
 from ..data.images import load_image
 from ..data.records import SkipReport, load_records
+from ..errors import UserError
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
 from ..models.vlm import VLBridgeModel
 from . import viz_pargo_cmd
+from .parser import examples, positive_int
 
 
 def add_parser(sub) -> None:
@@ -18,13 +20,15 @@ def add_parser(sub) -> None:
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     a = kinds.add_parser("answers", help="PNG of test images with the model's answers to their questions",
                          description="Pick images from a LLaVA-style JSON, ask the model every question recorded "
-                                     "for each, and draw image + questions + answers (+ predicted boxes).")
+                                     "for each, and draw image + questions + answers (+ predicted boxes).",
+                         epilog=examples("vlbridge viz answers --model runs/demo/final --data data/shapes/test.json "
+                                         "--out answers.png"))
     a.add_argument("--model", required=True, help="saved model dir")
     a.add_argument("--data", required=True, help="LLaVA-style JSON (e.g. test.json)")
     a.add_argument("--out", required=True, help="output PNG path")
-    a.add_argument("--images", type=int, default=3, help="how many images (default: 3)")
+    a.add_argument("--images", type=positive_int, default=3, help="how many images (default: 3)")
     a.add_argument("--start", type=int, default=0, help="index of the first image to show (default: 0)")
-    a.add_argument("--questions", type=int, default=6, help="questions per image at most (default: 6)")
+    a.add_argument("--questions", type=positive_int, default=6, help="questions per image at most (default: 6)")
     a.set_defaults(run=run_answers)
     viz_pargo_cmd.add_kinds(kinds)
 
@@ -35,7 +39,7 @@ def run_answers(args: argparse.Namespace) -> int:
     records = load_records(args.data, on_error="skip", report=SkipReport())
     groups = list(group_by_image(records).items())[args.start:args.start + args.images]
     if not groups:
-        raise ValueError(f"{args.data}: no single-image records to show")
+        raise UserError(f"{args.data}: no single-image records from image #{args.start} on to show")
     predictor = Predictor(model, GenerationConfig(max_new_tokens=40))
     images, qa = [], []
     for path, recs in groups:

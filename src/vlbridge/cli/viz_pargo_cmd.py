@@ -11,7 +11,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..errors import UserError
 from ..presets import PRESETS
+from .args import json_object
+from .parser import examples
 
 DRAWABLE = ("pargo",)
 
@@ -21,7 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS),
                    help="preset giving the grid and, if it uses this connector, its options (default: tiny-cpu)")
     p.add_argument("--model", help="saved model dir: its connector options and grid instead of the preset's")
-    p.add_argument("--model.connector.options", dest="options", type=json.loads, default={},
+    p.add_argument("--model.connector.options", dest="options", type=json_object, default={}, metavar="JSON",
                    help="connector options as JSON, applied over the model's/preset's (e.g. '{\"tile\": [2, 2]}')")
     p.add_argument("--grid", help="patch grid ROWSxCOLS (e.g. 24x24) instead of the encoder's")
 
@@ -29,13 +32,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_kinds(kinds) -> None:
     m = kinds.add_parser("masks", help="PNGs of ParGo's cross- and self-attention masks per layer",
                          description="Write pargo_layer{L}.png (self- and cross-attention masks of layer L) and "
-                                     "pargo_masks.png (all layers) into --out.")
+                                     "pargo_masks.png (all layers) into --out.",
+                         epilog=examples("vlbridge viz masks --preset tiny-cpu --out figs",
+                                         "vlbridge viz masks --model.connector.options '{\"tile\": [2, 2]}' --grid 8x8 "
+                                         "--out figs"))
     _common(m)
-    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--out", "--output-dir", required=True, help="output directory")
     m.set_defaults(run=run_masks)
     w = kinds.add_parser("windows", help="PNG of each ParGo partial token's window over an image",
                          description="Outline every partial token's window of patches on --image (resized to the "
-                                     "grid the encoder sees).")
+                                     "grid the encoder sees).",
+                         epilog=examples("vlbridge viz windows --image photo.png --model runs/pargo/final"))
     w.add_argument("--image", required=True, help="image file")
     _common(w)
     w.add_argument("--out", default="pargo_windows.png", help="output PNG path (default: pargo_windows.png)")
@@ -46,9 +53,9 @@ def _parse_grid(text: str) -> tuple[int, int]:
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--grid must look like 24x24, got {text!r}") from None
+        raise UserError(f"--grid must look like 24x24, got {text!r}") from None
     if rows < 1 or cols < 1:
-        raise ValueError(f"--grid must be positive, got {text!r}")
+        raise UserError(f"--grid must be positive, got {text!r}")
     return rows, cols
 
 
@@ -59,24 +66,20 @@ def resolve_geometry(args: argparse.Namespace):
     from ..connectors.pargo_windows import ParGoGeometry
     from ..presets import get_preset
     if args.connector not in DRAWABLE:
-        raise ValueError(f"connector {args.connector!r} has no attention masks to draw (drawable: {', '.join(DRAWABLE)})")
+        raise UserError(f"connector {args.connector!r} has no attention masks to draw (drawable: {', '.join(DRAWABLE)})")
     if args.model:
-        cfg_file = Path(args.model) / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{args.model} is not a vlbridge model directory (no config.json)")
-        meta = json.loads(cfg_file.read_text())
+        from ..models.vlm import read_model_meta
+        meta = read_model_meta(args.model)
         name, options, vision, source = (meta["connector"]["name"], meta["connector"]["options"],
                                          from_dict(VisionConfig, meta["vision"]), str(args.model))
     else:
         cfg = get_preset(args.preset)
         name, options, vision, source = (cfg.model.connector.name, cfg.model.connector.options, cfg.model.vision,
                                          f"preset {args.preset}")
-    if not isinstance(args.options, dict):
-        raise ValueError(f"--model.connector.options must be a JSON object, got {args.options!r}")
     options = {**(options if name == args.connector else {}), **args.options}
     known = {f.name for f in dataclasses.fields(ParGoOptions)}
     if set(options) - known:
-        raise ValueError(f"connector 'pargo' has no option(s) {sorted(set(options) - known)}; options: {sorted(known)}")
+        raise UserError(f"connector 'pargo' has no option(s) {sorted(set(options) - known)}; options: {sorted(known)}")
     grid = _parse_grid(args.grid) if args.grid else _encoder_grid(vision, source)
     resolved = ParGoOptions(**options)
     geometry = ParGoGeometry.from_options(resolved, grid)
@@ -88,7 +91,7 @@ def resolve_geometry(args: argparse.Namespace):
 def _encoder_grid(vision, source: str) -> tuple[int, int]:
     from ..models.vision import VisionTower
     if vision.name_or_path and not Path(vision.name_or_path).is_dir():
-        raise ValueError(f"{source}: the encoder {vision.name_or_path!r} is not a local dir; pass --grid ROWSxCOLS")
+        raise UserError(f"{source}: the encoder {vision.name_or_path!r} is not a local dir; pass --grid ROWSxCOLS")
     return tuple(VisionTower(vision).grid)
 
 

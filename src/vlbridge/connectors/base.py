@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..config import STAGES, Stage
+from ..errors import UserError
 from ..data.template import SequenceBuilder
 
 
@@ -98,8 +99,9 @@ class ObjectiveTerms:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class TrainingCollapse(ValueError):
-    """A training signal has degenerated (e.g. regression targets collapsed to a constant): the run stops."""
+class TrainingCollapse(UserError):
+    """A training signal has degenerated (e.g. regression targets collapsed to a constant): the run stops, with a
+    message saying which options avoid it."""
 
 
 @dataclass
@@ -140,6 +142,10 @@ class Connector(nn.Module):
     # A stage of ``stages()`` that must run before the LLM stages (a region proposer, a visual tokenizer);
     # recipes and the arena run it first. None: the LLM stages can start from scratch.
     pre_stage: ClassVar[str | None] = None
+    # The most images one sample may hold (None = any number); e.g. region tokens index one image's regions.
+    images_per_sample: ClassVar[int | None] = None
+    # True when answers may point at regions the connector lists (``decode_answer`` turns them into boxes).
+    region_tokens: ClassVar[bool] = False
 
     def __init__(self, options, vis_dim: int, llm_dim: int, grid: tuple[int, int]):
         super().__init__()

@@ -52,6 +52,8 @@ class GromaConnector(Connector):
     Options = GromaOptions
     dynamic = True
     pre_stage = "det"
+    images_per_sample = 1
+    region_tokens = True
 
     def __init__(self, options: GromaOptions, vis_dim: int, llm_dim: int, grid):
         super().__init__(options, vis_dim, llm_dim, grid)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
+
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageError",
@@ -31,7 +33,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 ImageModes = Literal["convert", "reject"]
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that cannot be used; ``kind`` is "missing_image", "unreadable_image", "image_mode" or
     "image_too_large" (the image kinds of ``records.ERROR_KINDS``)."""
 
@@ -95,7 +97,7 @@ def _scale_wide(img: Image.Image) -> tuple[Image.Image, str]:
     return _grey_to_rgb(out), f"{img.mode} image scaled to 8 bit ({how}) and converted to RGB"
 
 
-def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
+def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
     """Convert a decoded image to RGB; return it with a note (None for plain RGB)."""
     mode = img.mode
     if mode == "RGB":
@@ -168,7 +170,7 @@ def _decode(path: Path, image_modes: ImageModes, max_pixels: int | None) -> tupl
             img.load()
         except Exception as e:  # truncated data, bad CRC, decoder errors ...
             raise ImageError("unreadable_image", f"cannot decode image {path}: {type(e).__name__}: {e}") from None
-        rgb, note = _to_rgb(img)
+        rgb, note = to_rgb(img)
         if rgb is img:
             rgb = img.copy()  # detach from the file handle closed by the with-block
     return rgb, note

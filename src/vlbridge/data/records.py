@@ -43,6 +43,8 @@ from typing import Any, Literal
 from .images import MAX_IMAGE_PIXELS, ImageError, ImageModes, check_image_modes, describe_conversion, open_header
 from .template import COMPLETION, DOCUMENT, IMAGE_TOKEN
 
+from ..errors import UserError
+
 __all__ = [
     "IMAGE_TOKEN",
     "ERROR_KINDS",
@@ -88,7 +90,7 @@ _ROLES = {
 # --------------------------------------------------------------------------- errors
 
 
-class DataError(Exception):
+class DataError(UserError):
     """One bad record: ``str(e) == f"{file}: record {record_id!r} (#{index}): {problem}"``.
 
     File-level errors (the JSON file is missing or malformed) use ``index == -1``
@@ -394,6 +396,12 @@ def check_record(
 
 def _read_json_list(path: Path) -> list[Any]:
     """Read the top-level list of records or raise a file-level DataError."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.json"))
+        pick = "test.json" if "test.json" in found else (found[0] if found else "FILE.json")
+        holds = f" (it holds {', '.join(found[:6])})" if found else " (it holds no .json file)"
+        raise DataError(path, -1, None, f"is a folder, not a JSON file of records: pass {path / pick}{holds}",
+                        "missing_file")
     if not path.is_file():
         raise DataError(path, -1, None, "data file not found", "missing_file")
     try:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import unknown_name
+from ..config import register_names
+
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
 # Roles of a document record (``data.records``): its text, and the answer that continues it. Both are
@@ -51,11 +54,13 @@ TEMPLATES: dict[str, ChatTemplate] = {
                            default_system="A chat between a curious human and an artificial intelligence assistant. "
                                           "The assistant gives helpful, detailed, and polite answers to the human's questions."),
 }
+register_names("chat_templates", lambda: tuple(TEMPLATES))
+
 
 
 def get_template(name: str) -> ChatTemplate:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; known: {', '.join(TEMPLATES)}")
+        raise unknown_name("chat template", name, TEMPLATES)
     return TEMPLATES[name]
 
 

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from ..data.dataset import InstructionDataset, collate
 from ..data.records import Record, SkipReport
+from ..errors import UserError
 from ..generate import GenerationConfig, generate_answers
 from .exact_match import exact_match
-from .report import main_value, markdown_table  # noqa: F401  (re-exported for callers)
+from .report import OVERALL, main_value, markdown_table  # noqa: F401  (re-exported for callers)
 from .task_metrics import BadReference, evaluate, metric_for
 
 
@@ -58,7 +59,7 @@ def record_metric(rec: Record) -> str:
     try:
         return metric_for(rec.task or "all", rec.metric)
     except ValueError as e:
-        raise ValueError(f"{rec.where}: {e}") from None
+        raise UserError(f"{rec.where}: {e}") from None
 
 
 def check_metrics(records: list[Record]) -> dict[str, str]:
@@ -68,7 +69,7 @@ def check_metrics(records: list[Record]) -> dict[str, str]:
         task, metric = rec.task or "all", record_metric(rec)
         if task in chosen and chosen[task][0] != metric:
             other = chosen[task][1]
-            raise ValueError(f"{rec.where}: task {task!r} is scored with {metric!r} here but with "
+            raise UserError(f"{rec.where}: task {task!r} is scored with {metric!r} here but with "
                              f"{chosen[task][0]!r} in record {other.id!r}; one metric per task")
         chosen.setdefault(task, (metric, rec))
     return {task: metric for task, (metric, _) in chosen.items()}
@@ -78,6 +79,8 @@ def check_metrics(records: list[Record]) -> dict[str, str]:
 def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: GenerationConfig | None = None,
             progress: bool = True) -> list[Prediction]:
     """Greedy answers for every record of ``dataset`` (built with for_generation=True), in dataset order."""
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     check_metrics([rec for rec, _, _ in dataset.items])
     for rec, _, _ in dataset.items:
         if rec.is_document and len(rec.turns) < 2:
@@ -110,7 +113,8 @@ def prediction_for(rec: Record, prediction: str) -> Prediction:
 
 
 def summarize(preds: list[Prediction]) -> dict[str, dict]:
-    """Per-task metrics ({task: {"metric", "main", <numbers>, "n"}} plus "overall" exact match).
+    """Per-task metrics ({task: {"metric", "main", <numbers>, "n"}} plus "overall": exact match over every
+    record, whatever its task's own metric).
 
     Scores every prediction in place (``p.score``, ``p.details``): split-level metrics need them all.
     """
@@ -121,17 +125,17 @@ def summarize(preds: list[Prediction]) -> dict[str, dict]:
     for task, items in sorted(by_task.items()):
         families = sorted({p.metric for p in items})
         if len(families) > 1:
-            raise ValueError(f"task {task!r} mixes metrics {families}; give all its records the same 'metric'")
+            raise UserError(f"task {task!r} mixes metrics {families}; give all its records the same 'metric'")
         try:
             result = evaluate(families[0], [p.prediction for p in items], [p.acceptable() for p in items])
         except BadReference as e:
-            raise ValueError(f"task {task!r}, record {items[e.index].id!r}: {e.problem}") from None
+            raise UserError(f"task {task!r}, record {items[e.index].id!r}: {e.problem}") from None
         for p, score, details in zip(items, result.per_item, result.details):
             p.score, p.details = round(float(score), 6), details
         metrics[task] = {"metric": families[0], "main": result.main, **result.summary, "n": len(items)}
     if preds:
         exact = [max(exact_match(p.prediction, r) for r in p.acceptable()) for p in preds]
-        metrics["overall"] = {"main": "exact_match", "exact_match": sum(exact) / len(exact), "n": len(preds)}
+        metrics[OVERALL] = {"main": "exact_match", "exact_match": sum(exact) / len(exact), "n": len(preds)}
     return metrics
 
 

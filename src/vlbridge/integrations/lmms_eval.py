@@ -1,8 +1,10 @@
 """lmms-eval model plugin: run lmms-eval's benchmarks on a saved vlbridge model.
 
-    pip install "vlbridge[lmms]"          # or lmms-eval with --no-deps next to an existing torch
     python -m lmms_eval --model vlbridge --model_args pretrained=runs/demo/final,batch_size=8 \\
         --tasks pope,mme --limit 100
+
+Installing lmms-eval beside this project's CPU torch takes a recipe (``make install-lmms`` builds it in
+``.venv-lmms``; docs/evaluation.md gives it step by step and a command with a local task).
 
 Registration: ``pyproject.toml`` declares the entry point ``vlbridge`` in the group ``lmms_eval.models``;
 lmms-eval (>= 0.7) reads that group when it builds its model registry, so installing vlbridge is enough.
@@ -24,13 +26,32 @@ Prompts: a context's ``<image>`` placeholders are kept when they match the image
 ``<image>`` per image is put before the text (LLaVA's layout); the model's chat template wraps it as one
 user turn. Generation is vlbridge's batched KV-cache ``generate``: greedy unless ``temperature > 0``,
 ``max_new_tokens`` from gen_kwargs (else the ``max_new_tokens`` model arg), text cut at the first
-``until`` string; beam search is not supported (num_beams > 1 is refused). Log-likelihoods are the sum of
-the continuation's token log-probabilities after the prompt's assistant prefix; the continuation starts
-the assistant's answer, so its leading whitespace is dropped. Images only (a video or audio visual is
-an error). Runs on CPU.
+``until`` string; beam search is not supported (num_beams > 1 is refused). Images only (a video or audio
+visual is an error). Runs on CPU.
+
+Log-likelihood results follow lmms-eval's own models (e.g. ``llava``, ``llava_hf``): per request a pair
+``(loss, is_greedy)``, where ``loss`` is the continuation's mean token negative log-likelihood after the
+prompt's assistant prefix (lower = more likely; the continuation starts the assistant's answer, so its
+leading whitespace is dropped, and the end-of-turn tokens after it are not scored) and ``is_greedy`` says
+whether every continuation token is the model's most likely one. What this gives in lmms-eval's scoring:
+
+- ``multiple_choice`` ``acc`` picks the choice with the lowest loss (lmms-eval's ``argmin``), ``acc_norm``
+  the lowest loss per character; ``exact_match`` is the gold choice's ``is_greedy``.
+- ``loglikelihood`` tasks: ``acc`` is the share of greedy continuations and the ``perplexity`` metric's
+  items are the losses. lmms-eval 0.7.3's built-in scoring of this output type fails for every model (it
+  unpacks the list of a document's results, not its one result), and its built-in ``perplexity``
+  aggregation, exp(-mean), expects log-likelihoods; such a task declares its own ``process_results`` and an
+  aggregation of exp(mean loss) (tests/lmms/tasks/vlbridge_shapes/utils.py has both).
+- ``acc_mutual_info`` takes an argmax of loss differences, so it is inverted under this convention (for
+  lmms-eval's own models as well).
+
+lmms-eval 0.7.3 turns any result that is not text into a string before scoring, so the pairs are handed back
+wrapped in its ``GenerationResult`` (whose text it passes on unchanged). Its response cache
+(``--use_cache``) expects text in a ``GenerationResult`` and cannot store them.
 
 lmms-eval is optional: without it the class still works (it then derives from a small stand-in with the
-same ``rank``/``world_size``/``task_dict``/``create_from_arg_string``), so it can be tested anywhere.
+same ``rank``/``world_size``/``task_dict``/``create_from_arg_string``, and returns the plain pairs), so it
+can be tested anywhere.
 """
 from __future__ import annotations
 
@@ -40,12 +61,11 @@ import warnings
 from collections import defaultdict
 from typing import Any, Sequence
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from ..data.records import Turn
-from ..data.template import IGNORE_INDEX, IMAGE_TOKEN
+from ..data.template import IMAGE_TOKEN
 from ..generate import GenerationConfig
 from ..inference import Predictor, Query
 from ..models.vlm import VLBridgeModel
@@ -85,6 +105,10 @@ try:
 except ImportError:
     _Base = LMMSStandIn
     HAVE_LMMS_EVAL = False
+try:
+    from lmms_eval.api.instance import GenerationResult
+except ImportError:
+    GenerationResult = None
 
 
 def model_manifest():
@@ -213,9 +237,9 @@ class VLBridgeLMMS(_Base):
 
     def continuation_ids(self, continuation: str) -> list[int]:
         """Token ids of a continuation as the start of the assistant's answer (leading space dropped)."""
-        return self.model.builder.encode_message(continuation.lstrip())
+        return self.predictor.continuation_ids(continuation)
 
-    def _loglikelihood_inputs(self, req) -> tuple[list[int], list[int], torch.Tensor | None]:
+    def _loglikelihood_input(self, req) -> tuple[Query, str]:
         args = req.args
         if len(args) == 2:
             context, target, images = args[0], args[1], []
@@ -224,32 +248,21 @@ class VLBridgeLMMS(_Base):
             if not isinstance(target, str):
                 target = target(self._doc(task, split, doc_id))
             images = self._visuals(doc_to_visual, doc_id, task, split)
-        prompt, pixels = self.predictor.encode(self._query(context, images))
-        cont = self.continuation_ids(str(target))
-        return prompt.tolist() + cont, [IGNORE_INDEX] * len(prompt) + cont, pixels
+        return self._query(context, images), str(target)
 
-    @torch.no_grad()
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        results: list[tuple[float, bool]] = []
+    def loglikelihood(self, requests) -> list:
+        """Per request ``(loss, is_greedy)``: the continuation's mean token negative log-likelihood and whether
+        greedy decoding would produce it (lmms-eval's convention; see the module docstring)."""
+        pairs: list[tuple[float, bool]] = []
         for start in tqdm(range(0, len(requests), self.batch_size), desc="vlbridge loglikelihood",
                           disable=self.rank != 0):
-            batch = [self._loglikelihood_inputs(r) for r in requests[start:start + self.batch_size]]
-            pixels = [p for _, _, p in batch if p is not None]
-            s, _ = self.model.embed([torch.tensor(ids) for ids, _, _ in batch],
-                                    [torch.tensor(lab) for _, lab, _ in batch], torch.cat(pixels) if pixels else None)
-            logits = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
-                                    position_ids=s.position_ids, use_cache=False).logits.float()   # [B, T, V]
-            logprobs = logits[:, :-1].log_softmax(-1)                                            # [B, T-1, V]
-            targets = s.labels[:, 1:]                                                            # [B, T-1]
-            scored = targets != IGNORE_INDEX
-            token_lp = logprobs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)         # [B, T-1]
-            greedy = logprobs.argmax(-1) == targets
-            for b in range(len(batch)):
-                m = scored[b]
-                results.append((float(token_lp[b][m].sum()), bool(greedy[b][m].all())))
-        for req, res in zip(requests, results):
-            self.cache_hook.add_partial("loglikelihood", req.args[:2], res)
-        return results
+            queries, continuations = zip(*(self._loglikelihood_input(r) for r in requests[start:start + self.batch_size]))
+            for scored in self.predictor.score(queries, continuations):
+                n = len(scored.token_logprobs)
+                pairs.append((-scored.logprob / n if n else 0.0, scored.greedy))
+        for req, pair in zip(requests, pairs):
+            self.cache_hook.add_partial("loglikelihood", req.args[:2], pair)
+        return [as_result(pair) for pair in pairs]
 
     def generate_until_multi_round(self, requests) -> list[list[str]]:
         results = []
@@ -277,6 +290,16 @@ class VLBridgeLMMS(_Base):
                 raise ValueError(f"{task} doc {doc_id}: no terminal signal after {MAX_ROUNDS} rounds")
             results.append(answers)
         return results
+
+
+def as_result(pair: tuple[float, bool]):
+    """A loglikelihood pair as lmms-eval's evaluator passes it to scoring unchanged (see the module docstring)."""
+    return GenerationResult(text=pair) if GenerationResult is not None else pair
+
+
+def unwrap(result) -> tuple[float, bool]:
+    """The ``(loss, is_greedy)`` pair of one ``loglikelihood`` result."""
+    return result.text if GenerationResult is not None and isinstance(result, GenerationResult) else result
 
 
 def cut_at(text: str, until: Sequence[str]) -> str:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ..errors import UserError
 from .feature_decoder import FeatureDecoder
 from .merger import Merged, TokenMerger
 from .options import TokenizerOptions
@@ -178,7 +179,7 @@ def read_config(path: Path) -> dict:
         raise FileNotFoundError(f"{path} is not a LaVIT tokenizer directory (no config.json)")
     meta = json.loads(cfg.read_text())
     if meta.get("type") != CONFIG_TYPE:
-        raise ValueError(f"{cfg}: type is {meta.get('type')!r}, expected {CONFIG_TYPE!r}")
+        raise UserError(f"{cfg}: type is {meta.get('type')!r}, expected {CONFIG_TYPE!r}")
     return meta
 
 

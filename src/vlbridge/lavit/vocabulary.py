@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
+
 IMG_OPEN, IMG_CLOSE = "[IMG]", "[/IMG]"
 
 
@@ -51,7 +53,7 @@ class VisualVocab:
     def from_model(cls, model) -> "VisualVocab":
         size = getattr(model.connector.options, "codebook_size", None)
         if size is None:
-            raise ValueError(f"model connector {model.cfg.connector.name!r} is not a LaVIT connector")
+            raise UserError(f"model connector {model.cfg.connector.name!r} is not a LaVIT connector")
         return cls.from_tokenizer(model.tokenizer, size)
 
     def code_ids(self) -> range:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UserError
+
 
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     names = set(getattr(llm, "_no_split_modules", None) or [])
@@ -24,7 +26,7 @@ def compile_decoder_layers(llm: nn.Module) -> int:
     """Compile every decoder layer of ``llm`` in place; returns how many."""
     layers = decoder_layers(llm)
     if not layers:
-        raise ValueError(f"--train.compile: {type(llm).__name__} names no decoder layer class in "
+        raise UserError(f"--train.compile: {type(llm).__name__} names no decoder layer class in "
                          f"_no_split_modules, so there is no repeated block to compile")
     for layer in layers:
         layer.compile(dynamic=True)

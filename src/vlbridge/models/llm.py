@@ -6,13 +6,14 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import LLMConfig
+from ..errors import UserError
 
 
 def build_llm(cfg: LLMConfig, vocab_size: int | None = None) -> nn.Module:
     if cfg.name_or_path:
         return AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32)
     if "model_type" not in cfg.arch:
-        raise ValueError("llm.arch needs a model_type (e.g. 'llama') when name_or_path is None")
+        raise UserError("llm.arch needs a model_type (e.g. 'llama') when name_or_path is None")
     arch = dict(cfg.arch)
     if vocab_size is not None:
         arch["vocab_size"] = vocab_size

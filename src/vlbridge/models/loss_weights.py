@@ -12,8 +12,11 @@ from __future__ import annotations
 import torch
 
 from ..data.template import IGNORE_INDEX
+from ..config import register_names
 
 LOSS_WEIGHTINGS = ("token", "sqrt", "answer")
+register_names("loss_weightings", lambda: LOSS_WEIGHTINGS)
+
 
 
 def answer_weights(labels: torch.Tensor, mode: str = "token") -> torch.Tensor:

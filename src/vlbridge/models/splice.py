@@ -18,8 +18,11 @@ import torch
 
 from ..connectors.base import ImageSlot
 from ..data.template import IGNORE_INDEX
+from ..config import register_names
 
 IMAGE_POSITIONS = ("sequential", "shared")
+register_names("image_positions", lambda: IMAGE_POSITIONS)
+
 
 
 @dataclass

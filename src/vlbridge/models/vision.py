@@ -18,6 +18,7 @@ from transformers import MODEL_MAPPING, AutoConfig, AutoModel
 from ..config import VisionConfig
 from ..connectors.base import VisualFeatures
 from ..data.image_transform import ImageTransform
+from ..errors import UserError
 from .feature_cache import FeatureCache
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -32,7 +33,7 @@ def build_vision_model(cfg: VisionConfig) -> nn.Module:
             return MODEL_MAPPING[type(sub)].from_pretrained(cfg.name_or_path)
         return AutoModel.from_pretrained(cfg.name_or_path)
     if "model_type" not in cfg.arch:
-        raise ValueError("vision.arch needs a model_type (e.g. 'clip_vision_model') when name_or_path is None")
+        raise UserError("vision.arch needs a model_type (e.g. 'clip_vision_model') when name_or_path is None")
     arch = dict(cfg.arch)
     hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     return AutoModel.from_config(hf_config)

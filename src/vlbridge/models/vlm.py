@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ConnectorConfig, LLMConfig, ModelConfig, VisionConfig, from_dict
 from ..connectors import ConnectorOutput, SequenceContext, build_connector
 from ..data.template import IGNORE_INDEX, IMAGE_TOKEN, get_template
+from ..errors import UserError
 from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
@@ -252,12 +253,7 @@ class VLBridgeModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "VLBridgeModel":
         path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path} is not a vlbridge model directory (no config.json)")
-        meta = json.loads(cfg_file.read_text())
-        if meta.get("model_type") != "vlbridge":
-            raise ValueError(f"{cfg_file}: model_type is {meta.get('model_type')!r}, expected 'vlbridge'")
+        meta = read_model_meta(path)
         cfg = ModelConfig(vision=from_dict(VisionConfig, meta["vision"]),
                           connector=from_dict(ConnectorConfig, meta["connector"]),
                           llm=from_dict(LLMConfig, meta["llm"]))
@@ -266,9 +262,41 @@ class VLBridgeModel(nn.Module):
             model.apply_lora(meta["lora"]["r"], meta["lora"]["alpha"], meta["lora"]["targets"])
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
+            raise UserError(f"{path}/model.safetensors does not match config.json: missing={missing[:5]} "
                              f"unexpected={unexpected[:5]}")
         return model.eval()
+
+
+def read_model_meta(path: str | Path) -> dict:
+    """A saved model's config.json; a path holding no saved model is an error that names the likely one."""
+    cfg_file = Path(path) / "config.json"
+    try:
+        meta = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(meta, dict) or meta.get("model_type") != "vlbridge":
+        raise not_a_model(Path(path))
+    return meta
+
+
+def not_a_model(path: Path) -> Exception:
+    """The error for a path that holds no saved model, with the likely intended one (RUN/final, the latest
+    checkpoint's model) when `path` is a training run."""
+    if not path.exists():
+        return FileNotFoundError(f"model dir {path} does not exist")
+    if not path.is_dir():
+        return UserError(f"{path} is a file, not a saved model dir (e.g. RUN/final)")
+    if (path / "final" / "config.json").is_file():
+        return UserError(f"{path} is a training run, not a saved model: did you mean {path / 'final'}?")
+    pointer = path / "checkpoints" / "latest"
+    if pointer.is_file():
+        latest = path / "checkpoints" / json.loads(pointer.read_text())["checkpoint"] / "model"
+        return UserError(f"{path} is a training run that has not finished (no final/): its latest checkpoint's "
+                         f"model is {latest}")
+    if (path / "config.json").is_file():
+        return UserError(f"{path / 'config.json'} is not a saved vlbridge model's config (no model_type "
+                         f"'vlbridge'); pass the model dir a run writes, e.g. RUN/final")
+    return FileNotFoundError(f"{path} is not a vlbridge model directory (no config.json)")
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -22,7 +22,9 @@ from typing import Any, Callable
 
 from ..config import RunConfig, Stage, TrainConfig
 from ..connectors import CONNECTORS
+from ..errors import UserError, did_you_mean, unknown_name
 from ..train.checkpoint import latest_checkpoint
+from ..train.output_dir import check_output_dir, clear_outputs
 from ..train.trainer import train
 
 
@@ -47,11 +49,12 @@ def declared_stage(cfg: RunConfig) -> Stage:
     """``cfg.train.stage`` as the run's connector declares it."""
     name, options = run_connector(cfg)
     if name not in CONNECTORS:
-        raise ValueError(f"unknown connector {name!r}; registered: {', '.join(sorted(CONNECTORS))}")
+        raise unknown_name("connector", name, CONNECTORS)
     cls = CONNECTORS[name]
     stages = cls.stages(cls.Options(**options))
     if cfg.train.stage not in stages:
-        raise ValueError(f"connector {name!r} has no stage {cfg.train.stage!r}; stages: {', '.join(stages)}")
+        raise UserError(f"connector {name!r} has no stage {cfg.train.stage!r}{did_you_mean(cfg.train.stage, stages)}; "
+                        f"stages: {', '.join(stages)}")
     return stages[cfg.train.stage]
 
 
@@ -92,12 +95,15 @@ def with_schedule(cfg: RunConfig, stage: Stage) -> RunConfig:
     return run
 
 
-def run_lm(cfg: RunConfig, stage: Stage) -> StageResult:
-    return saved_model(train(with_schedule(cfg, stage)))
+def run_lm(cfg: RunConfig, stage: Stage, overwrite: bool = False) -> StageResult:
+    return saved_model(train(with_schedule(cfg, stage), overwrite=overwrite))
 
 
-def run_det(cfg: RunConfig, stage: Stage) -> StageResult:
+def run_det(cfg: RunConfig, stage: Stage, overwrite: bool = False) -> StageResult:
     from .groma.det_stage import train_det
+    check_output_dir(cfg.out, overwrite=overwrite)            # the stage is short: it has no resume
+    if overwrite:
+        clear_outputs(cfg.out)
     return saved_model(train_det(with_schedule(cfg, stage), stage))
 
 
@@ -110,7 +116,7 @@ def finished_tokenizer(cfg: RunConfig) -> StageResult | None:
     return tokenizer_dir(Path(cfg.out)) if (Path(cfg.out) / "model.safetensors").is_file() else None
 
 
-def run_lavit_tokenizer(cfg: RunConfig, stage: Stage) -> StageResult:
+def run_lavit_tokenizer(cfg: RunConfig, stage: Stage, overwrite: bool = False) -> StageResult:
     """The visual tokenizer on the data's scenes and the run's (pretrained) encoder, with the connector's options;
     ``stage.schedule`` may set fields of the tokenizer stage (``TokenizerTrainConfig``)."""
     from ..lavit.visual_tokenizer import tokenizer_options
@@ -126,6 +132,7 @@ def run_lavit_tokenizer(cfg: RunConfig, stage: Stage) -> StageResult:
                                    vision=cfg.model.vision.name_or_path, out=cfg.out, seed=cfg.train.seed,
                                    options=tokenizer_options(options))
     check_schedule(stage, dict(stage.schedule))
+    check_output_dir(cfg.out, overwrite=overwrite)
     return tokenizer_dir(train_tokenizer(dataclasses.replace(tok_cfg, **dict(stage.schedule))))
 
 
@@ -151,7 +158,7 @@ def run_emu_decoder(cfg: RunConfig, stage: Stage) -> StageResult:
 
 @dataclass(frozen=True)
 class Runner:
-    run: Callable[[RunConfig, Stage], StageResult]
+    run: Callable[..., StageResult]                            # (cfg, stage, overwrite) -> result
     finished: Callable[[RunConfig], StageResult | None]      # the result of an earlier complete run, else None
     fields: Callable[[], set[str]]                           # the settings a stage schedule may give it
 
@@ -164,13 +171,13 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
-def run_stage(cfg: RunConfig, schedule: dict | None = None) -> StageResult:
+def run_stage(cfg: RunConfig, schedule: dict | None = None, overwrite: bool = False) -> StageResult:
     """Run ``cfg.train.stage`` with ``schedule`` (in its runner's terms; the connector's declared schedule applies
-    only inside ``run_stages``)."""
+    only inside ``run_stages``); ``overwrite`` replaces a finished output instead of refusing it."""
     stage = dataclasses.replace(declared_stage(cfg), schedule=tuple((schedule or {}).items()))
     if stage.runner not in RUNNERS:
         raise ValueError(f"stage {stage.name!r} names runner {stage.runner!r}; runners: {', '.join(RUNNERS)}")
-    return RUNNERS[stage.runner].run(cfg, stage)
+    return RUNNERS[stage.runner].run(cfg, stage, overwrite)
 
 
 def set_field(cfg: RunConfig, dotted: str, value) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..config import VisionConfig, opt
 from ..data.images import load_image
+from ..errors import UserError
 from ..models.vision import VisionTower
 
 BACKGROUND = "<background>"
@@ -93,9 +94,9 @@ def load_annotations(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read annotations: {e}") from None
+        raise UserError(f"{path}: cannot read annotations: {e}") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of scenes")
+        raise UserError(f"{path}: expected a JSON list of scenes")
     return data
 
 
@@ -108,7 +109,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
         for obj in s.get("objects", []):
             missing = [a for a in attribute_parts(cfg.attributes) if a not in obj]
             if missing or "box" not in obj:
-                raise ValueError(f"{ann_path}: scene #{i} ({s.get('image')}): object lacks {missing or ['box']}")
+                raise UserError(f"{ann_path}: scene #{i} ({s.get('image')}): object lacks {missing or ['box']}")
     vocabs = {a: {BACKGROUND: 0, **{v: i + 1 for i, v in enumerate(sorted({attribute_value(o, a) for s in scenes
                                                                             for o in s["objects"]}))}}
               for a in cfg.attributes}
@@ -127,7 +128,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
 
     train = tensors(cfg.split)
     if train is None:
-        raise ValueError(f"{ann_path}: no scenes with split {cfg.split!r}")
+        raise UserError(f"{ann_path}: no scenes with split {cfg.split!r}")
     # channels-last convolutions: ~20% faster steps on CPU (oneDNN); weights go back to contiguous to save
     tower.model.to(memory_format=torch.channels_last)
     held_out = tensors("val")

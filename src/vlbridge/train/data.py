@@ -12,17 +12,18 @@ import torch
 from ..config import DataConfig, TrainConfig
 from ..data.dataset import Batch, InstructionDataset, collate
 from ..data.records import SkipReport, load_records
+from ..errors import UserError
 from .distributed import DistContext, rank_slice
 
 
 def data_files(cfg: DataConfig) -> tuple[Path, Path | None]:
     if cfg.path is None:
-        raise ValueError("no training data: pass --data DIR (e.g. the output of `vlbridge data shapes`)")
+        raise UserError("no training data: pass --data DIR (e.g. the output of `vlbridge data shapes`)")
     root = Path(cfg.path)
     if root.is_file():
         return root, None
     if not root.is_dir():
-        raise FileNotFoundError(f"data path {root} does not exist")
+        raise FileNotFoundError(f"--data {root} does not exist")
     train = root / cfg.train_file
     val = root / cfg.val_file if cfg.val_file else None
     return train, (val if val is not None and val.is_file() else None)
@@ -79,9 +80,9 @@ class BatchStream:
     def __init__(self, dataset: InstructionDataset, cfg: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0,
                  ctx: DistContext = DistContext()):
         if len(dataset) == 0:
-            raise ValueError("the training set is empty (see the skipped-records summary above)")
+            raise UserError("the training set is empty (see the skipped-records summary above)")
         if len(dataset) < ctx.world:
-            raise ValueError(f"{len(dataset)} training record(s) cannot feed {ctx.world} processes")
+            raise UserError(f"{len(dataset)} training record(s) cannot feed {ctx.world} processes")
         self.dataset, self.cfg, self.ctx = dataset, cfg, ctx
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.batch_size = min(cfg.batch_size * ctx.world, len(dataset))     # the global batch

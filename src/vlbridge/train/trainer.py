@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import RunConfig, save_json
+from ..config import RunConfig, save_json, validate
 from ..data.dataset import collate
 from ..data.records import SkipReport
 from ..models.build import build_model
@@ -33,6 +33,7 @@ from ..models.vlm import VLBridgeModel
 from .checkpoint import TrainerState, latest_checkpoint, load_training_state, save_checkpoint
 from .data import BatchStream, data_files, load_split, make_dataset
 from .distributed import barrier, check_same_everywhere, init_from_env, shutdown, sum_across, wrap
+from .output_dir import check_output_dir, clear_outputs
 from .schedule import warmup_cosine
 from .stages import apply_stage, format_counts, make_optimizer, resolve_stage
 
@@ -53,8 +54,12 @@ def loss_weight_total(batch, mode: str) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig):
+    """``overwrite`` replaces what ``cfg.out`` holds (final model, checkpoints, logs) instead of refusing it;
+    the folder is touched only once the data and model have loaded."""
+
+    def __init__(self, cfg: RunConfig, overwrite: bool = False):
         self.cfg = cfg
+        self.overwrite = overwrite
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
         self.report = SkipReport()
@@ -67,15 +72,11 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
-        resume_from = latest_checkpoint(self.ckpt_root) if tc.resume else None
+        validate(cfg)
+        check_output_dir(self.out, overwrite=self.overwrite, resume=tc.resume, can_resume=True)
+        resume_from = latest_checkpoint(self.ckpt_root) if tc.resume and not self.overwrite else None
         if tc.resume and resume_from is None:
             self.log(f"--resume: no checkpoint in {self.ckpt_root}; starting from scratch")
-        if not tc.resume and latest_checkpoint(self.ckpt_root) is not None:
-            raise SystemExit(f"{self.ckpt_root} already holds checkpoints: pass --resume to continue, or use another --out")
-        barrier(self.ctx)                     # every rank has checked the run dir before rank 0 writes to it
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.ctx.is_main:
-            save_json(cfg, self.out / "config.json")
         seed_everything(tc.seed)
 
         train_file, val_file = data_files(cfg.data)
@@ -124,6 +125,17 @@ class Trainer:
             self.state = load_training_state(resume_from, self.optimizer, self.scheduler)
             self.log(f"resumed from {resume_from} at step {self.state.step}")
         self.stream = BatchStream(self.train_set, tc, self.state.epoch, self.state.batch_in_epoch, self.ctx)
+        self.claim_output_dir()
+
+    def claim_output_dir(self) -> None:
+        """Once every input has loaded: clear the old outputs when overwriting, then save the resolved config."""
+        barrier(self.ctx)                     # every rank has checked the run dir before rank 0 writes to it
+        if self.ctx.is_main:
+            if self.overwrite:
+                clear_outputs(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_json(self.cfg, self.out / "config.json")
+        barrier(self.ctx)
 
     def select_tasks(self, records: list, stage) -> list:
         """The records of the stage's tasks (its data mix)."""
@@ -252,10 +264,12 @@ class Trainer:
         return final
 
 
-def train(cfg: RunConfig) -> Path:
+def train(cfg: RunConfig, overwrite: bool = False) -> Path:
     """Run a language-model stage (``Stage.runner == "lm"``) to its end; returns the final model dir (or the
-    checkpoint where ``stop_after`` stopped)."""
-    trainer = Trainer(cfg)
+    checkpoint where ``stop_after`` stopped). A folder ``cfg.out`` holding a model or checkpoints is refused
+    unless ``cfg.train.resume`` continues it or ``overwrite`` replaces it."""
+    validate(cfg)
+    trainer = Trainer(cfg, overwrite)
     try:
         return trainer.train()
     finally:

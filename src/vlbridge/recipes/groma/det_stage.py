@@ -22,14 +22,15 @@ from tqdm import tqdm
 from ...config import RunConfig, Stage, save_json
 from ...data.images import load_image
 from ...data.records import SkipReport
+from ...errors import UserError
+from ...grounding.proposer import proposer_loss, recall_at_k
 from ...models.build import build_model
+from ...models.feature_cache import FeatureCache
 from ...models.vlm import VLBridgeModel
 from ...train.data import data_files, load_split
 from ...train.schedule import warmup_cosine
-from ..vision_pretrain import load_annotations
-from ...grounding.proposer import proposer_loss, recall_at_k
-from ...models.feature_cache import FeatureCache
 from ...train.stages import apply_stage
+from ..vision_pretrain import load_annotations
 
 
 def log(msg: str) -> None:
@@ -45,7 +46,7 @@ def load_boxes(path: Path, split: str, transform) -> tuple[torch.Tensor, list[to
     for i, s in enumerate(scenes):
         objects = s.get("objects")
         if not isinstance(objects, list) or any("box" not in o or len(o["box"]) != 4 for o in objects):
-            raise ValueError(f"{path}: scene #{i} ({s.get('image')}): needs 'objects' with 4-number 'box' fields")
+            raise UserError(f"{path}: scene #{i} ({s.get('image')}): needs 'objects' with 4-number 'box' fields")
         pixels.append(transform(load_image(path.parent / s["image"], where=str(path))[0]))
         boxes.append(torch.tensor([o["box"] for o in objects], dtype=torch.float32).view(-1, 4))
     return torch.stack(pixels), boxes
@@ -73,13 +74,9 @@ def train_det(cfg: RunConfig, stage: Stage) -> Path:
     """Train the proposer of ``cfg``'s model (``stage`` says which parameters) and save the whole model."""
     tc = cfg.train
     out = Path(cfg.out)
-    if (out / "final").exists() and not tc.resume:
-        raise SystemExit(f"{out}/final already exists: use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(cfg, out / "config.json")
     torch.manual_seed(tc.seed)
     if cfg.data.path is None or not Path(cfg.data.path).is_dir():
-        raise ValueError("stage det needs --data DIR holding scenes.json (box annotations, e.g. from `vlbridge data shapes`)")
+        raise UserError("stage det needs --data DIR holding scenes.json (box annotations, e.g. from `vlbridge data shapes`)")
     scenes = Path(cfg.data.path) / "scenes.json"
     if not scenes.is_file():
         raise FileNotFoundError(f"stage det: {scenes} not found (it lists every object box per image)")
@@ -87,8 +84,10 @@ def train_det(cfg: RunConfig, stage: Stage) -> Path:
     transform = model.vision.image_transform()
     train = load_boxes(scenes, "train", transform)
     if train is None:
-        raise ValueError(f"{scenes}: no scenes with split 'train'")
+        raise UserError(f"{scenes}: no scenes with split 'train'")
     val = load_boxes(scenes, "val", transform)
+    out.mkdir(parents=True, exist_ok=True)                           # the inputs have loaded: write the run
+    save_json(cfg, out / "config.json")
     apply_stage(model, stage)
     model.vision.cache = FeatureCache()                                # the frozen encoder runs once per image
     proposer = model.connector.proposer

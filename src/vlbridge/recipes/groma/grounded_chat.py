@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ...data.shapesworld import SHORT_ANSWER_SUFFIX
+from ...errors import UserError
 from ...data.boxes import Box, format_box, parse_box
 from ...data.grounded_phrases import grounded_phrases
 
@@ -24,7 +25,7 @@ def parse_region(text: str, image_size: tuple[int, int]) -> Box:
     """"x1,y1,x2,y2" (normalised, or pixels of the image) -> a normalised box; a clear error otherwise."""
     parsed = parse_box(f"[{text}]", image_size)
     if not parsed.ok:
-        raise ValueError(f"--region {text!r}: {parsed.error} (expected x1,y1,x2,y2, normalised or in pixels)")
+        raise UserError(f"--region {text!r}: {parsed.error} (expected x1,y1,x2,y2, normalised or in pixels)")
     return parsed.box
 
 

@@ -42,17 +42,29 @@ def image_prompt_ids(model, vocab: VisualVocab, caption: str) -> list[int]:
 @torch.no_grad()
 def generate_codes(model, captions: list[str], gen: ImageGenConfig = ImageGenConfig()) -> list[list[int]]:
     """Code indices (0..codebook_size-1) of one generated image per caption."""
+    vocab = VisualVocab.from_model(model)
+    return generate_codes_after(model, [image_prompt_ids(model, vocab, c) for c in captions], None, gen)
+
+
+@torch.no_grad()
+def generate_codes_after(model, prompts: list[list[int]], pixel_values: torch.Tensor | None,
+                         gen: ImageGenConfig = ImageGenConfig()) -> list[list[int]]:
+    """Code indices of the image each prompt opens: ``prompts`` are token ids ending with [IMG] (e.g. a chat
+    whose answer has just opened an image; ``pixel_values`` are its input images, if any). The guidance
+    prompt is the caption-less "Draw"."""
     model.eval()
     vocab = VisualVocab.from_model(model)
+    if any(not r or r[-1] != vocab.open_id for r in prompts):
+        raise ValueError("every prompt must end with the [IMG] token")
     tok = model.connector.visual_tokenizer
     max_tokens = gen.max_tokens or tok.n_patches
     mask = ModalityMask(vocab, start_in_image=True, min_image_tokens=gen.min_tokens, max_image_tokens=max_tokens)
-    B = len(captions)
+    B = len(prompts)
     guided = gen.cfg_scale != 1.0
-    rows = [image_prompt_ids(model, vocab, c) for c in captions]
+    rows = [list(r) for r in prompts]
     if guided:
         rows += [image_prompt_ids(model, vocab, "")] * B
-    s, _ = model.embed([torch.tensor(r) for r in rows], None, None, padding_side="left")
+    s, _ = model.embed([torch.tensor(r) for r in rows], None, pixel_values, padding_side="left")
     embeds, attn, pos = s.inputs_embeds, s.attention_mask, s.position_ids            # [R, T, D], [R, T], [R, T]
     R = embeds.shape[0]
     cache = DynamicCache()

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ...config import opt
+from ...errors import UserError
 from ...models.vlm import VLBridgeModel
 from ...data.scene_captions import caption, parse_prompt
 from ...eval.image_checker import SMALL_LARGE_SPLIT, Agreement, agreement, detect_objects, size_split
@@ -71,14 +72,14 @@ def dataset_size_split(data_dir: Path) -> float:
 @torch.no_grad()
 def measure(cfg: MeasureConfig) -> dict:
     if not cfg.model or not cfg.data or not cfg.out:
-        raise ValueError("lavit measure needs --model, --data and --out")
+        raise UserError("lavit measure needs --model, --data and --out")
     t0 = time.perf_counter()
     model = VLBridgeModel.from_pretrained(cfg.model)
     tok = model.connector.visual_tokenizer
     data_dir = Path(cfg.data)
     scenes = [s for s in load_scenes(data_dir / "scenes.json") if s.get("split") == cfg.split]
     if not scenes:
-        raise ValueError(f"{data_dir / 'scenes.json'}: no scenes with split {cfg.split!r}")
+        raise UserError(f"{data_dir / 'scenes.json'}: no scenes with split {cfg.split!r}")
     data = encode_split(model.vision, scenes, data_dir, str(data_dir / "scenes.json"))
     figures = {"split": cfg.split, "tokenizer": tokenizer_metrics(tok, data)}
 

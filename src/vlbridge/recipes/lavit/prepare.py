@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ...config import ConnectorConfig, VisionConfig, opt
+from ...errors import UserError
 from ...data.records import load_records
 from ...models.build import build_model
 from ...models.vision import VisionTower
@@ -84,7 +85,7 @@ def init_code_embeddings(model, generator: torch.Generator) -> None:
                 if e is not None}.values():
         weight = emb.weight                                                         # [V, D]
         if codebook.shape[1] > weight.shape[1]:
-            raise ValueError(f"code_embeddings='codebook': code dim {codebook.shape[1]} exceeds the LLM width "
+            raise UserError(f"code_embeddings='codebook': code dim {codebook.shape[1]} exceeds the LLM width "
                              f"{weight.shape[1]}")
         q, _ = torch.linalg.qr(torch.randn(weight.shape[1], codebook.shape[1], generator=generator))  # [D, C]
         others = torch.ones(len(weight), dtype=torch.bool)
@@ -94,16 +95,16 @@ def init_code_embeddings(model, generator: torch.Generator) -> None:
 
 def prepare(cfg: PrepareConfig) -> dict:
     if not cfg.tokenizer or not cfg.data or not cfg.out:
-        raise ValueError("lavit prepare needs --tokenizer, --data and --out")
+        raise UserError("lavit prepare needs --tokenizer, --data and --out")
     if cfg.code_embeddings not in ("random", "codebook"):
-        raise ValueError(f"--code_embeddings must be 'random' or 'codebook', got {cfg.code_embeddings!r}")
+        raise UserError(f"--code_embeddings must be 'random' or 'codebook', got {cfg.code_embeddings!r}")
     data = Path(cfg.data)
     meta = read_config(Path(cfg.tokenizer))
     tok = DynamicVisualTokenizer.load(cfg.tokenizer)
     tower = VisionTower(VisionConfig(name_or_path=meta["vision"]))
     scenes = [s for s in load_scenes(data / "scenes.json") if s.get("split", "train") == "train"]
     if not scenes:
-        raise ValueError(f"{data / 'scenes.json'}: no training scenes")
+        raise UserError(f"{data / 'scenes.json'}: no training scenes")
     codes = scene_codes(tok, tower, scenes, data, str(data / "scenes.json"))
     gen = generation_records(scenes, codes, cfg)
     understanding = json.loads((data / "train.json").read_text()) if cfg.understanding else []

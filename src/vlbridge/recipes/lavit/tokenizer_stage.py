@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ...config import VisionConfig, opt
+from ...errors import UserError
 from ...data.images import load_image
 from ...models.vision import VisionTower
 from ..vision_pretrain import object_patches, patch_labels
@@ -119,9 +120,9 @@ def load_scenes(path: Path) -> list[dict]:
     try:
         scenes = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read scenes: {e}") from None
+        raise UserError(f"{path}: cannot read scenes: {e}") from None
     if not isinstance(scenes, list) or not all(isinstance(s, dict) and "image" in s for s in scenes):
-        raise ValueError(f"{path}: expected a JSON list of objects with an 'image' field")
+        raise UserError(f"{path}: expected a JSON list of objects with an 'image' field")
     return scenes
 
 
@@ -149,7 +150,7 @@ def load_data(cfg: TokenizerTrainConfig) -> tuple[VisionTower, dict[str, SplitDa
         if chosen:
             splits[split] = encode_split(tower, chosen, ann.parent, str(ann))
     if "train" not in splits:
-        raise ValueError(f"{ann}: no scenes with split 'train'")
+        raise UserError(f"{ann}: no scenes with split 'train'")
     return tower, splits
 
 
@@ -369,12 +370,12 @@ def attribute_probe(train: SplitData, held_out: SplitData, recon: torch.Tensor, 
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     if not cfg.annotations or not cfg.vision or not cfg.out:
-        raise ValueError("the tokenizer stage needs --annotations, --vision and --out")
+        raise UserError("the tokenizer stage needs --annotations, --vision and --out")
     for name in ("placement_continuous", "placement_quantized"):
         if getattr(cfg, name) not in PLACEMENTS:
-            raise ValueError(f"--{name} must be one of {PLACEMENTS}, got {getattr(cfg, name)!r}")
+            raise UserError(f"--{name} must be one of {PLACEMENTS}, got {getattr(cfg, name)!r}")
     if cfg.recon_weighting not in ("uniform", "salience"):
-        raise ValueError(f"--recon_weighting must be 'uniform' or 'salience', got {cfg.recon_weighting!r}")
+        raise UserError(f"--recon_weighting must be 'uniform' or 'salience', got {cfg.recon_weighting!r}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Exporting vlbridge models to other libraries' formats (``hf_llava``: transformers' LLaVA)."""

@@ -1,0 +1,70 @@
+"""Images an answer writes, returned as data-URL image parts: one writer per image-generating connector.
+
+A writer tells the engine which ids open an image (``end_ids``: the text row ends there) and which logits
+processors keep text and image ids apart while the text is written; ``write`` then generates and paints
+the images of the rows that opened one, batched. ``lavit``: the LLM writes code ids after [IMG] with
+classifier-free guidance (``lavit.image_generation``). Emu (continuous visual embeddings regressed by the
+LLM) will register its writer in ``WRITERS`` the same way.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class ImageJob:
+    prompt: list[int]                    # prompt ids + generated ids, ending with the id that opened the image
+    pixel_values: torch.Tensor | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    cfg_scale: float
+
+
+class LavitWriter:
+    def __init__(self, model):
+        from ..lavit.vocabulary import ModalityMask, VisualVocab
+        self.model = model
+        self.vocab = VisualVocab.from_model(model)
+        self.end_ids = [self.vocab.open_id]
+        self.processors = [ModalityMask(self.vocab)]     # outside an image: no code ids, no [/IMG]
+
+    def write(self, jobs: list[ImageJob]) -> list[tuple[Image.Image, int]]:
+        """(image, code tokens generated) per job; jobs with the same sampling settings run as one batch."""
+        from ..recipes.lavit.image_generation import ImageGenConfig, generate_codes_after, render_codes
+        out: dict[int, tuple[Image.Image, int]] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            key = (job.temperature, job.top_p, job.seed, job.cfg_scale) if job.temperature > 0 else (0, job.cfg_scale)
+            groups.setdefault(key, []).append(i)
+        for key, idx in groups.items():
+            job = jobs[idx[0]]
+            gen = ImageGenConfig(cfg_scale=job.cfg_scale, do_sample=job.temperature > 0,
+                                 temperature=max(job.temperature, 1e-6), top_p=job.top_p,
+                                 seed=job.seed if job.seed is not None else 0)
+            pixels = [jobs[i].pixel_values for i in idx if jobs[i].pixel_values is not None]
+            codes = generate_codes_after(self.model, [jobs[i].prompt for i in idx],
+                                         torch.cat(pixels) if pixels else None, gen)
+            for i, c, im in zip(idx, codes, render_codes(self.model, codes)):
+                out[i] = (im, len(c) + 1)                  # the codes and [/IMG]
+        return [out[i] for i in range(len(jobs))]
+
+
+WRITERS = {"lavit": LavitWriter}
+
+
+def image_writer(model):
+    """The writer of a model whose connector generates images; None for every other model."""
+    cls = WRITERS.get(model.cfg.connector.name)
+    return cls(model) if cls is not None else None
+
+
+def data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
