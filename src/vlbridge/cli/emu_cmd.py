@@ -31,6 +31,7 @@ import argparse
 import json
 
 from ..config import validate
+from ..errors import UserError
 from .args import add_config_args, apply_overrides
 from .parser import examples
 
@@ -53,7 +54,7 @@ def add_parser(sub) -> None:
                                             "'{\"regression_weight\": 1}'"))
     prep.add_argument("--model", required=True, help="saved Emu model dir")
     prep.add_argument("--out", "--output-dir", required=True, help="output model dir")
-    prep.add_argument("--options", required=True, type=json.loads, help="JSON object of objective options")
+    prep.add_argument("--options", required=True, help="JSON object of objective options")
     prep.set_defaults(run=run_prepare)
     dec = steps.add_parser("decoder", help="train the visual decoder of a trained Emu model",
                            description="Everything but the decoder frozen; writes the model with its decoder to --out "
@@ -76,7 +77,13 @@ def add_parser(sub) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from ..recipes.emu.prepare import prepare
-    print(f"model: {prepare(args.model, args.out, args.options)}")
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--options: not JSON ({e.msg}): {args.options!r}") from None
+    if not isinstance(options, dict):
+        raise UserError(f"--options: expected a JSON object of options, got {args.options!r}")
+    print(f"model: {prepare(args.model, args.out, options)}")
     return 0
 
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...errors import UserError
 from ...models.vlm import VLBridgeModel
 from .image_generation import check_emu
 
 
 def prepare(model_dir: str | Path, out: str | Path, options: dict) -> Path:
     if not options:
-        raise ValueError("emu prepare: give the objective options to change, e.g. --options '{\"regression_weight\": 1}'")
+        raise UserError("emu prepare: give the objective options to change, e.g. --options '{\"regression_weight\": 1}'")
     model = VLBridgeModel.from_pretrained(model_dir)
     check_emu(model)
-    model.connector.set_objective(**options)
+    try:
+        model.connector.set_objective(**options)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     model.save_pretrained(out)
     return Path(out)
