@@ -40,15 +40,12 @@ def with_decoder(model: VLBridgeModel, options: dict) -> VLBridgeModel:
     return other
 
 
-def seconds_per_step(model_dir: Path, data: str, probe: int = 5) -> float:
+def seconds_per_step(model_dir: Path, data: str, probe: int = 10) -> float:
+    """The decoder stage's seconds per step over ``probe`` steps (encoding and saving not counted)."""
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        train_decoder(DecoderTrainConfig(model=str(model_dir), data=data, out=tmp, steps=1, max_images=64, val_images=1))
-        base = time.perf_counter() - start
-        start = time.perf_counter()
-        train_decoder(DecoderTrainConfig(model=str(model_dir), data=data, out=tmp, steps=probe + 1, max_images=64,
-                                         val_images=1))
-        return max((time.perf_counter() - start - base) / probe, 1e-3)
+        out = train_decoder(DecoderTrainConfig(model=str(model_dir), data=data, out=tmp, steps=probe, max_images=256,
+                                               val_images=1))
+        return json.loads((out / "decoder_metrics.json").read_text())["seconds_per_step"]
 
 
 def main() -> None:

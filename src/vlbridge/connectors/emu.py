@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Stage, opt
-from ..emu.causal_transformer import CausalTransformer
+from ..emu.causal_transformer import POSITIONS, CausalTransformer
 from ..emu.flow_decoder import FlowDecoder
 from ..emu.palette_decoder import PaletteDecoder
 from ..emu.regression import (LOSSES, CollapseGuard, RegressionHead, image_share, mean_variance, regression_loss,
@@ -41,7 +41,7 @@ DECODERS = ("palette", "flow")
 
 @dataclass
 class EmuOptions:
-    num_queries: int = opt(32, "M: visual embeddings per image (Emu: 32; with `pool` a square number)")
+    num_queries: int = opt(32, "M: visual embeddings per image (Emu: 32; with `pool` a square number)", at_least=1)
     pool: bool = opt(False, "Emu2's connector instead of the Causal Transformer: the patch grid average-pooled to "
                             "M tokens, then a Linear to the LLM width")
     layers: int = opt(12, "Causal Transformer layers (Emu: 12)")
@@ -49,17 +49,18 @@ class EmuOptions:
     heads: int = opt(12, "attention heads (Emu: 12)")
     mlp_ratio: int = opt(4, "FFN width = mlp_ratio * hidden")
     position: str = opt("sincos", "2-D position embedding added to the features the queries read: 'sincos' "
-                                  "(fixed), 'learned' or 'none' (a ViT's features already carry positions)")
+                                  "(fixed), 'learned' or 'none' (a ViT's features already carry positions)",
+                        choices=POSITIONS)
     regression_weight: float = opt(1.0, "lambda: weight of the regression of produced images' embeddings "
-                                        "(L = CE + lambda * regression; 0 = the plain next-token loss)")
-    regression_loss: str = opt("mse", "'mse' (Emu) or 'cosine' (1 - cosine similarity per embedding)")
+                                        "(L = CE + lambda * regression; 0 = the plain next-token loss)", at_least=0)
+    regression_loss: str = opt("mse", "'mse' (Emu) or 'cosine' (1 - cosine similarity per embedding)", choices=LOSSES)
     detach_targets: bool = opt(True, "regression targets carry no gradient into the connector (Emu); false lets "
-                                     "it flow (the collapse guard then watches the targets)")
+                                     "it flow into the connector through the targets too")
     collapse_ratio: float = opt(0.01, "stop training when the share of the targets' variance that differs from image "
                                       "to image stays below this (0 = never)")
     collapse_patience: int = opt(20, "training batches in a row below collapse_ratio before the run stops")
     decoder: str = opt("palette", "visual decoder: 'palette' (one pass, a palette colour per pixel) or 'flow' "
-                                  "(flow-matching U-Net, `decoder_steps` passes)")
+                                  "(flow-matching U-Net, `decoder_steps` passes)", choices=DECODERS)
     decoder_width: int = opt(128, "decoder width (embedding-to-grid transformer; the flow U-Net's coarsest level)")
     decoder_layers: int = opt(2, "decoder transformer layers (patch queries reading the M embeddings)")
     decoder_heads: int = opt(4, "decoder attention heads")
@@ -108,7 +109,8 @@ class EmuConnector(Connector):
     def _decoder(self, image_size: int) -> nn.Module:
         o = self.options
         common = dict(llm_dim=self.llm_dim, num_tokens=o.num_queries, grid=self.grid, image_size=image_size,
-                      dim=o.decoder_width, layers=o.decoder_layers, heads=o.decoder_heads, channels=o.decoder_channels)
+                      dim=o.decoder_width, layers=o.decoder_layers, heads=o.decoder_heads, channels=o.decoder_channels,
+                      feature_dim=self.vis_dim)
         if o.decoder == "flow":
             return FlowDecoder(**common, steps=o.decoder_steps)
         return PaletteDecoder(**common, palette=o.palette)

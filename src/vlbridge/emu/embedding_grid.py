@@ -30,8 +30,3 @@ class EmbeddingsToGrid(nn.Module):
         for block in self.blocks:
             x = block(x, memory)
         return self.out(self.norm(x))                                            # [B, N, out_dim]
-
-    def as_map(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """The grid features as a map [B, out_dim, rows, cols]."""
-        x = self(embeddings)
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.grid)

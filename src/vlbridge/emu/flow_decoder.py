@@ -3,7 +3,8 @@
 Rectified flow (flow matching with straight paths): for an image x1 in [-1, 1], noise x0 ~ N(0, I) and
 t ~ U(0, 1), the net predicts the velocity x1 - x0 at x_t = (1 - t) x0 + t x1 (MSE); sampling integrates
 dx/dt = v(x, t) from noise with ``steps`` Euler steps. The condition is the embeddings' patch-feature map
-(``EmbeddingsToGrid``), concatenated at the U-Net's coarsest level (the patch grid); t enters every conv block
+(``EmbeddingsToGrid``, trained as the palette decoder's: towards the encoder's patch features when they are
+given), projected and concatenated at the U-Net's coarsest level (the patch grid); t enters every conv block
 as a per-channel scale and shift. A sampling decoder commits to one image where the embeddings leave it
 uncertain (a one-pass decoder paints the average); the price is ``steps`` passes per image.
 """
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding_grid import EmbeddingsToGrid
+from .palette_decoder import feature_terms
 
 
 def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -43,7 +45,7 @@ class ConvBlock(nn.Module):
 
 class FlowDecoder(nn.Module):
     def __init__(self, llm_dim: int, num_tokens: int, grid: tuple[int, int], image_size: int, dim: int,
-                 layers: int, heads: int, channels: list[int], steps: int = 16):
+                 layers: int, heads: int, channels: list[int], steps: int = 16, feature_dim: int | None = None):
         super().__init__()
         rows = grid[0]
         levels = round(math.log2(image_size / rows)) if image_size >= rows else -1
@@ -54,7 +56,9 @@ class FlowDecoder(nn.Module):
         chans = list(channels[:levels])                                   # per level, full resolution first
         t_dim = 4 * chans[0] if chans else 64
         self.time = nn.Sequential(nn.Linear(t_dim, t_dim), nn.GELU(), nn.Linear(t_dim, t_dim))
-        self.to_grid = EmbeddingsToGrid(llm_dim, num_tokens, grid, dim, layers, heads, dim)
+        feature_dim = feature_dim or dim
+        self.to_grid = EmbeddingsToGrid(llm_dim, num_tokens, grid, dim, layers, heads, feature_dim)
+        self.cond = nn.Conv2d(feature_dim, dim, 1)
         self.stem = nn.Conv2d(3, chans[0] if chans else dim, 3, padding=1)
         widths = chans + [dim]
         self.down = nn.ModuleList(ConvBlock(widths[i], widths[i], t_dim) for i in range(levels))
@@ -80,17 +84,24 @@ class FlowDecoder(nn.Module):
             h = block(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], 1), te)
         return self.head(h)
 
-    def loss(self, embeddings: torch.Tensor, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def condition(self, predicted: torch.Tensor) -> torch.Tensor:
+        """Predicted patch features [B, N, D_f] -> the condition map [B, dim, rows, cols]."""
+        B, N, D = predicted.shape
+        return self.cond(predicted.transpose(1, 2).reshape(B, D, *self.to_grid.grid))
+
+    def loss(self, embeddings: torch.Tensor, pixels: torch.Tensor, generator: torch.Generator | None = None,
+             features: torch.Tensor | None = None) -> torch.Tensor:
         x1 = pixels * 2 - 1                                                     # [B, 3, S, S] in [-1, 1]
         x0 = torch.randn(x1.shape, generator=generator)
         t = torch.rand(len(x1), generator=generator)
         xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * x1
-        return F.mse_loss(self.velocity(xt, t, self.to_grid.as_map(embeddings)), x1 - x0)
+        predicted = self.to_grid(embeddings)
+        return F.mse_loss(self.velocity(xt, t, self.condition(predicted)), x1 - x0) + feature_terms(predicted, features)
 
     def forward(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Embeddings [B, M, D] -> RGB [B, 3, S, S] in [0, 1], by ``steps`` Euler steps from seeded noise."""
         B = embeddings.shape[0]
-        cond = self.to_grid.as_map(embeddings)
+        cond = self.condition(self.to_grid(embeddings))
         x = torch.randn(B, 3, self.image_size, self.image_size, generator=generator)
         for i in range(self.steps):
             t = torch.full((B,), i / self.steps)

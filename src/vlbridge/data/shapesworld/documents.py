@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import opt
+from ...errors import UserError
 from ..scene_captions import caption
 from ..template import IMAGE_TOKEN
 from .config import ShapesWorldConfig
@@ -136,7 +137,7 @@ def story_until(rng: random.Random, cfg: DocsConfig) -> dict:
         story = make_story(rng, cfg)
         if story is not None:
             return story
-    raise ValueError("could not lay out a story in 100 tries: make objects smaller or move_step shorter")
+    raise UserError("could not lay out a story in 100 tries: make objects smaller or move_step shorter")
 
 
 # ----------------------------------------------------------------------------- few-shot rules
@@ -177,7 +178,7 @@ def episode_scene(rng: random.Random, rule: str, cfg: DocsConfig, discriminative
         if discriminative and other is not None and rule_answer(other, scene.objects) in (None, answer):
             continue
         return scene, answer
-    raise ValueError(f"no scene answers rule {rule!r} clearly in 1000 tries")
+    raise UserError(f"no scene answers rule {rule!r} clearly in 1000 tries")
 
 
 def episode_text(answers: list[str]) -> str:

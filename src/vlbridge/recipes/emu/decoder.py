@@ -2,7 +2,8 @@
 
 Everything but the decoder stays frozen: the data's images (``DATA/scenes.json``, train split; at most
 ``max_images``) pass the encoder and the trained connector once, and the decoder learns to turn those
-embeddings back into the images (palette cross-entropy, or the flow-matching loss). ``noise`` adds Gaussian
+embeddings back into the images (palette cross-entropy, or the flow-matching loss) and, on the way, into the
+encoder's patch features of the same images (cosine). ``noise`` adds Gaussian
 noise to the embeddings in training (a share of their standard deviation), so the decoder also sees
 embeddings a little off the real ones, as regressed ones are. The model is then saved whole, with the decoder,
 to ``out``; ``decoder_metrics.json`` beside it holds the figures on held-out images (val split):
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ...config import opt
+from ...errors import UserError
 from ...connectors.base import VisualFeatures
 from ...models.vlm import VLBridgeModel
 from ..lavit.tokenizer_stage import SplitData, encode_split, load_scenes
@@ -70,7 +72,7 @@ def reconstruction_figures(model, data: SplitData, embeddings: torch.Tensor, see
 
 def train_decoder(cfg: DecoderTrainConfig) -> Path:
     if not cfg.model or not cfg.data or not cfg.out:
-        raise ValueError("emu decoder needs --model, --data and --out")
+        raise UserError("emu decoder needs --model, --data and --out")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = VLBridgeModel.from_pretrained(cfg.model)
@@ -82,11 +84,11 @@ def train_decoder(cfg: DecoderTrainConfig) -> Path:
     scenes = load_scenes(annotations)
     train = split_data(model, scenes, "train", cfg.max_images, annotations.parent, str(annotations))
     if train is None:
-        raise ValueError(f"{annotations}: no scenes with split 'train'")
+        raise UserError(f"{annotations}: no scenes with split 'train'")
     val = split_data(model, scenes, "val", cfg.val_images, annotations.parent, str(annotations))
     size = model.connector.decoder.image_size
     if train.pixels.shape[-1] != size:
-        raise ValueError(f"the decoder paints {size}-px images, the data's are {train.pixels.shape[-1]}-px: set the "
+        raise UserError(f"the decoder paints {size}-px images, the data's are {train.pixels.shape[-1]}-px: set the "
                          "connector's image_size option to the data's")
     emb = embed_images(model, train)                                          # [n, M, D]
     scale = float(emb.std())
@@ -98,17 +100,19 @@ def train_decoder(cfg: DecoderTrainConfig) -> Path:
     for p in params:
         p.requires_grad = True
     opt_ = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt_, cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1)
+    warm = min(0.3, max(0.1, 2.0 / max(cfg.steps, 1)))                   # >= 2 warm-up steps (OneCycleLR needs > 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt_, cfg.lr, total_steps=max(cfg.steps, 1), pct_start=warm)
     g = torch.Generator().manual_seed(cfg.seed)
     log = []
     decoder.train()
+    t_loop = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="emu[decoder]", file=sys.stderr, mininterval=1.0)
     for step in bar:
         idx = torch.randint(len(emb), (cfg.batch_size,), generator=g)
         x = emb[idx]
         if cfg.noise > 0:
             x = x + cfg.noise * scale * torch.randn(x.shape, generator=g)
-        loss = decoder.loss(x, train.pixels[idx], generator=g)
+        loss = decoder.loss(x, train.pixels[idx], generator=g, features=train.features[idx])
         opt_.zero_grad(set_to_none=True)
         loss.backward()
         opt_.step()
@@ -117,8 +121,10 @@ def train_decoder(cfg: DecoderTrainConfig) -> Path:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.append({"step": step, "loss": loss.item()})
     decoder.eval()
+    loop = time.perf_counter() - t_loop
     figures = {"decoder": model.cfg.connector.options.get("decoder", "palette"), "train_images": len(emb),
-               "train_seconds": round(time.perf_counter() - t0, 1)}
+               "train_seconds": round(time.perf_counter() - t0, 1), "steps": cfg.steps,
+               "seconds_per_step": loop / max(cfg.steps, 1)}
     if val is not None:
         t1 = time.perf_counter()
         figures["val"] = reconstruction_figures(model, val, embed_images(model, val), cfg.seed)

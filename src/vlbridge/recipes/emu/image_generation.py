@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from ...data.records import Turn
+from ...errors import UserError
 from ...data.template import DOCUMENT, IMAGE_TOKEN
 from ...generate import cache_kwargs
 from ...models.sparse_logits import last_hidden
@@ -37,7 +38,7 @@ class EmuGenConfig:
 
 def check_emu(model) -> None:
     if model.cfg.connector.name != "emu":
-        raise ValueError(f"connector is {model.cfg.connector.name!r}; generating images in context needs an Emu model "
+        raise UserError(f"connector is {model.cfg.connector.name!r}; generating images in context needs an Emu model "
                          "(connector 'emu')")
 
 
@@ -46,7 +47,7 @@ def document_text(prompt: str, n_images: int) -> str:
     each; then the separator (unless the text is empty or ends with one)."""
     missing = n_images - prompt.count(IMAGE_TOKEN)
     if missing < 0:
-        raise ValueError(f"prompt {prompt!r} has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholders for {n_images} "
+        raise UserError(f"prompt {prompt!r} has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholders for {n_images} "
                          "image(s)")
     text = SEPARATOR.join([IMAGE_TOKEN] * missing + ([prompt] if prompt else []))
     return text + SEPARATOR if text and not text.endswith(SEPARATOR) else text
@@ -71,7 +72,7 @@ def generate_embeddings(model, prompts: Sequence[str], images: Sequence[Sequence
     model.eval()
     images = list(images) if images is not None else [[] for _ in prompts]
     if len(images) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
+        raise UserError(f"{len(prompts)} prompts but {len(images)} image lists")
     B, guided = len(prompts), gen.cfg_scale != 1.0
     rows = [prompt_ids(model, p, len(ims)) for p, ims in zip(prompts, images)]
     if guided:

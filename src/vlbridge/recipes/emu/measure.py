@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ...config import opt
+from ...errors import UserError
 from ...data.images import load_image
 from ...lavit.grid import sample_grid
 from ...models.vlm import VLBridgeModel
@@ -65,7 +66,7 @@ def real_embeddings(model, data: Path, entries: list[dict]) -> torch.Tensor:
 @torch.no_grad()
 def measure(cfg: EmuMeasureConfig) -> dict:
     if not cfg.model or not cfg.data or not cfg.out:
-        raise ValueError("emu measure needs --model, --data and --out")
+        raise UserError("emu measure needs --model, --data and --out")
     t0 = time.perf_counter()
     model = VLBridgeModel.from_pretrained(cfg.model)
     check_emu(model)
