@@ -1,11 +1,13 @@
 """A tiny end-to-end Emu run through the CLI: ShapesWorld documents -> vision pretraining -> the instruct stage on
-documents whose images repeat (the regression loss falls) and then the decoder stage (declared by the connector)
+documents whose images repeat (the regression loss falls), the generate stage (connector frozen) and the decoder
+stage (both declared by the connector)
 -> eval (QA and few-shot records with up to five images) -> measure -> generate-image in context."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from vlbridge.cli.main import main
@@ -34,15 +36,24 @@ def test_emu_pipeline_from_the_cli(tmp_path, capsys):
                  "--train.train_vision", "false", "--model.connector.options", OPTIONS, "--data", str(data),
                  "--data.train_file", "repeat.json", "--steps", "12", "--batch-size", "4", "--lr", "3e-3",
                  "--train.warmup_steps", "1", "--train.eval_every", "0", "--train.save_every", "0",
-                 "--train.log_every", "1", "--train.stages", "instruct,decoder",
-                 "--train.stage_schedules", '{"decoder": {"steps": 3, "batch_size": 4}}', "--out", str(run)]) == 0
+                 "--train.log_every", "1", "--train.stages", "instruct,generate,decoder",
+                 "--train.stage_schedules", '{"generate": {"steps": 2}, "decoder": {"steps": 3, "renderer_steps": 3, "batch_size": 4}}',
+                 "--out", str(run)]) == 0
     log = [json.loads(line) for line in (run / "instruct" / "log.jsonl").read_text().splitlines()]
     regression = [entry["regression"] for entry in log if "regression" in entry]
     assert len(regression) == 12 and regression[-1] < regression[0]          # it fits the repeated images
     assert all(entry["target_var"] > 0 for entry in log if "target_var" in entry)
+    read, wrote = (VLBridgeModel.from_pretrained(run / s / "final").state_dict() for s in ("instruct", "generate"))
+    assert all(torch.equal(read[k], wrote[k]) for k in read if k.startswith("connector.former"))   # frozen there
+    assert not all(torch.equal(read[k], wrote[k]) for k in read if k.startswith(("llm.", "connector.regression")))
     model_dir = run / "decoder" / "final"
     metrics = json.loads((model_dir / "decoder_metrics.json").read_text())
-    assert metrics["val"]["images"] > 0 and 0 <= metrics["val"]["checker"]["objects_exact"] <= 1
+    assert metrics["val"]["images"] > 0 and (model_dir / "renderer.safetensors").is_file()
+    assert 0 <= metrics["val"]["decoder_on_embeddings"]["checker"]["objects_exact"] <= 1
+    assert main(["emu", "decoder", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "again"),
+                 "--steps", "2", "--renderer-from", str(model_dir), "--val-images", "2"]) == 0      # a renderer reused
+    again = json.loads((tmp_path / "again" / "decoder_metrics.json").read_text())
+    assert "renderer_from" in again and "renderer_seconds_per_step" not in again
     assert VLBridgeModel.from_pretrained(model_dir).cfg.connector.name == "emu"
 
     assert main(["eval", "--model", str(model_dir), "--data", str(data / "test.json"), "--out",

@@ -2,10 +2,10 @@
 
 Rectified flow (flow matching with straight paths): for an image x1 in [-1, 1], noise x0 ~ N(0, I) and
 t ~ U(0, 1), the net predicts the velocity x1 - x0 at x_t = (1 - t) x0 + t x1 (MSE); sampling integrates
-dx/dt = v(x, t) from noise with ``steps`` Euler steps. The condition is the embeddings' patch-feature map
-(``EmbeddingsToGrid``, trained as the palette decoder's: towards the encoder's patch features when they are
-given), projected and concatenated at the U-Net's coarsest level (the patch grid); t enters every conv block
-as a per-channel scale and shift. A sampling decoder commits to one image where the embeddings leave it
+dx/dt = v(x, t) from noise with ``steps`` Euler steps. As the palette decoder, two parts that train apart:
+``to_grid`` predicts the encoder's patch features from the embeddings (cosine), and the ``renderer`` is the
+U-Net conditioned on patch features (projected and concatenated at its coarsest level, the patch grid; t enters
+every conv block as a per-channel scale and shift), trained on the encoder's real features. A sampling decoder commits to one image where the embeddings leave it
 uncertain (a one-pass decoder paints the average); the price is ``steps`` passes per image.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding_grid import EmbeddingsToGrid
-from .palette_decoder import feature_terms
 
 
 def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -43,36 +42,32 @@ class ConvBlock(nn.Module):
         return self.skip(x) + self.conv2(h)
 
 
-class FlowDecoder(nn.Module):
-    def __init__(self, llm_dim: int, num_tokens: int, grid: tuple[int, int], image_size: int, dim: int,
-                 layers: int, heads: int, channels: list[int], steps: int = 16, feature_dim: int | None = None):
+class FlowRenderer(nn.Module):
+    """The velocity U-Net: x_t [B, 3, S, S], t [B] and patch features [B, N, D_f] -> v [B, 3, S, S]."""
+
+    def __init__(self, grid: tuple[int, int], image_size: int, dim: int, channels: list[int], feature_dim: int):
         super().__init__()
         rows = grid[0]
         levels = round(math.log2(image_size / rows)) if image_size >= rows else -1
         if grid[0] != grid[1] or levels < 0 or rows * 2 ** levels != image_size or len(channels) < levels:
             raise ValueError(f"flow decoder: a square grid {grid} must reach image size {image_size} by x2 stages "
                              f"(have {len(channels)} channel entries)")
-        self.steps, self.image_size = steps, image_size
+        self.grid = tuple(grid)
         chans = list(channels[:levels])                                   # per level, full resolution first
-        t_dim = 4 * chans[0] if chans else 64
-        self.time = nn.Sequential(nn.Linear(t_dim, t_dim), nn.GELU(), nn.Linear(t_dim, t_dim))
-        feature_dim = feature_dim or dim
-        self.to_grid = EmbeddingsToGrid(llm_dim, num_tokens, grid, dim, layers, heads, feature_dim)
+        self.t_dim = 4 * chans[0] if chans else 64
+        self.time = nn.Sequential(nn.Linear(self.t_dim, self.t_dim), nn.GELU(), nn.Linear(self.t_dim, self.t_dim))
         self.cond = nn.Conv2d(feature_dim, dim, 1)
         self.stem = nn.Conv2d(3, chans[0] if chans else dim, 3, padding=1)
         widths = chans + [dim]
-        self.down = nn.ModuleList(ConvBlock(widths[i], widths[i], t_dim) for i in range(levels))
+        self.down = nn.ModuleList(ConvBlock(widths[i], widths[i], self.t_dim) for i in range(levels))
         self.pool = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(levels))
-        self.mid = ConvBlock(2 * dim, dim, t_dim)                            # image features + condition at the grid
-        self.up = nn.ModuleList(ConvBlock(widths[i + 1] + widths[i], widths[i], t_dim) for i in range(levels))
+        self.mid = ConvBlock(2 * dim, dim, self.t_dim)                      # image features + condition at the grid
+        self.up = nn.ModuleList(ConvBlock(widths[i + 1] + widths[i], widths[i], self.t_dim) for i in range(levels))
         self.head = nn.Conv2d(widths[0], 3, 3, padding=1)
-        self.t_dim = t_dim
 
-    def prepare(self, pixels: torch.Tensor) -> None:
-        """Nothing to fit (the palette decoder's counterpart)."""
-
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x [B, 3, S, S], t [B], cond [B, dim, rows, cols] -> v [B, 3, S, S]."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        B, N, D = features.shape
+        cond = self.cond(features.transpose(1, 2).reshape(B, D, *self.grid))  # [B, dim, rows, cols]
         te = self.time(time_features(t, self.t_dim))
         h, skips = self.stem(x), []
         for block, pool in zip(self.down, self.pool):
@@ -84,26 +79,36 @@ class FlowDecoder(nn.Module):
             h = block(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], 1), te)
         return self.head(h)
 
-    def condition(self, predicted: torch.Tensor) -> torch.Tensor:
-        """Predicted patch features [B, N, D_f] -> the condition map [B, dim, rows, cols]."""
-        B, N, D = predicted.shape
-        return self.cond(predicted.transpose(1, 2).reshape(B, D, *self.to_grid.grid))
 
-    def loss(self, embeddings: torch.Tensor, pixels: torch.Tensor, generator: torch.Generator | None = None,
-             features: torch.Tensor | None = None) -> torch.Tensor:
+class FlowDecoder(nn.Module):
+    def __init__(self, llm_dim: int, num_tokens: int, grid: tuple[int, int], image_size: int, dim: int,
+                 layers: int, heads: int, channels: list[int], steps: int = 16, feature_dim: int | None = None):
+        super().__init__()
+        self.steps, self.image_size = steps, image_size
+        feature_dim = feature_dim or dim
+        self.renderer = FlowRenderer(grid, image_size, dim, channels, feature_dim)
+        self.to_grid = EmbeddingsToGrid(llm_dim, num_tokens, grid, dim, layers, heads, feature_dim)
+
+    def prepare(self, pixels: torch.Tensor) -> None:
+        """Nothing to fit (the palette decoder's counterpart)."""
+
+    def render_loss(self, features: torch.Tensor, pixels: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Flow matching: the velocity at a random point of the straight path from noise to the image."""
         x1 = pixels * 2 - 1                                                     # [B, 3, S, S] in [-1, 1]
         x0 = torch.randn(x1.shape, generator=generator)
         t = torch.rand(len(x1), generator=generator)
         xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * x1
-        predicted = self.to_grid(embeddings)
-        return F.mse_loss(self.velocity(xt, t, self.condition(predicted)), x1 - x0) + feature_terms(predicted, features)
+        return F.mse_loss(self.renderer(xt, t, features), x1 - x0)
 
-    def forward(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Embeddings [B, M, D] -> RGB [B, 3, S, S] in [0, 1], by ``steps`` Euler steps from seeded noise."""
-        B = embeddings.shape[0]
-        cond = self.condition(self.to_grid(embeddings))
+    def render(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Patch features [B, N, D_f] -> RGB [B, 3, S, S] in [0, 1], by ``steps`` Euler steps from seeded noise."""
+        B = features.shape[0]
         x = torch.randn(B, 3, self.image_size, self.image_size, generator=generator)
         for i in range(self.steps):
-            t = torch.full((B,), i / self.steps)
-            x = x + self.velocity(x, t, cond) / self.steps
-        return ((x.clamp(-1, 1) + 1) / 2)
+            x = x + self.renderer(x, torch.full((B,), i / self.steps), features) / self.steps
+        return (x.clamp(-1, 1) + 1) / 2
+
+    def forward(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Embeddings [B, M, D] -> RGB [B, 3, S, S] in [0, 1]."""
+        return self.render(self.to_grid(embeddings), generator)

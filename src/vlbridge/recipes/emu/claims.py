@@ -49,7 +49,9 @@ class ClaimsConfig:
     steps: int = opt(1000, "LM training steps of the plain and emu models")
     generate_steps: int = opt(500, "steps of the generate stage after the plain model")
     regression_weight: float = opt(1.0, "lambda of the regressing models (the plain one has 0)")
-    decoder_steps: int = opt(800, "decoder stage steps")
+    decoder_steps: int = opt(1500, "decoder stage steps of its embeddings -> features part (per seed)")
+    renderer_steps: int = opt(1500, "decoder stage steps of its features -> pixels part (trained once, on the first "
+                                    "seed's run: it depends on the shared encoder alone)")
     eval_limit: int = opt(200, "test records per task in evaluation")
     measure_n: int = opt(200, "next-frame and text -> image items measured")
     cfg_scales: list[float] = opt([1.0, 3.0], "guidance scales measured")
@@ -128,8 +130,10 @@ def run_seed(cfg: ClaimsConfig, seed: int) -> dict:
     gen = root / "generate" / "with_decoder"
     if not (gen / "decoder_metrics.json").is_file():
         log(f"seed {seed}: decoder stage")
+        first = Path(cfg.out) / f"seed{cfg.seeds[0]}" / "generate" / "with_decoder"
         train_decoder(DecoderTrainConfig(model=str(root / "generate" / "final"), data=cfg.data, out=str(gen),
-                                         steps=cfg.decoder_steps, seed=seed))
+                                         steps=cfg.decoder_steps, renderer_steps=cfg.renderer_steps, seed=seed,
+                                         renderer_from=str(first) if seed != cfg.seeds[0] else None))
     result["decoder"] = json.loads((gen / "decoder_metrics.json").read_text()).get("val")
     figures = root / "generate" / "measure" / "metrics.json"
     if not figures.is_file():
