@@ -26,7 +26,7 @@ def test_emu_pipeline_from_the_cli(tmp_path, capsys):
     assert main(["data", "shapes-docs", "--out", str(data), "--n", "24", "--test_n", "2", "--scenes.image_size", "32",
                  "--scenes.object_size", "0.28,0.32,0.36,0.4", "--scenes.max_objects", "2"]) == 0
     assert main(["pretrain-vision", "--annotations", str(data / "scenes.json"), "--out", str(vision), "--steps", "2",
-                 "--batch_size", "4", "--vision.arch", TINY_VIT, "--vision.image_size", "32"]) == 0
+                 "--batch_size", "4", "--model.vision.arch", TINY_VIT, "--model.vision.image_size", "32"]) == 0
     stories = [r for r in json.loads((data / "train.json").read_text()) if r["task"] == "story"]
     repeated = [{**stories[0], "id": f"again_{i}"} for i in range(8)]            # the same 3+ images, repeated
     assert len(repeated[0]["images"]) >= 3

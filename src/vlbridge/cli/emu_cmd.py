@@ -32,7 +32,7 @@ import json
 
 from ..config import validate
 from ..errors import UserError
-from .args import add_config_args, apply_overrides
+from .args import add_config_args, add_overwrite_flag, apply_overrides
 from .parser import examples
 
 OUT = {"out": ["--out", "--output-dir"]}
@@ -55,11 +55,13 @@ def add_parser(sub) -> None:
     prep.add_argument("--model", required=True, help="saved Emu model dir")
     prep.add_argument("--out", "--output-dir", required=True, help="output model dir")
     prep.add_argument("--options", required=True, help="JSON object of objective options")
+    add_overwrite_flag(prep, "model")
     prep.set_defaults(run=run_prepare)
     dec = steps.add_parser("decoder", help="train the visual decoder of a trained Emu model",
                            description="Everything but the decoder frozen; writes the model with its decoder to --out "
                                        "and decoder_metrics.json (held-out reconstruction figures) beside it.",
                            epilog=examples("vlbridge emu decoder --model RUN/lm/final --data DOCS --out RUN/gen"))
+    add_overwrite_flag(dec, "model")
     dec.set_defaults(run=run_decoder, _dests=add_config_args(dec, DecoderTrainConfig, aliases=OUT,
                                                              required=("model", "data", "out")))
     meas = steps.add_parser("measure", help="next-frame and text->image figures, trilemma entry, sample grid",
@@ -77,6 +79,8 @@ def add_parser(sub) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from ..recipes.emu.prepare import prepare
+    from ..train.output_dir import check_output_dir
+    check_output_dir(args.out, overwrite=args.overwrite)
     try:
         options = json.loads(args.options)
     except json.JSONDecodeError as e:
@@ -97,7 +101,10 @@ def run_claims(args: argparse.Namespace) -> int:
 
 def run_decoder(args: argparse.Namespace) -> int:
     from ..recipes.emu.decoder import DecoderTrainConfig, summary_line, train_decoder
-    out = train_decoder(validate(apply_overrides(DecoderTrainConfig(), args, args._dests)))
+    from ..train.output_dir import check_output_dir
+    cfg = validate(apply_overrides(DecoderTrainConfig(), args, args._dests))
+    check_output_dir(cfg.out, overwrite=args.overwrite)
+    out = train_decoder(cfg)
     print(summary_line(json.loads((out / "decoder_metrics.json").read_text())))
     print(f"model with decoder: {out}")
     return 0

@@ -141,16 +141,17 @@ def decoder_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(DecoderTrainConfig)} - {"model", "data", "out"}
 
 
-def run_emu_decoder(cfg: RunConfig, stage: Stage) -> StageResult:
+def run_emu_decoder(cfg: RunConfig, stage: Stage, overwrite: bool = False) -> StageResult:
     """Emu's visual decoder on the run's model (``train.init_from``: the previous stage's output) and the data's
     scenes; writes OUT/final (the model with its decoder). ``stage.schedule`` may set ``DecoderTrainConfig`` fields."""
     from .emu.decoder import DecoderTrainConfig, train_decoder
     if not cfg.train.init_from:
-        raise ValueError("the decoder stage paints a trained model's embeddings: run it after an LM stage "
+        raise UserError("the decoder stage paints a trained model's embeddings: run it after an LM stage "
                          "(e.g. --train.stages instruct,decoder) or pass --train.init_from MODEL")
     if not cfg.data.path:
-        raise ValueError("the decoder stage learns from DATA/scenes.json: pass --data DIR")
+        raise UserError("the decoder stage learns from DATA/scenes.json: pass --data DIR")
     check_schedule(stage, dict(stage.schedule))
+    check_output_dir(cfg.out, overwrite=overwrite)
     dec = DecoderTrainConfig(model=cfg.train.init_from, data=cfg.data.path, out=str(Path(cfg.out) / "final"),
                              seed=cfg.train.seed)
     return saved_model(train_decoder(dataclasses.replace(dec, **dict(stage.schedule))))
