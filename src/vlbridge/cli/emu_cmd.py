@@ -16,7 +16,7 @@ collapse: docs/notes/emu.md), then the decoder:
     vlbridge data shapes-docs --out DOCS --n 3000
     vlbridge pretrain-vision --annotations DOCS/scenes.json --out RUN/vision
     vlbridge train --preset tiny-cpu-emu --model.vision.name_or_path RUN/vision --train.train_vision false \
-        --model.connector.options '{"num_queries": 16, "layers": 2, "hidden": 128, "heads": 4, "regression_weight": 0}' \
+        --model.connector.options '{"num_queries": 16, "pool": true, "decoder_width": 64, "decoder_channels": [32, 16, 16], "regression_weight": 0}' \
         --data DOCS --out RUN/read
     vlbridge emu prepare --model RUN/read/final --out RUN/init --options '{"regression_weight": 1}'
     vlbridge train --init-from RUN/init --stage generate --data DOCS --out RUN/lm
