@@ -127,6 +127,7 @@ def run_seed(cfg: ClaimsConfig, seed: int) -> dict:
         log(f"seed {seed}: evaluating {name}")
         result[f"{name}_eval"] = evaluate(final, data / "test.json", cfg.eval_limit, root / name / "eval")
         result[f"{name}_image_share"] = embedding_image_share(final, data)
+        result[f"{name}_fewshot"] = fewshot_breakdown(root / name / "eval", data)
     gen = root / "generate" / "with_decoder"
     if not (gen / "decoder_metrics.json").is_file():
         log(f"seed {seed}: decoder stage")
@@ -154,6 +155,35 @@ def embedding_image_share(model_dir: Path, data: Path, n: int = 200) -> float:
     model = VLBridgeModel.from_pretrained(model_dir)
     scenes = [s for s in load_scenes(data / "scenes.json") if s.get("split") == "val"][:n]
     return image_share(embed_images(model, encode_split(model.vision, scenes, data, str(data))))
+
+
+def fewshot_breakdown(eval_dir: Path, data: Path) -> dict:
+    """What the few-shot answers were, per k: right; the sibling rule's answer (the right kind of answer about
+    the wrong object: largest for leftmost or back); another answer of the right kind; an answer of another kind
+    (a shape for a colour ...)."""
+    from ...data.shapesworld import COLORS, SHAPES
+    from ...data.shapesworld.documents import rule_answer, sibling
+    from ...data.shapesworld.scenes import Obj
+    from ...eval.exact_match import normalize
+    records = {r["id"]: r for r in json.loads((data / "test.json").read_text()) if "rule" in r}
+    objects = {s["image"]: [Obj(**o) for o in s["objects"]] for s in json.loads((data / "scenes.json").read_text())}
+    kinds = {"color": set(COLORS), "shape": set(SHAPES), "count": {str(i) for i in range(10)}}
+    out: dict = {}
+    for line in (eval_dir / "predictions.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        rec = records.get(p["id"])
+        if rec is None:
+            continue
+        rule, query = rec["rule"], objects[rec["images"][-1]]
+        answer, pred = rule_answer(rule, query), normalize(p["prediction"])
+        other = sibling(rule)
+        kind = rule.split("_")[0]
+        verdict = ("right" if pred == answer else "sibling_rule" if other and pred == rule_answer(other, query)
+                   else "right_kind" if pred in kinds[kind] else "other_kind")
+        counts = out.setdefault(p["task"], {"right": 0, "sibling_rule": 0, "right_kind": 0, "other_kind": 0, "n": 0})
+        counts[verdict] += 1
+        counts["n"] += 1
+    return {task: {k: v / c["n"] if k != "n" else v for k, v in c.items()} for task, c in out.items()}
 
 
 def objective_log(path: Path) -> dict:
@@ -213,6 +243,16 @@ def summarize_claims(cfg: ClaimsConfig, results: list[dict]) -> tuple[str, dict]
         monotone = all(mean_sd(per_k[b])[0] >= mean_sd(per_k[a])[0] - mean_sd(per_k[a])[1]
                        for a, b in zip(ks[1:], ks[2:]))
         verdict[f"in_context_learning_{name}"] = bool(rises and monotone)
+
+    lines += ["", "What the few-shot answers were (%, the plain model; sibling rule = the right kind of answer about the "
+                  "other object, e.g. the largest one's colour when the rule asks for the leftmost's):", "",
+              "| k | right | sibling rule | another answer of the right kind | an answer of another kind |",
+              "|---|---:|---:|---:|---:|"]
+    for k in ks:
+        rows = [r["plain_fewshot"].get(f"fewshot_k{k}") for r in results]
+        if all(rows):
+            lines.append(f"| {k} | " + " | ".join(fmt([x[v] for x in rows]) for v in
+                                                  ("right", "sibling_rule", "right_kind", "other_kind")) + " |")
 
     scales = list(cfg.cfg_scales)
     lines += ["", "**Next frame** (the generate model; checker on the frame, %):", "",
