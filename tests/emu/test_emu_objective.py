@@ -187,3 +187,22 @@ def test_pool_variant_averages_the_grid(tiny_model):
     assert torch.allclose(out.tokens[:, 0], model.connector.proj(first), atol=1e-6)
     with pytest.raises(ValueError, match="square number"):
         emu_model(tiny_model, pool=True, num_queries=3)
+
+
+def test_input_noise_touches_only_produced_images_in_training(tiny_model):
+    model = emu_model(tiny_model, input_noise=0.5)
+    ids, labels = model.builder.build([Turn("user", "<image>\nDraw it again."), Turn("assistant", "<image>")])
+    batch = Batch([torch.tensor(ids)], [torch.tensor(labels)], torch.randn(2, 3, 32, 32), [2])
+
+    def entries(training: bool):
+        model.train(training)
+        torch.manual_seed(0)
+        s, _ = model.embed(batch.input_ids, batch.labels, batch.pixel_values)
+        return s, [s.inputs_embeds[0, slot.start:slot.start + slot.length] for slot in s.slots]
+
+    (s_eval, clean), (s_train, noisy) = entries(False), entries(True)
+    assert [slot.produced for slot in s_train.slots] == [False, True]
+    assert torch.equal(clean[0], noisy[0])                                      # the read image: as it was
+    assert torch.equal(clean[1][[0, -1]], noisy[1][[0, -1]])                    # [IMG], [/IMG] untouched
+    assert not torch.allclose(clean[1][1:-1], noisy[1][1:-1])                   # the produced one's embeddings
+    assert torch.equal(s_train.connector_output.tokens[1], s_eval.connector_output.tokens[1])   # clean targets

@@ -33,7 +33,8 @@ from ..emu.flow_decoder import FlowDecoder
 from ..emu.palette_decoder import PaletteDecoder
 from ..emu.regression import (LOSSES, CollapseGuard, RegressionHead, image_share, mean_variance, regression_loss,
                               regression_positions)
-from .base import Connector, ConnectorOutput, ImageSlot, ObjectiveTerms, SequenceContext, VisualFeatures
+from ..data.template import IGNORE_INDEX
+from .base import Arranged, Connector, ConnectorOutput, ImageSlot, ObjectiveTerms, SequenceContext, VisualFeatures
 
 IMG_OPEN, IMG_CLOSE = "[IMG]", "[/IMG]"
 DECODERS = ("palette", "flow")
@@ -56,6 +57,9 @@ class EmuOptions:
     regression_loss: str = opt("mse", "'mse' (Emu) or 'cosine' (1 - cosine similarity per embedding)", choices=LOSSES)
     detach_targets: bool = opt(True, "regression targets carry no gradient into the connector (Emu); false lets "
                                      "it flow into the connector through the targets too")
+    input_noise: float = opt(0.0, "training only: Gaussian noise (a share of the embeddings' std) on the *inputs* "
+                                   "of produced images, so predicting the next embedding cannot lean on copying the "
+                                   "previous ones and has to use the context (0 = none, as Emu)", at_least=0)
     collapse_ratio: float = opt(0.01, "stop training when the share of the targets' variance that differs from image "
                                       "to image stays below this (0 = never)")
     collapse_patience: int = opt(20, "training batches in a row below collapse_ratio before the run stops")
@@ -132,6 +136,21 @@ class EmuConnector(Connector):
     def added_tokens(self) -> list[str]:
         return [IMG_OPEN, IMG_CLOSE]
 
+    def arrange(self, ctx: SequenceContext, input_ids, labels, feats, out, visual) -> Arranged:
+        """With ``input_noise`` in training, the embeddings a produced image feeds the LLM get Gaussian noise (its
+        regression targets stay clean: ``hidden_objective`` reads the connector's own outputs)."""
+        if not (ctx.training and labels is not None and self.options.input_noise > 0):
+            return Arranged(list(input_ids), labels, visual)
+        produced = [bool(lab[ids == ctx.image_token_id][k] != IGNORE_INDEX)
+                    for ids, lab in zip(input_ids, labels) for k in range(int((ids == ctx.image_token_id).sum()))]
+        scale = self.options.input_noise * float(out.tokens.detach().std())
+        noisy = []
+        for v, made in zip(visual, produced):
+            if made:
+                v = torch.cat([v[:1], v[1:-1] + scale * torch.randn_like(v[1:-1]), v[-1:]])   # [IMG] e_1..e_M [/IMG]
+            noisy.append(v)
+        return Arranged(list(input_ids), labels, noisy)
+
     # ---- generation: the objective on hidden states ---------------------------------------------------------
     def regress(self, hidden: torch.Tensor) -> torch.Tensor:
         """The next visual embedding predicted from hidden states [..., D]."""
@@ -176,7 +195,8 @@ class EmuConnector(Connector):
                 "generate": Stage("generate", trains=("connector.regression", "llm")),
                 "decoder": Stage("decoder", trains=("connector.decoder",), runner="emu_decoder")}
 
-    OBJECTIVE_OPTIONS = ("regression_weight", "regression_loss", "detach_targets", "collapse_ratio", "collapse_patience")
+    OBJECTIVE_OPTIONS = ("regression_weight", "regression_loss", "detach_targets", "input_noise", "collapse_ratio",
+                         "collapse_patience")
 
     def set_objective(self, **options) -> None:
         """Change the objective's options of a built connector (none of them shapes a module), e.g. to switch
