@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from vlbridge.config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainConfig, VisionConfig
 
+EMU_OPTIONS = {"num_queries": 4, "layers": 1, "hidden": 32, "heads": 2, "decoder_width": 16, "decoder_layers": 1,
+               "decoder_heads": 2, "decoder_channels": [8, 8, 8]}
 GROMA_OPTIONS = {"max_regions": 4, "max_user_regions": 2, "dim": 16, "hidden": 32, "roi_size": 2,
                  "proposer_convs": 1}
 
@@ -26,3 +28,7 @@ def tiny_run_config(data_dir, out_dir, steps: int = 6) -> RunConfig:
 
 def groma_config(**options) -> ModelConfig:
     return tiny_model_config("groma", {**GROMA_OPTIONS, **options})
+
+
+def emu_config(**options) -> ModelConfig:
+    return tiny_model_config("emu", {**EMU_OPTIONS, **options})

@@ -20,7 +20,8 @@ DOC = ROOT / "docs" / "architecture.md"
 LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("foundation", "typed configs, named presets, errors", ("__init__", "config", "presets", "errors")),
     ("data", "records, images, chat templates, box text, ShapesWorld", ("data",)),
-    ("connector parts", "connectors and the modules they are made of", ("connectors", "grounding", "lavit", "lion")),
+    ("connector parts", "connectors and the modules they are made of", ("connectors", "grounding", "lavit", "lion",
+                                                                        "emu")),
     ("model", "encoder + connector + LLM, generation", ("models", "generate", "inference")),
     ("evaluation and training", "metrics and the evaluation runner; the training loop and stages",
      ("eval", "train")),

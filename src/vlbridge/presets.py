@@ -6,6 +6,8 @@
   ``tiny-cpu-vit``: the same with a CLIP-style ViT encoder.
 - ``tiny-cpu-lion``: the tiny-cpu stack with the ``lion`` connector scaled to it and LION's three stages
   (``vlbridge recipe lion``);
+- ``tiny-cpu-emu``: the tiny-cpu stack with Emu's connector at CPU scale (16 embeddings per image, Emu2's
+  pooled path, regression weight 1), for ShapesWorld documents (``vlbridge data shapes-docs``);
 - ``clip-qwen2`` / ``siglip-llama``: real checkpoints given by path (``--model.vision.name_or_path``,
   ``--model.llm.name_or_path``); LLaVA-1.5 recipe: images padded to a square and preprocessed by the encoder's
   own image processor, the instruct LLM's own chat template, align (connector only, lr 1e-3), then instruct
@@ -86,6 +88,17 @@ def tiny_cpu_lion() -> RunConfig:
     return cfg
 
 
+def tiny_cpu_emu() -> RunConfig:
+    """tiny-cpu with the `emu` connector at CPU scale: Emu2's path (the 8x8 patch grid average-pooled to 16
+    embeddings + Linear), regression weight 1, a small palette decoder. Emu1's Causal Transformer (`pool` false,
+    16 queries x 2 layers x 128) learnt to read far more slowly at this budget (docs/notes/emu.md)."""
+    cfg = tiny_cpu()
+    cfg.model.connector = ConnectorConfig("emu", {"num_queries": 16, "pool": True, "layers": 2, "hidden": 128,
+                                                  "heads": 4, "decoder_width": 64, "decoder_channels": [32, 16, 16]})
+    cfg.preset = "tiny-cpu-emu"
+    return cfg
+
+
 def clip_qwen2() -> RunConfig:
     vision = VisionConfig(name_or_path="openai/clip-vit-large-patch14-336", feature_layers=[-2], pad_to_square=True)
     llm = LLMConfig(name_or_path="Qwen/Qwen2-0.5B-Instruct", chat_template="tokenizer", max_length=2048)
@@ -106,6 +119,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny-cpu": tiny_cpu,
     "tiny-cpu-vit": tiny_cpu_vit,
     "tiny-cpu-lion": tiny_cpu_lion,
+    "tiny-cpu-emu": tiny_cpu_emu,
     "clip-qwen2": clip_qwen2,
     "siglip-llama": siglip_llama,
 }

@@ -31,10 +31,12 @@ OPTIONS = {"linear": {"bias": False}, "mlp": {"depth": 3, "hidden": 24},
            "resampler": {"num_latents": 5, "layers": 2, "heads": 2, "head_dim": 8, "pos_embed": "learned"},
            "cabstractor": {"depth": 1, "hidden": 16, "grid_out": [2, 3]},
            "pixel_shuffle": {"factor": 2, "depth": 1, "norm": False},
-           "lavit": {"image_size": 32},
+           "lavit": {"image_size": 32},          # its pixel decoder upsamples the 4x4 test grid to the 32-px input
            "lion": {"qformer": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32, "num_queries": 3},
                     "aggregator_heads": 2, "aggregator_intermediate": 32, "region_hidden": 24, "adapter_bottleneck": 8,
-                    "position_codes": True, "region_zero_init": False}}          # its pixel decoder upsamples the 4x4 test grid to the 32-px input
+                    "position_codes": True, "region_zero_init": False},
+           "emu": {"num_queries": 5, "layers": 1, "hidden": 16, "heads": 2, "decoder_width": 16,
+                   "decoder_channels": [8, 8, 8], "regression_loss": "cosine"}}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -189,7 +191,7 @@ def test_num_tokens_matches_the_forward_output(tiny_model, shapes_dir, name):
     if model.connector.dynamic:
         assert M <= model.connector.num_tokens()
     else:
-        assert M == model.connector.num_tokens() == model.visual_tokens_per_image()
+        assert M == model.connector.num_tokens() == model.visual_tokens_per_image() - len(model.connector.wrap_tokens)
     assert all(len(t) <= model.visual_tokens_per_image() for t in out.per_image())
     if name in ("linear", "mlp"):                      # one token per patch
         assert M == model.vision.grid[0] * model.vision.grid[1]

@@ -213,10 +213,65 @@ def test_placeholder_mismatch(tmp_path, question, images, words):
     bad(raw, tmp_path, "placeholders", "'p'", *words)
 
 
-def test_placeholder_in_assistant_turn(tmp_path):
+def test_image_in_assistant_turn_is_an_image_to_produce(tmp_path):
     rgb_png(tmp_path / "a.png")
-    raw = {"id": "p", "image": "a.png", "conversations": conv("Describe.", "Here: <image>")}
-    bad(raw, tmp_path, "placeholders", "'p'", "assistant turn 1")
+    rec = check({"id": "p", "image": "a.png", "conversations": conv("Draw a red square.", "Here: <image>")}, tmp_path)
+    assert rec.turns[1].text == "Here: <image>" and rec.images == [(tmp_path / "a.png").resolve()]
+
+
+def test_placeholder_in_system_turn(tmp_path):
+    rgb_png(tmp_path / "a.png")
+    turns = [{"from": "system", "value": "<image>"}] + conv("Hi", "Hello")
+    bad({"id": "p", "image": "a.png", "conversations": turns}, tmp_path, "placeholders", "'p'", "system turn 0")
+
+
+# --------------------------------------------------------------------------- document records
+
+
+def test_document_record_parses_with_images_in_order(tmp_path):
+    for name in ("f0.png", "f1.png", "f2.png"):
+        rgb_png(tmp_path / name)
+    raw = {"id": "story", "images": ["f0.png", "f1.png", "f2.png"], "task": "story",
+           "text": "<image> a red circle. <image> a red circle. <image> a blue circle."}
+    rec = check(raw, tmp_path)
+    assert rec.is_document and [t.role for t in rec.turns] == ["document"]
+    assert [p.name for p in rec.images] == ["f0.png", "f1.png", "f2.png"] and rec.task == "story"
+    with_answer = check({**raw, "id": "q", "answer": " red"}, tmp_path)
+    assert [(t.role, t.text) for t in with_answer.turns][1] == ("completion", " red")
+
+
+@pytest.mark.parametrize(
+    "raw, kind, words",
+    [
+        ({"text": "<image> a <image>", "images": ["a.png"]}, "placeholders", ["2 <image> placeholder(s) but 1 image(s)"]),
+        ({"text": "no placeholder", "images": ["a.png"]}, "placeholders", ["0 <image> placeholder(s)"]),
+        ({"text": "   ", "images": []}, "empty_conversation", ['"text" is empty']),
+        ({"text": 5}, "bad_field", ['"text" must be a string']),
+        ({"text": "<image>", "images": ["a.png"], "answer": 3}, "bad_field", ['"answer" must be a string']),
+        ({"text": "<image>", "images": "a.png", "image": "a.png"}, "bad_field", ['"image" or "images", not both']),
+        ({"text": "<image>", "images": ["a.png"], "conversations": conv()}, "bad_field", ["not both"]),
+        ({"conversations": conv("Hi", "Hello"), "answer": "x"}, "bad_field", ['"answer" belongs to a document']),
+        ({"text": "<image>", "images": ["missing.png"]}, "missing_image", ["missing.png"]),
+        ({"text": "<image>", "images": ["../a.png"]}, "path_escape", ["outside the image folder"]),
+    ],
+)
+def test_bad_document_records_are_named(tmp_path, raw, kind, words):
+    rgb_png(tmp_path / "a.png")
+    bad({"id": "doc", **raw}, tmp_path, kind, "'doc'", *words)
+
+
+def test_documents_and_chats_load_side_by_side_and_bad_ones_are_counted(tmp_path):
+    rgb_png(tmp_path / "a.png")
+    records = [{"id": "chat", "image": "a.png", "conversations": conv()},
+               {"id": "doc", "images": ["a.png", "a.png"], "text": "<image> one <image> two"},
+               {"id": "bad_doc", "images": ["a.png"], "text": "no image here"},
+               {"id": "neither", "image": "a.png"}]
+    report = SkipReport()
+    loaded = load_records(write_json(tmp_path / "d.json", records), on_error="skip", report=report)
+    assert [r.id for r in loaded] == ["chat", "doc"] and [r.is_document for r in loaded] == [False, True]
+    assert [e.record_id for e in report.entries] == ["bad_doc", "neither"]
+    assert report.counts() == {"placeholders": 1, "empty_conversation": 1}
+    assert "skipped 2 of 4 records" in report.summary(4) and "'bad_doc'" in report.summary(4)
 
 
 @pytest.mark.parametrize(

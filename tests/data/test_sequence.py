@@ -266,3 +266,17 @@ def test_memoised_encoding_follows_added_tokens(tiny_model):
     assert tok.convert_tokens_to_ids("<zz9>") in after
     long = "a red circle " * 60                      # longer than the memo's limit: encoded directly
     assert b.encode(long) == tok.encode(long, add_special_tokens=False)
+
+
+def test_document_supervises_every_token_and_ends_like_an_answer(builder, tok):
+    doc = [Turn("document", "<image>\na red circle\n<image>\nAnswer:"), Turn("completion", " red")]
+    ids, labels = builder.build(doc)
+    end = builder.encode(builder.template.assistant_suffix)
+    assert ids[0] == tok.bos_token_id and labels[0] == IGNORE_INDEX
+    assert labels[1:] == ids[1:] and ids[-len(end):] == end                 # text, images, answer, end marker
+    assert ids.count(builder.image_token_id) == 2
+    prompt, prompt_labels = builder.build(doc, for_generation=True)
+    assert all(label == IGNORE_INDEX for label in prompt_labels)
+    assert ids[:len(prompt)] == prompt and tok.decode(ids[len(prompt):-len(end)]) == " red"   # the answer follows
+    with pytest.raises(ValueError, match="document"):
+        builder.build([Turn("document", "x"), Turn("user", "y")])

@@ -78,3 +78,30 @@ def test_an_answer_that_opens_an_image_returns_the_painted_image(lavit_model):
         other = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Draw a red circle"}],
                                                extra_body={"vlbridge": {"cfg_scale": 1.0}})
         assert other.choices[0].message.content[0]["image_url"]["url"] != url   # guidance reaches the writer
+
+
+def test_an_emu_answer_that_opens_an_image_returns_the_regressed_and_painted_image(tiny_model):
+    """An Emu model's answer that writes [IMG]: the server regresses the M embeddings after it and returns the
+    image the connector's decoder paints, the same as ``emu.image_generation`` for that prompt."""
+    import copy
+
+    import torch
+
+    from support import emu_config
+    from vlbridge.models.vlm import VLBridgeModel
+    from vlbridge.recipes.emu.image_generation import EmuGenConfig, generate_embeddings_after, paint
+    torch.manual_seed(0)
+    model = VLBridgeModel(emu_config(), copy.deepcopy(tiny_model.tokenizer)).eval()
+    open_id = model.tokenizer.convert_tokens_to_ids(model.connector.wrap_tokens[0])
+    prompt, _ = Predictor(model).encode(Query([Turn("user", "Draw a red circle")], []))
+    emb = generate_embeddings_after(model, [prompt.tolist() + [open_id]], None, EmuGenConfig())
+    expected = paint(model, emb)[0]
+    with LiveServer(model, serve_config()) as srv:
+        srv.scheduler.engine.processors.insert(0, force({0: open_id}))
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Draw a red circle"}])
+        parts = r.choices[0].message.content
+        assert [p["type"] for p in parts] == ["image_url"]
+        got = Image.open(io.BytesIO(base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1])))
+        assert got.size == expected.size and got.tobytes() == expected.tobytes()
+        assert r.usage.completion_tokens == model.connector.num_tokens() + 2     # [IMG], M embeddings, [/IMG]

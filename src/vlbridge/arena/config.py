@@ -154,6 +154,9 @@ def tiny_connector_options() -> dict:
         "lion": {"qformer": {"num_queries": 8, "hidden": 128, "layers": 2, "heads": 4, "intermediate": 512,
                              "cross_attention_every": 1, "max_text_len": 64},
                  "aggregator_heads": 4, "position_codes": True},
+        # Emu's Causal Transformer at the width of the stack: 16 queries, 3 layers as the other learned-query rows
+        # (chat records produce no images, so nothing is regressed here: the row measures the connector as a reader)
+        "emu": {"num_queries": 16, "layers": 3, "hidden": 128, "heads": 4},
     }
 
 

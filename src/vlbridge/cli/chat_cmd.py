@@ -1,4 +1,4 @@
-"""`vlbridge chat`: ask a saved model about an image, one-shot (--prompt) or interactively."""
+"""`vlbridge chat`: ask a saved model about an image (or several, one-shot), one-shot (--prompt) or interactively."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +31,9 @@ def add_parser(sub) -> None:
                                        "runs/demo/final --image photo.png",
                                        "vlbridge chat --model runs/groma/final --image photo.png --grounded"))
     p.add_argument("--model", required=True, help="saved model dir (e.g. RUN/final)")
-    p.add_argument("--image", help="image file (any mode; converted to RGB)")
+    p.add_argument("--image", action="append", default=[],
+                   help="image file (any mode; converted to RGB); with --prompt repeat it for several, placed at "
+                        "the prompt's <image> marks or, without them, before it")
     p.add_argument("--prompt", help="question; omit for an interactive session")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length budget (default: 64)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -56,7 +58,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.grounded or args.region) and not args.image:
         raise UserError("--grounded and --region need --image")
-    image = load_image(args.image, where=args.image)[0] if args.image else None
+    if len(args.image) > 1 and (args.prompt is None or args.grounded or args.region):
+        raise UserError("several --image need --prompt (the interactive and grounded chats take one image)")
+    images = [load_image(path, where=path)[0] for path in args.image]
+    image = images[0] if images else None
     model = load_model(args)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                            temperature=args.temperature, top_p=args.top_p)
@@ -70,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if image is None:
             print("note: no --image: the model answers from text alone", file=sys.stderr)
-        print(predictor.ask(args.prompt, [image] if image else []))
+        print(predictor.ask(args.prompt, images))
         return 0
-    return ChatSession(predictor, image, args.image).run()
+    return ChatSession(predictor, image, args.image[0] if args.image else None).run()
 
 
 def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
@@ -88,6 +93,6 @@ def run_grounded(args: argparse.Namespace, predictor: Predictor, image) -> int:
         pairs = [(answer, region)]                       # a region question: the answer labels the region
     print(f"you> {prompt}")
     print("model> " + describe(answer, pairs))
-    out = draw_grounding(image, pairs, args.grounded_out or f"{Path(args.image).stem}_grounded.png", region=region)
+    out = draw_grounding(image, pairs, args.grounded_out or f"{Path(args.image[0]).stem}_grounded.png", region=region)
     print(f"boxes drawn in {out}")
     return 0

@@ -11,6 +11,8 @@ examples:
   vlbridge connectors --preset tiny-cpu                         (tokens, parameters, FLOPs per connector)
   vlbridge arena --connectors mlp,qformer,pargo --out runs/arena
   vlbridge lavit tokenizer --annotations data/shapes/scenes.json --vision runs/demo/vision --out runs/tok
+  vlbridge data shapes-docs --out data/docs --n 3000                (interleaved image-text documents)
+  vlbridge emu decoder --model RUN/final --data data/docs --out RUN/gen
   vlbridge generate-image --model RUN/final --prompt "a red circle" --out img.png
   vlbridge recipe lion --data data/lion --out runs/lion          (LION's three stages, each saved and evaluated)
   vlbridge lion tagger --data data/lion --vision runs/lion/vision --out runs/lion/tagger
@@ -28,13 +30,13 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, eval_cmd, generate_image_cmd, lavit_cmd, lion_cmd,
-               plan_cmd, pretrain_vision_cmd, recipe_cmd, train_cmd, viz_cmd)
+from . import (arena_cmd, chat_cmd, connectors_cmd, data_cmd, emu_cmd, eval_cmd, generate_image_cmd, lavit_cmd,
+               lion_cmd, plan_cmd, pretrain_vision_cmd, recipe_cmd, train_cmd, viz_cmd)
 from . import export_cmd, serve_cmd
 from .parser import Parser, debug
 
 COMMANDS = (data_cmd, pretrain_vision_cmd, train_cmd, plan_cmd, eval_cmd, chat_cmd, viz_cmd, arena_cmd, connectors_cmd, lavit_cmd,
-            generate_image_cmd, recipe_cmd, lion_cmd)
+            generate_image_cmd, recipe_cmd, lion_cmd, emu_cmd)
 COMMANDS += (serve_cmd, export_cmd)
 
 

@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
                    help="answer length when a request sets none (default: 256, capped by the context)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="temperature when a request sets none (default: 0 = greedy)")
-    p.add_argument("--cfg-scale", type=float, default=3.0,
-                   help="classifier-free guidance of generated images, LaVIT models (default: 3)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance of generated images (default: 3 for LaVIT, 1 = off for Emu)")
     p.add_argument("--max-prompt-tokens", type=int,
                    help="longest prompt, visual tokens included (default: the model's max_length)")
     p.add_argument("--max-images", type=int, default=8, help="images per request (default: 8)")

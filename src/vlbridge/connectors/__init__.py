@@ -9,8 +9,10 @@ import dataclasses
 
 from ..config import register_names
 from ..errors import UserError, did_you_mean, unknown_name
-from .base import Arranged, Connector, ConnectorOutput, SequenceContext, VisualFeatures
+from .base import (Arranged, Connector, ConnectorOutput, ImageSlot, ObjectiveTerms, SequenceContext,
+                   TrainingCollapse, VisualFeatures)
 from .cabstractor import CAbstractorConnector
+from .emu import EmuConnector
 from .groma import GromaConnector
 from .lavit import LavitConnector
 from .linear import LinearConnector
@@ -32,6 +34,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     "lavit": LavitConnector,
     "groma": GromaConnector,
     "lion": LionConnector,
+    "emu": EmuConnector,
 }
 register_names("connectors", lambda: tuple(CONNECTORS))
 for _name, _cls in CONNECTORS.items():
@@ -57,4 +60,5 @@ def build_connector(name: str, options: dict, vis_dim: int, llm_dim: int, grid) 
         raise UserError(str(e)) from e
 
 
-__all__ = ["CONNECTORS", "Arranged", "Connector", "ConnectorOutput", "SequenceContext", "VisualFeatures", "build_connector"]
+__all__ = ["CONNECTORS", "Arranged", "Connector", "ConnectorOutput", "ImageSlot", "ObjectiveTerms", "SequenceContext",
+           "TrainingCollapse", "VisualFeatures", "build_connector"]

@@ -9,8 +9,9 @@ them to the LM loss) and free-form extras.
 Everything else a connector can do is a hook declared on ``Connector`` below, each with a default that
 does nothing special, so reading this class tells what any connector may change: the text it conditions
 on, tokens around each image, tokens it adds to the vocabulary, encoder layers it reads, how it rewrites
-a sample's sequence (region tokens), how it reads an answer back, its stages and the stage that must run
-before the LLM stages, parts it loads from a separately trained directory, modules it adds inside the LLM
+a sample's sequence (region tokens), how it reads an answer back, an objective on the LLM's hidden states
+besides the next-token loss (regressing the images a sequence produces), its stages and the stage that must
+run before the LLM stages, parts it loads from a separately trained directory, modules it adds inside the LLM
 (adapters) and how it routes each sample through them by its task.
 
 Each connector declares a typed ``Options`` dataclass; its fields are what ``config.json`` stores, so
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from ..config import STAGES, Stage
+from ..errors import UserError
 from ..data.template import SequenceBuilder
 
 
@@ -89,6 +91,30 @@ class ConnectorOutput:
 
 
 @dataclass
+class ImageSlot:
+    """Where one image's entries sit in a spliced batch (``models.splice``): row, first position (its first wrap
+    token, if any) and number of entries (wrap tokens included). ``produced``: the image is part of what the
+    sequence supervises (an image of a document, or in an assistant turn), not only context to read."""
+    row: int
+    start: int
+    length: int
+    produced: bool = False
+
+
+@dataclass
+class ObjectiveTerms:
+    """What ``Connector.hidden_objective`` returns: loss terms (already weighted; added to the LM loss like
+    ``aux_losses``) and diagnostics the trainer logs (plain floats)."""
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class TrainingCollapse(UserError):
+    """A training signal has degenerated (e.g. regression targets collapsed to a constant): the run stops, with a
+    message saying which options avoid it."""
+
+
+@dataclass
 class SequenceContext:
     """What a connector that rewrites sequences (``arrange``) may use of the model."""
     tokenizer: Any
@@ -121,6 +147,8 @@ class Connector(nn.Module):
     # Tokens placed around each image's visual tokens in the LLM sequence (e.g. ("[IMG]", "[/IMG]")); they must
     # be among ``added_tokens`` or the tokenizer's vocabulary.
     wrap_tokens: tuple[str, ...] = ()
+    # True when ``hidden_objective`` reads the LLM's last hidden states (the model computes them only then).
+    uses_hidden_states: bool = False
     # A stage of ``stages()`` that must run before the LLM stages (a region proposer, a visual tokenizer);
     # recipes and the arena run it first. None: the LLM stages can start from scratch.
     pre_stage: ClassVar[str | None] = None
@@ -168,6 +196,15 @@ class Connector(nn.Module):
         ids, labels and visual entries as they are; a region-token connector lists regions after the image and
         turns boxes in the text into region references."""
         return Arranged(list(input_ids), labels, visual)
+
+    def hidden_objective(self, hidden: torch.Tensor, slots: list[ImageSlot], visual: list[torch.Tensor],
+                         ctx: SequenceContext) -> ObjectiveTerms:
+        """Loss terms on the LLM's last hidden states ``hidden`` [B, T, D] besides the next-token loss (called
+        only with ``uses_hidden_states``). ``slots`` say where each image sits and whether the sequence produces
+        it; ``visual`` holds each image's tokens [M_i, D] as the connector made them (before wrapping). E.g. an
+        image-regression objective scores the states before each produced image's tokens against those tokens.
+        Raise ``TrainingCollapse`` to stop a run whose objective has degenerated. Default: no extra objective."""
+        return ObjectiveTerms()
 
     def decode_answer(self, text: str, info: Any) -> str:
         """An answer's text from generated ids' text; ``info`` is this sample's ``Arranged.info`` entry."""

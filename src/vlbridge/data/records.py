@@ -1,12 +1,21 @@
-"""Load and validate LLaVA-style instruction data.
+"""Load and validate LLaVA-style instruction data and interleaved image-text documents.
 
-A data file is a JSON list of records such as::
+A data file is a JSON list of records. A *chat* record::
 
     {"id": "000123",
-     "image": "coco/000123.jpg",            # optional; or a list of paths
+     "image": "coco/000123.jpg",            # optional; or a list of paths ("images" is accepted too)
      "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the car?"},
                        {"from": "gpt", "value": "Red."}],
      "task": "color"}                        # optional
+
+An image may sit in a user turn (the model reads it) or in an assistant turn (the model is to produce it;
+connectors that regress images learn to). A *document* record has no roles: text with an ``<image>`` per
+image, every text token supervised (an interleaved web page, a story of frames and captions)::
+
+    {"id": "story_7", "images": ["f0.png", "f1.png"], "text": "<image> a red circle. <image> a red circle ..."}
+
+A document may end with an ``"answer"``: text that continues it, supervised in training and the reference in
+evaluation (the model sees ``text`` and is to write ``answer``, e.g. a few-shot episode's last answer).
 
 Optional eval fields: ``"metric"`` (the metric family that scores the record, e.g. "vqa"; default: by
 task) and ``"references"`` (a list of acceptable answers, e.g. VQA's 10 human answers; default: the
@@ -32,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .images import MAX_IMAGE_PIXELS, ImageError, ImageModes, check_image_modes, describe_conversion, open_header
-from .template import IMAGE_TOKEN
+from .template import COMPLETION, DOCUMENT, IMAGE_TOKEN
 
 from ..errors import UserError
 
@@ -127,7 +136,7 @@ class DataError(UserError):
 
 @dataclass
 class Turn:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant"; a document record: "document" (+ "completion", its answer)
     text: str
 
 
@@ -147,6 +156,10 @@ class Record:
     def where(self) -> str:
         """Location prefix used in messages, e.g. for ``load_image(..., where=rec.where)``."""
         return f"{self.file}: record {self.id!r} (#{self.index})"
+
+    @property
+    def is_document(self) -> bool:
+        return bool(self.turns) and self.turns[0].role == DOCUMENT
 
 
 @dataclass
@@ -208,16 +221,19 @@ def _record_id(raw: dict[str, Any], index: int) -> str:
 
 
 def _image_entries(raw: dict[str, Any]) -> list[str]:
-    value = raw.get("image")
+    if "image" in raw and "images" in raw:
+        raise _Bad("bad_field", 'give the images as "image" or "images", not both')
+    key = "images" if "images" in raw else "image"
+    value = raw.get(key)
     if value is None:
         return []
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise _Bad("bad_field", f'"image" must be a string or a list of strings, got {type(value).__name__}')
+        raise _Bad("bad_field", f'"{key}" must be a string or a list of strings, got {type(value).__name__}')
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            raise _Bad("bad_field", f'"image"[{i}] must be a non-empty string, got {item!r}')
+            raise _Bad("bad_field", f'"{key}"[{i}] must be a non-empty string, got {item!r}')
     return value
 
 
@@ -245,10 +261,30 @@ def _check_image_file(rel: str, path: Path, image_modes: ImageModes, max_pixels:
     return f"image {rel!r}: {describe_conversion(mode, info)}"
 
 
+def _parse_document(raw: dict[str, Any]) -> list[Turn]:
+    """A document record's text (and optional answer) as turns "document" (+ "completion")."""
+    if "conversations" in raw:
+        raise _Bad("bad_field", 'a record has "conversations" (chat) or "text" (document), not both')
+    parts = [Turn(DOCUMENT, raw["text"])]
+    if raw.get("answer") is not None:
+        parts.append(Turn(COMPLETION, raw["answer"]))
+    for turn, key in zip(parts, ("text", "answer")):
+        if not isinstance(turn.text, str):
+            raise _Bad("bad_field", f'"{key}" must be a string, got {type(turn.text).__name__}')
+        if not turn.text.strip():
+            raise _Bad("empty_conversation", f'document "{key}" is empty')
+    return parts
+
+
 def _parse_turns(raw: dict[str, Any]) -> list[Turn]:
+    if "text" in raw:
+        return _parse_document(raw)
+    if "answer" in raw:
+        raise _Bad("bad_field", '"answer" belongs to a document record (with "text"); a chat record answers in '
+                                '"conversations"')
     conv = raw.get("conversations")
     if conv is None or conv == []:
-        raise _Bad("empty_conversation", 'missing or empty "conversations"')
+        raise _Bad("empty_conversation", 'missing or empty "conversations" (a chat record) or "text" (a document)')
     if not isinstance(conv, list):
         raise _Bad("bad_field", f'"conversations" must be a list, got {type(conv).__name__}')
     turns = []
@@ -267,7 +303,9 @@ def _parse_turns(raw: dict[str, Any]) -> list[Turn]:
 
 
 def _check_roles(turns: list[Turn]) -> None:
-    """Optional system turn, then user/assistant alternating, ending with assistant."""
+    """Optional system turn, then user/assistant alternating, ending with assistant (documents have no roles)."""
+    if turns[0].role == DOCUMENT:
+        return
     body = turns[1:] if turns[0].role == "system" else turns
     if not body:
         raise _Bad("empty_conversation", "conversation has only a system turn")
@@ -281,14 +319,15 @@ def _check_roles(turns: list[Turn]) -> None:
 
 
 def _check_placeholders(turns: list[Turn], n_images: int) -> None:
-    """Match <image> placeholders with images; add the missing one for a lone image."""
+    """Match <image> placeholders with images; add the missing one for a lone image of a chat record."""
     for i, turn in enumerate(turns):
-        if turn.role != "user" and IMAGE_TOKEN in turn.text:
-            raise _Bad("placeholders", f"{IMAGE_TOKEN} placeholder in {turn.role} turn {i}; only user turns may hold images")
+        if turn.role == "system" and IMAGE_TOKEN in turn.text:
+            raise _Bad("placeholders", f"{IMAGE_TOKEN} placeholder in system turn {i}; images belong in user "
+                                       "(read) or assistant (produced) turns")
     count = sum(t.text.count(IMAGE_TOKEN) for t in turns)
     if count == n_images:
         return
-    if count == 0 and n_images == 1:
+    if count == 0 and n_images == 1 and turns[0].role != DOCUMENT:
         first_user = next(t for t in turns if t.role == "user")
         first_user.text = f"{IMAGE_TOKEN}\n{first_user.text}"
         return

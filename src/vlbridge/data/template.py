@@ -23,6 +23,9 @@ from ..config import register_names
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
+# Roles of a document record (``data.records``): its text, and the answer that continues it. Both are
+# supervised and written without role markers; a document ends with the assistant's end marker.
+DOCUMENT, COMPLETION = "document", "completion"
 MEMO_SIZE, MEMO_MAX_CHARS = 65536, 512      # SequenceBuilder.encode remembers up to 64k texts of <= 512 chars
 
 
@@ -114,8 +117,11 @@ class SequenceBuilder:
     def build(self, turns, for_generation: bool = False) -> tuple[list[int], list[int]]:
         """turns: sequence of objects with .role in {system,user,assistant} and .text.
 
-        for_generation: drop a trailing assistant turn (if any) and end with the assistant prefix.
+        for_generation: drop a trailing assistant turn (if any) and end with the assistant prefix; a document
+        drops its trailing completion (if any) and ends where its text ends.
         """
+        if turns and turns[0].role == DOCUMENT:
+            return self.build_document(turns, for_generation)
         t = self.template
         ids: list[int] = []
         labels: list[int] = []
@@ -144,6 +150,23 @@ class SequenceBuilder:
                 raise ValueError(f"unknown role {turn.role!r}")
         if for_generation:
             add(self.encode(t.assistant_prefix), False)
+        return ids, labels
+
+    def build_document(self, turns, for_generation: bool = False) -> tuple[list[int], list[int]]:
+        """A document (text, then its optional completion): bos, every token supervised, the assistant's end
+        marker; for generation only the text, unsupervised, with no end marker."""
+        ids = [self.tok.bos_token_id] if self.template.add_bos and self.tok.bos_token_id is not None else []
+        labels = [IGNORE_INDEX] * len(ids)
+        parts = [t for t in turns if not (for_generation and t.role == COMPLETION)]
+        for turn in parts:
+            if turn.role not in (DOCUMENT, COMPLETION):
+                raise ValueError(f"a document holds only {DOCUMENT!r} and {COMPLETION!r} parts, not {turn.role!r}")
+            span = self.encode_message(turn.text)
+            ids += span
+            labels += [IGNORE_INDEX] * len(span) if for_generation else span
+        if not for_generation:
+            end = self.encode(self.template.assistant_suffix)
+            ids, labels = ids + end, labels + end
         return ids, labels
 
     def stop_token_ids(self) -> list[int]:

@@ -1,7 +1,7 @@
 """Evaluate a model on LLaVA-style records: batched KV-cache generation, per-task metrics, reports.
 
-Each record's last assistant turn is the reference (a record may list more acceptable answers in
-``references``); everything before it is the prompt. The three steps, usable from Python::
+Each record's last assistant turn (a document: its answer) is the reference (a record may list more
+acceptable answers in ``references``); everything before it is the prompt. The three steps, usable from Python::
 
     preds = predict(model, dataset, batch_size=64)     # generate (greedy, KV cache), unscored
     metrics = summarize(preds)                         # score per task (fills each p.score / p.details)
@@ -82,6 +82,10 @@ def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: Gener
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     check_metrics([rec for rec, _, _ in dataset.items])
+    for rec, _, _ in dataset.items:
+        if rec.is_document and len(rec.turns) < 2:
+            raise ValueError(f'{rec.where}: a document record needs an "answer" to be evaluated (the text the model '
+                             "is to write after it)")
     gen = gen or GenerationConfig(max_new_tokens=40)
     model.eval()
     preds: list[Prediction] = []
@@ -98,9 +102,13 @@ def predict(model, dataset: InstructionDataset, batch_size: int = 32, gen: Gener
 
 
 def prediction_for(rec: Record, prediction: str) -> Prediction:
-    """An unscored prediction for ``rec``: prompt = last user turn, reference = last assistant turn."""
+    """An unscored prediction for ``rec``: prompt = last user turn (a document: its text), reference = last
+    assistant turn (a document: its answer; when that is one line, only the first line written is read, as a
+    document's items are lines and the model may go on to write the next ones)."""
     reference = rec.turns[-1].text
-    prompt = next(t.text for t in reversed(rec.turns[:-1]) if t.role == "user")
+    prompt = next(t.text for t in reversed(rec.turns[:-1]) if t.role in ("user", "document"))
+    if rec.is_document and "\n" not in reference.strip():
+        prediction = prediction.strip().split("\n")[0]     # a one-item answer: the document's next item only
     return Prediction(rec.id, rec.task or "all", prompt, prediction, reference, metric=record_metric(rec),
                       references=list(rec.references) if rec.references else None)
 

@@ -36,7 +36,14 @@ def head_is_separable(llm: nn.Module) -> bool:
         llm.train(was_training)
 
 
-def scored_logits(llm: nn.Module, scored: torch.Tensor, **forward_kwargs) -> torch.Tensor:
-    """Logits [n, V] of the positions where ``scored`` [B, T] is True (row-major order)."""
-    hidden = llm.get_decoder()(**forward_kwargs).last_hidden_state                # [B, T, D]
+def last_hidden(llm: nn.Module, **forward_kwargs) -> torch.Tensor:
+    """The decoder's last hidden states [B, T, D] (what the LM head reads)."""
+    return llm.get_decoder()(**forward_kwargs).last_hidden_state
+
+
+def scored_logits(llm: nn.Module, scored: torch.Tensor, hidden: torch.Tensor | None = None,
+                  **forward_kwargs) -> torch.Tensor:
+    """Logits [n, V] of the positions where ``scored`` [B, T] is True (row-major order), from ``hidden`` [B, T, D]
+    when given, else from a decoder pass over ``forward_kwargs``."""
+    hidden = last_hidden(llm, **forward_kwargs) if hidden is None else hidden      # [B, T, D]
     return llm.get_output_embeddings()(hidden[scored])                             # [n, V]

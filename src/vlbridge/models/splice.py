@@ -12,10 +12,11 @@ them is by content alone (the order of the tokens stays visible to the causal ma
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from ..connectors.base import ImageSlot
 from ..data.template import IGNORE_INDEX
 from ..config import register_names
 
@@ -33,6 +34,8 @@ class Spliced:
     labels: torch.Tensor | None     # [B, T] or None
     visual_mask: torch.Tensor       # [B, T] True where a visual token sits
     info: list | None = None        # per sample, what the connector's decode_answer reads (Connector.arrange)
+    slots: list[ImageSlot] = field(default_factory=list)   # where each image sits, in visual-entry order
+    connector_output: object = None  # the connector's output for the batch's images (set by the model)
 
 
 def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tensor] | None,
@@ -46,6 +49,7 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
     input_ids = [x.cpu() for x in input_ids]                          # embeddings are made where the model is
     text = embed_tokens(torch.cat(input_ids).to(device)).split(lengths)          # each [L_b, D]
     rows, label_rows, vis_rows, step_rows = [], [], [], []
+    slots: list[ImageSlot] = []
     next_image = 0
     for b, ids in enumerate(input_ids):
         where = (ids == image_token_id).nonzero().flatten().tolist()
@@ -62,6 +66,9 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
                 raise ValueError(f"sample {b} has more image placeholders than images")
             v = visual[next_image]
             next_image += 1
+            # produced: the placeholder is supervised (a document's image, an image in an assistant turn)
+            produced = labels is not None and int(labels[b][pos]) != IGNORE_INDEX
+            slots.append(ImageSlot(b, sum(len(x) for x in parts), len(v), produced))
             parts.append(v.to(text[b].dtype))
             lab.append(torch.full((len(v),), IGNORE_INDEX, dtype=torch.long))
             vis.append(torch.ones(len(v), dtype=torch.bool))
@@ -83,6 +90,9 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
     out_labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     vis_mask = torch.zeros(B, T, dtype=torch.bool)
     steps = torch.zeros(B, T, dtype=torch.long)
+    if padding_side == "left":
+        for slot in slots:
+            slot.start += T - len(rows[slot.row])
     for b, (r, l, v, st) in enumerate(zip(rows, label_rows, vis_rows, step_rows)):
         sl = slice(T - len(r), T) if padding_side == "left" else slice(0, len(r))
         embeds[b, sl], mask[b, sl], out_labels[b, sl], vis_mask[b, sl], steps[b, sl] = r, 1, l, v, st
@@ -93,4 +103,4 @@ def splice(embed_tokens, input_ids: list[torch.Tensor], labels: list[torch.Tenso
             steps[b, len(r):] = 1
     positions = (steps.cumsum(1) - 1).clamp(min=0)                   # [B, T]
     return Spliced(embeds, mask.to(device), positions.to(device),
-                   out_labels.to(device) if labels is not None else None, vis_mask.to(device))
+                   out_labels.to(device) if labels is not None else None, vis_mask.to(device), slots=slots)

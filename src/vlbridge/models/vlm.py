@@ -32,7 +32,7 @@ from .instruction_text import instruction_spans, instruction_text
 from .llm import build_llm
 from .loss_weights import answer_weights
 from .precision import parameter_dtype
-from .sparse_logits import head_is_separable, scored_logits
+from .sparse_logits import head_is_separable, last_hidden, scored_logits
 from .splice import Spliced, splice
 from .tokenizer import load_tokenizer
 from .vision import VisionTower
@@ -47,8 +47,9 @@ class VLMOutput:
     weight_sum: float               # sum of the token weights (= n_tokens with token weighting)
     n_tokens: int                   # supervised tokens
     n_positions: int                # real (non-pad) positions processed by the LLM
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)   # weighted extra terms (connector, objective)
     logits: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)   # diagnostics of the hidden-state objective, for the log
 
 
 class VLBridgeModel(nn.Module):
@@ -151,11 +152,24 @@ class VLBridgeModel(nn.Module):
         spliced = splice(self.llm.get_input_embeddings(), input_ids, labels, visual, self.image_token_id, padding_side,
                          self.cfg.llm.image_positions)
         spliced.info = info
+        if visual:
+            spliced.connector_output = out
+            self._supervise_image_ends(spliced)
         return spliced, aux
 
     def visual_features(self, pixel_values: torch.Tensor):
         """The encoder's features of a pixel batch [n_img, 3, S, S] (any device), in the connector's dtype."""
         return self.vision(pixel_values.to(self.device)).to(parameter_dtype(self.connector))
+    def _supervise_image_ends(self, s: Spliced) -> None:
+        """A produced image (see ``ImageSlot``) ends with a supervised closing wrap token (e.g. [/IMG]): its last
+        visual position learns to close the image by the next-token loss."""
+        wrap = self.connector.wrap_tokens
+        if s.labels is None or len(wrap) < 2:
+            return
+        close = self.tokenizer.convert_tokens_to_ids(wrap[-1])
+        for slot in s.slots:
+            if slot.produced:
+                s.labels[slot.row, slot.start + slot.length - 1] = close
 
     def sequence_context(self) -> SequenceContext:
         return SequenceContext(self.tokenizer, self.llm.get_input_embeddings(), self.image_token_id,
@@ -192,21 +206,30 @@ class VLBridgeModel(nn.Module):
         mask = None if self.cfg.llm.image_positions == "sequential" else s.attention_mask
         inputs = dict(inputs_embeds=s.inputs_embeds, attention_mask=mask, position_ids=s.position_ids, use_cache=False)
         targets = s.labels[:, 1:]                                                 # next-token targets [B, T-1]
-        logits = None
+        logits, hidden = None, None
+        wants_hidden = self.connector.uses_hidden_states and any(slot.produced for slot in s.slots)
         if return_logits or not self.separable_head():
-            logits = self.llm(**inputs).logits                                    # [B, T, V]
+            result = self.llm(**inputs, output_hidden_states=wants_hidden)
+            logits = result.logits                                                # [B, T, V]
+            hidden = result.hidden_states[-1] if wants_hidden else None           # [B, T, D] (after the final norm)
             ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
                                  reduction="none").view_as(targets)               # in fp32 whatever the precision
         else:                                       # the LM head only where a target is scored (sparse_logits.py)
             scored = F.pad(targets != IGNORE_INDEX, (0, 1))                       # [B, T]: position t predicts t+1
+            hidden = last_hidden(self.llm, **inputs)                              # [B, T, D]
             ce = targets.new_zeros(targets.shape, dtype=torch.float32)
-            ce[scored[:, :-1]] = F.cross_entropy(scored_logits(self.llm, scored, **inputs).float(),
+            ce[scored[:, :-1]] = F.cross_entropy(scored_logits(self.llm, scored, hidden).float(),
                                                  targets[scored[:, :-1]], reduction="none")
+        stats = {}
+        if wants_hidden:                            # an objective on the hidden states (Connector.hidden_objective)
+            terms = self.connector.hidden_objective(hidden, s.slots, s.connector_output.per_image(),
+                                                    self.sequence_context())
+            aux, stats = {**aux, **terms.losses}, terms.stats
         weights = answer_weights(targets, loss_weighting)
         loss_sum, weight_sum = (ce * weights).sum(), float(weights.sum())
         loss = loss_sum / max(weight_sum, 1e-8) + sum(aux.values(), torch.zeros(()))
         return VLMOutput(loss, loss_sum, weight_sum, int((targets != IGNORE_INDEX).sum()),
-                         int(s.attention_mask.sum()), aux, logits if return_logits else None)
+                         int(s.attention_mask.sum()), aux, logits if return_logits else None, stats)
 
     def separable_head(self) -> bool:
         """Whether the LLM's logits are its output embedding of its decoder's states (checked once per model)."""

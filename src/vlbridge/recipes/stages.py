@@ -2,7 +2,8 @@
 
 ``run_stage(cfg)`` resolves ``cfg.train.stage`` through the connector's declared stages
 (``Connector.stages``) and runs it: ``lm`` stages in the trainer's resumable next-token loop, a region
-proposer's ``det`` stage and a visual tokenizer's ``lavit_tokenizer`` stage in their own runners. Each runner
+proposer's ``det`` stage, a visual tokenizer's ``lavit_tokenizer`` stage and Emu's visual ``emu_decoder``
+stage in their own runners. Each runner
 returns a ``StageResult``: where its output is and which config fields the next stage takes from it
 (``train.init_from`` for a saved model, the connector's ``tokenizer`` option for a tokenizer directory).
 
@@ -136,6 +137,27 @@ def run_lavit_tokenizer(cfg: RunConfig, stage: Stage, overwrite: bool = False) -
     return tokenizer_dir(train_tokenizer(dataclasses.replace(tok_cfg, **dict(stage.schedule))))
 
 
+def decoder_fields() -> set[str]:
+    from .emu.decoder import DecoderTrainConfig
+    return {f.name for f in dataclasses.fields(DecoderTrainConfig)} - {"model", "data", "out"}
+
+
+def run_emu_decoder(cfg: RunConfig, stage: Stage, overwrite: bool = False) -> StageResult:
+    """Emu's visual decoder on the run's model (``train.init_from``: the previous stage's output) and the data's
+    scenes; writes OUT/final (the model with its decoder). ``stage.schedule`` may set ``DecoderTrainConfig`` fields."""
+    from .emu.decoder import DecoderTrainConfig, train_decoder
+    if not cfg.train.init_from:
+        raise UserError("the decoder stage paints a trained model's embeddings: run it after an LM stage "
+                         "(e.g. --train.stages instruct,decoder) or pass --train.init_from MODEL")
+    if not cfg.data.path:
+        raise UserError("the decoder stage learns from DATA/scenes.json: pass --data DIR")
+    check_schedule(stage, dict(stage.schedule))
+    check_output_dir(cfg.out, overwrite=overwrite)
+    dec = DecoderTrainConfig(model=cfg.train.init_from, data=cfg.data.path, out=str(Path(cfg.out) / "final"),
+                             seed=cfg.train.seed)
+    return saved_model(train_decoder(dataclasses.replace(dec, **dict(stage.schedule))))
+
+
 @dataclass(frozen=True)
 class Runner:
     run: Callable[..., StageResult]                            # (cfg, stage, overwrite) -> result
@@ -147,6 +169,7 @@ RUNNERS: dict[str, Runner] = {
     "lm": Runner(run_lm, finished_model, training_fields),
     "det": Runner(run_det, finished_model, training_fields),
     "lavit_tokenizer": Runner(run_lavit_tokenizer, finished_tokenizer, tokenizer_fields),
+    "emu_decoder": Runner(run_emu_decoder, finished_model, decoder_fields),
 }
 
 

@@ -69,6 +69,7 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
     one_image = per_sample == 1
     max_images = min(cfg.images.max_images, per_sample) if per_sample else cfg.images.max_images
     card = model_card(model, cfg.model_name, max_images)
+    default_cfg_scale = cfg.cfg_scale if cfg.cfg_scale is not None else getattr(scheduler.writer, "cfg_scale", 1.0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -150,7 +151,7 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
         check(body)
         ids, pixels, max_new = await run_in_threadpool(prepare, body)
         temperature = cfg.default_temperature if body.temperature is None else body.temperature
-        cfg_scale = body.vlbridge.cfg_scale if body.vlbridge and body.vlbridge.cfg_scale else cfg.cfg_scale
+        cfg_scale = body.vlbridge.cfg_scale if body.vlbridge and body.vlbridge.cfg_scale else default_cfg_scale
         job = Job(ids, pixels, max_new, temperature, body.top_p or 1.0, body.seed, body.stop_strings(), cfg_scale,
                   asyncio.get_running_loop(), deltas=bool(body.stream),
                   ignore_eos=bool(body.vlbridge and body.vlbridge.ignore_eos))

@@ -24,7 +24,7 @@ class ServeConfig:
     max_prompt_tokens: int | None = None   # None = the model's max_length
     default_max_tokens: int = 256          # when a request gives neither max_tokens nor max_completion_tokens
     default_temperature: float = 0.0       # when a request gives no temperature (0 = greedy)
-    cfg_scale: float = 3.0                 # classifier-free guidance of generated images (LaVIT)
+    cfg_scale: float | None = None         # classifier-free guidance of generated images (None: the writer's own)
     max_body_bytes: int | None = None      # None = enough for max_images images of max_bytes in base64
     images: ImageLimits = field(default_factory=ImageLimits)
 

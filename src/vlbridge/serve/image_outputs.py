@@ -3,8 +3,8 @@
 A writer tells the engine which ids open an image (``end_ids``: the text row ends there) and which logits
 processors keep text and image ids apart while the text is written; ``write`` then generates and paints
 the images of the rows that opened one, batched. ``lavit``: the LLM writes code ids after [IMG] with
-classifier-free guidance (``lavit.image_generation``). Emu (continuous visual embeddings regressed by the
-LLM) will register its writer in ``WRITERS`` the same way.
+classifier-free guidance (``recipes/lavit/image_generation.py``). ``emu``: the LLM regresses the image's M
+embeddings after [IMG] and the connector's visual decoder paints them (``recipes/emu/image_generation.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class ImageJob:
 
 
 class LavitWriter:
+    cfg_scale = 3.0                                      # default guidance (LaVIT uses it on the LLM side)
+
     def __init__(self, model):
         from ..lavit.vocabulary import ModalityMask, VisualVocab
         self.model = model
@@ -55,7 +57,32 @@ class LavitWriter:
         return [out[i] for i in range(len(jobs))]
 
 
-WRITERS = {"lavit": LavitWriter}
+class EmuWriter:
+    cfg_scale = 1.0                                      # default guidance: off
+
+    def __init__(self, model):
+        self.model = model
+        self.end_ids = [model.tokenizer.convert_tokens_to_ids(model.connector.wrap_tokens[0])]   # [IMG]
+        self.processors = []
+
+    def write(self, jobs: list[ImageJob]) -> list[tuple[Image.Image, int]]:
+        """(image, positions generated: M embeddings and [/IMG]) per job; the embeddings are regressed, so
+        temperature and top_p do not apply; jobs with the same guidance scale run as one batch."""
+        from ..recipes.emu.image_generation import EmuGenConfig, generate_embeddings_after, paint
+        out: dict[int, tuple[Image.Image, int]] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.cfg_scale, job.seed or 0), []).append(i)
+        for (scale, seed), idx in groups.items():
+            pixels = [jobs[i].pixel_values for i in idx if jobs[i].pixel_values is not None]
+            emb = generate_embeddings_after(self.model, [jobs[i].prompt for i in idx],
+                                            torch.cat(pixels) if pixels else None, EmuGenConfig(cfg_scale=scale))
+            for i, im in zip(idx, paint(self.model, emb, seed)):
+                out[i] = (im, self.model.connector.num_tokens() + 1)
+        return [out[i] for i in range(len(jobs))]
+
+
+WRITERS = {"lavit": LavitWriter, "emu": EmuWriter}
 
 
 def image_writer(model):

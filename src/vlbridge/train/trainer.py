@@ -183,6 +183,7 @@ class Trainer:
         scale = self.ctx.world / norm
         self.optimizer.zero_grad(set_to_none=True)
         lm_sum, positions, aux_total = 0.0, 0, 0.0
+        stats: dict[str, list[float]] = {}          # the hidden-state objective's diagnostics, per micro-batch
         for k, batch in enumerate(micro):
             last = k == len(micro) - 1
             with contextlib.nullcontext() if last else self.strategy.accumulating():   # gradients sync once
@@ -192,6 +193,8 @@ class Trainer:
                 self.scaler.scale(out.lm_loss_sum * scale + aux).backward()       # fp16: scaled; else as is
             lm_sum += float(out.lm_loss_sum.detach())
             aux_total += float(aux.detach())
+            for key, value in out.stats.items():
+                stats.setdefault(key, []).append(value)
             positions += out.n_positions
         lm_sum, aux_total, positions = sum_across([lm_sum, aux_total / self.ctx.world, positions], self.ctx)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -203,7 +206,8 @@ class Trainer:
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = self.stream.position
         self.state.tokens_seen += positions
-        return {"loss": lm_sum / norm, "aux": aux_total, "grad_norm": grad_norm, "positions": int(positions)}
+        return {"loss": lm_sum / norm, "aux": aux_total, "grad_norm": grad_norm, "positions": int(positions),
+                "stats": {key: sum(v) / len(v) for key, v in stats.items()}}
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -259,7 +263,8 @@ class Trainer:
                     log_file.write(json.dumps({"step": step, "loss": m["loss"], "aux": m["aux"], "lr": lr,
                                                "grad_norm": m["grad_norm"], "tokens_per_s": tok_s,
                                                "elapsed_s": round(time.perf_counter() - t0, 3),
-                                               "peak_mem_mb": round(peak_memory_mb(self.device), 1)}) + "\n")
+                                               "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+                                               **m["stats"]}) + "\n")
                     log_file.flush()
                 validating = self.ctx.is_main or self.strategy.every_rank_forwards   # FSDP: all ranks forward
                 if ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps) and validating:
