@@ -184,7 +184,7 @@ def test_help_and_print_config_show_the_preset(capsys):
     assert cfg["preset"] == "arena-cpu" and cfg["steps"] == 7
     assert cfg["shapes"]["max_objects"] == 5 and cfg["shapes"]["glyph_scale"] == 2
     # options for every default connector, plus groma's and lavit's (rows when listed: `--connectors mlp,groma`)
-    assert set(cfg["connector_options"]) <= set(cfg["connectors"]) | {"groma", "lavit"}
+    assert set(cfg["connector_options"]) <= set(cfg["connectors"]) | {"groma", "lavit", "lion", "emu"}
 
 
 def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, shapes_dir, tmp_path):

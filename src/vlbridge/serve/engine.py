@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from transformers import DynamicCache
 
-from ..generate import cache_kwargs, filter_logits
+from ..generate import cache_kwargs, filter_logits, last_logits_kwargs
 from . import kv_cache
 
 
@@ -69,6 +69,10 @@ class BatchEngine:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None          # [B, T] 1 = real token
         self.steps = 0                                 # decoding forwards run (for the bench and tests)
+        # the forward's keywords, looked up once: the cache's name in this transformers version, and the LM head
+        # on the last position only
+        self.cache_key = next(iter(cache_kwargs(model.llm, None)))
+        self.last_logits = last_logits_kwargs(model.llm)
 
     @property
     def free(self) -> int:
@@ -158,7 +162,8 @@ class BatchEngine:
             r.info = info
         cache = DynamicCache()
         out = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,   # [b, T, D], [b, T]
-                             position_ids=s.position_ids, use_cache=True, **cache_kwargs(self.model.llm, cache))
+                             position_ids=s.position_ids, use_cache=True, **{self.cache_key: cache},
+                             **self.last_logits)
         return cache, s.attention_mask, out.logits[:, -1], s.position_ids[:, -1]               # logits [b, V]
 
     def _drop_cancelled(self, req: EngineRequest) -> bool:
@@ -179,7 +184,7 @@ class BatchEngine:
         self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=self.mask.dtype, device=device)], 1)  # [B, T+1]
         embeds = self.model.llm.get_input_embeddings()(tokens)[:, None]                          # [B, 1, D]
         out = self.model.llm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos, use_cache=True,
-                             **cache_kwargs(self.model.llm, self.cache))
+                             **{self.cache_key: self.cache}, **self.last_logits)
         logits = out.logits[:, -1]                                                               # [B, V]
         self.steps += 1
         keep = []
