@@ -145,6 +145,16 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
             raise bad_request(f"n={body.n}: this server returns one choice per request (n=1)", "n", "unsupported_value")
         if len(body.stop_strings()) > 4:
             raise bad_request("at most 4 stop sequences", "stop", "invalid_value")
+        task_type = body.vlbridge.task_type if body.vlbridge else None
+        if task_type is not None:
+            if model.connector.task_types([None]) is None:
+                raise bad_request("task_type: this model does not route by task type", "vlbridge.task_type",
+                                  "unsupported_value")
+            try:
+                with model.routing(types=[task_type]):
+                    pass
+            except ValueError as e:
+                raise bad_request(f"task_type: {e}", "vlbridge.task_type", "invalid_value") from None
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -154,7 +164,8 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
         cfg_scale = body.vlbridge.cfg_scale if body.vlbridge and body.vlbridge.cfg_scale else default_cfg_scale
         job = Job(ids, pixels, max_new, temperature, body.top_p or 1.0, body.seed, body.stop_strings(), cfg_scale,
                   asyncio.get_running_loop(), deltas=bool(body.stream),
-                  ignore_eos=bool(body.vlbridge and body.vlbridge.ignore_eos))
+                  ignore_eos=bool(body.vlbridge and body.vlbridge.ignore_eos),
+                  task_type=body.vlbridge.task_type if body.vlbridge else None)
         scheduler.submit(job)
         cid = new_id()
         if body.stream:

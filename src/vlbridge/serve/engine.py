@@ -47,6 +47,7 @@ class EngineRequest:
     cancelled: bool = False                    # set from any thread; the row is dropped at the next step
     prompt_tokens: int = 0                     # LLM positions of the prompt (visual tokens included), set at prefill
     info: Any = None                           # what the connector's decode_answer reads (Spliced.info), at prefill
+    task_type: str | None = None               # routing type of a mixture of adapters (None: the model's default)
 
 
 @dataclass
@@ -73,6 +74,14 @@ class BatchEngine:
         # on the last position only
         self.cache_key = next(iter(cache_kwargs(model.llm, None)))
         self.last_logits = last_logits_kwargs(model.llm)
+        default = model.connector.task_types([None])                # None: the model does not route by task
+        self.default_type = default[0] if default else None
+
+    def routing(self, requests: Sequence[EngineRequest]):
+        """The task routing of a batch of rows (each request's type, else the model's default)."""
+        if self.default_type is None or all(r.task_type is None for r in requests):
+            return self.model.routing(types=None)
+        return self.model.routing(types=[r.task_type or self.default_type for r in requests])
 
     @property
     def free(self) -> int:
@@ -161,9 +170,10 @@ class BatchEngine:
         for r, info in zip(requests, s.info or [None] * len(requests)):
             r.info = info
         cache = DynamicCache()
-        out = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,   # [b, T, D], [b, T]
-                             position_ids=s.position_ids, use_cache=True, **{self.cache_key: cache},
-                             **self.last_logits)
+        with self.routing(requests):
+            out = self.model.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,  # [b, T, D], [b, T]
+                                 position_ids=s.position_ids, use_cache=True, **{self.cache_key: cache},
+                                 **self.last_logits)
         return cache, s.attention_mask, out.logits[:, -1], s.position_ids[:, -1]               # logits [b, V]
 
     def _drop_cancelled(self, req: EngineRequest) -> bool:
@@ -183,8 +193,9 @@ class BatchEngine:
         pos = torch.tensor([[r.next_pos] for r in self.rows], dtype=torch.long, device=device)  # [B, 1]
         self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=self.mask.dtype, device=device)], 1)  # [B, T+1]
         embeds = self.model.llm.get_input_embeddings()(tokens)[:, None]                          # [B, 1, D]
-        out = self.model.llm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos, use_cache=True,
-                             **{self.cache_key: self.cache}, **self.last_logits)
+        with self.routing([r.req for r in self.rows]):
+            out = self.model.llm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos, use_cache=True,
+                                 **{self.cache_key: self.cache}, **self.last_logits)
         logits = out.logits[:, -1]                                                               # [B, V]
         self.steps += 1
         keep = []

@@ -29,9 +29,10 @@ class Outcome:
 class Job:
     def __init__(self, input_ids: list[int], pixel_values: torch.Tensor | None, max_new_tokens: int,
                  temperature: float, top_p: float, seed: int | None, stop: list[str], cfg_scale: float,
-                 loop: asyncio.AbstractEventLoop, deltas: bool = True, ignore_eos: bool = False):
+                 loop: asyncio.AbstractEventLoop, deltas: bool = True, ignore_eos: bool = False,
+                 task_type: str | None = None):
         self.request = EngineRequest(input_ids, pixel_values, max_new_tokens, self, temperature, top_p, seed,
-                                     ignore_stop=ignore_eos)
+                                     ignore_stop=ignore_eos, task_type=task_type)
         self.stop, self.cfg_scale = stop, cfg_scale
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()

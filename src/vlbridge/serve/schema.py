@@ -49,6 +49,7 @@ class VlbridgeOptions(_Body):
     """Request extension: options OpenAI's schema has no field for."""
     cfg_scale: float | None = Field(None, ge=1.0, le=20.0)    # classifier-free guidance of generated images
     ignore_eos: bool = False                                   # generate max_tokens, past the end of the answer
+    task_type: str | None = None                               # the routing type of a mixture of adapters (lion)
 
 
 class ChatRequest(_Body):
