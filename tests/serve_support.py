@@ -19,20 +19,11 @@ import uvicorn
 from support import tiny_model_config
 from PIL import Image
 
+from support import redraw  # noqa: F401  (re-exported for the serve tests)
 from vlbridge.data.records import load_records
 from vlbridge.models.build import build_model
 from vlbridge.serve.app import create_app
 from vlbridge.serve.config import ImageLimits, ServeConfig
-
-
-def redraw(model, std: float = 0.2, seed: int = 0):
-    m = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in list(m.llm.parameters()) + list(m.connector.parameters()):
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return m.eval()
 
 
 def png_data_url(image: Image.Image, fmt: str = "PNG") -> str:

@@ -1,6 +1,10 @@
 """Helpers shared by the tests: tiny model and run configs (random-initialised, built from configs)."""
 from __future__ import annotations
 
+import copy
+
+import torch
+
 from vlbridge.config import ConnectorConfig, LLMConfig, ModelConfig, RunConfig, TrainConfig, VisionConfig
 
 EMU_OPTIONS = {"num_queries": 4, "layers": 1, "hidden": 32, "heads": 2, "decoder_width": 16, "decoder_layers": 1,
@@ -32,3 +36,15 @@ def groma_config(**options) -> ModelConfig:
 
 def emu_config(**options) -> ModelConfig:
     return tiny_model_config("emu", {**EMU_OPTIONS, **options})
+
+
+def redraw(model, std: float = 0.2, seed: int = 0):
+    """A copy of ``model`` with its LLM and connector matrices redrawn at ``std``: at the default init (0.02) a random
+    LLM ignores its context and repeats one token, which would make equalities between generation paths trivial."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(m.llm.parameters()) + list(m.connector.parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return m.eval()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import StaticCache
 
+from support import redraw
 from vlbridge.data.dataset import InstructionDataset
 from vlbridge.data.records import SkipReport, Turn, load_records
 from vlbridge.generate import Decoding, GenerationConfig, PreallocatedLayer, decode_threads, generate
@@ -30,13 +31,7 @@ def model(tiny_model):
     which would make every equality below trivially true; with std 0.2 the output depends on every
     position, position id and visual token.
     """
-    m = copy.deepcopy(tiny_model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in list(m.llm.parameters()) + list(m.connector.parameters()):
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return m.eval()
+    return redraw(tiny_model)
 
 
 @pytest.fixture(scope="module")

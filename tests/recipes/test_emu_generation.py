@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from support import emu_config
+from support import emu_config, redraw
 from vlbridge.cli.main import main
 from vlbridge.recipes.emu.image_generation import (EmuGenConfig, document_text, generate_embeddings,
                                                    generate_images)
@@ -20,13 +20,7 @@ from vlbridge.models.vlm import VLBridgeModel
 def model(tiny_model):
     """A tiny Emu model with its LLM, connector and head redrawn large, so the embeddings depend on the context."""
     torch.manual_seed(0)
-    m = VLBridgeModel(emu_config(), copy.deepcopy(tiny_model.tokenizer))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in list(m.llm.parameters()) + list(m.connector.parameters()):
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return m.eval()
+    return redraw(VLBridgeModel(emu_config(), copy.deepcopy(tiny_model.tokenizer)))
 
 
 @pytest.fixture(scope="module")
