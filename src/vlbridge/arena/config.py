@@ -108,8 +108,8 @@ def arena_cpu() -> ArenaConfig:
     one 8-px patch), 6x10-px glyphs on the largest objects. The training mix is the demo's (inventories and
     sentence answers, which teach the LM to find an object by its name) with more weight on the fine-detail
     tasks and sentence answers for glyph and REC questions too; every box is shown once per record; four
-    colour-shape pairs are held out of training and appear only in the shifted test set. See
-    docs/notes/arena.md for how each choice was measured."""
+    colour-shape pairs are held out of training and appear only in the shifted test set.
+    docs/arena.md describes the data."""
     weights = {"caption": 0.5, "color": 4, "shape": 3, "count": 2, "exist": 1.5, "spatial": 2, "glyph": 2,
                "rec": 2, "reg": 1, "inventory": 2.5, "inventory_color": 1}
     shapes = ShapesWorldConfig(n=3000, seed=0, image_size=64, min_objects=1, max_objects=6,
