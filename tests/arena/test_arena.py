@@ -243,7 +243,21 @@ def test_a_lion_row_through_its_declared_hooks(base_json, shapes_dir, tmp_path):
     out = tmp_path / "run"
     assert main(arena_argv(base_json, shapes_dir, out, connectors=("lion",), steps=2,
                            extra=("--connector_options", json.dumps(options)))) == 0
-    result = json.loads((out / "lion" / "result.json").read_text())
+    result = json.loads((out / "lion" / "seed0" / "result.json").read_text())
     assert result["max_visual_tokens"] == 2 + 16 and result["eval_records"] > 0
-    weights = load_file(str(out / "lion" / "instruct" / "final" / "model.safetensors"))
+    weights = load_file(str(out / "lion" / "seed0" / "instruct" / "final" / "model.safetensors"))
     assert any(".moa_adapters.1." in k for k in weights) and any(k.startswith("connector.aggregator") for k in weights)
+
+
+def test_an_emu_row_through_its_declared_hooks(base_json, shapes_dir, tmp_path):
+    """emu in the arena: chat records produce no image, so it trains as a reader (its regression hook stays idle)
+    and is scored like every row; its wrap tokens come from its hooks."""
+    options = {"emu": {"num_queries": 3, "layers": 1, "hidden": 16, "heads": 2, "decoder_width": 16,
+                       "decoder_channels": [8, 8, 8]}}
+    out = tmp_path / "run"
+    assert main(arena_argv(base_json, shapes_dir, out, connectors=("emu",), steps=2,
+                           extra=("--connector_options", json.dumps(options)))) == 0
+    result = json.loads((out / "emu" / "seed0" / "result.json").read_text())
+    assert result["max_visual_tokens"] == 3 and result["eval_records"] > 0
+    log = [json.loads(x) for x in (out / "emu" / "seed0" / "instruct" / "log.jsonl").read_text().splitlines()]
+    assert all("regression" not in x for x in log if "loss" in x)      # nothing produced, nothing regressed
