@@ -73,3 +73,24 @@ def test_box_attributes_label_each_patch_with_its_objects_box_bin():
     vocab = {"<background>": 0, "1": 1, "2": 2}
     labels = patch_labels([obj], (2, 2), "x2", vocab, box_bins=4).view(2, 2)     # x2 = 0.55 -> bin 2 of 4
     assert labels.tolist() == [[2, 0], [2, 0]]                  # patch centres at 0.25 (in the box) and 0.75
+
+
+def test_the_same_seed_writes_the_same_encoder_on_two_threads(shapes_dir, tmp_path):
+    """Two runs with the same seed on two threads write identical weights, and oneDNN is back on afterwards.
+    (The demo-size run, where oneDNN's multi-threaded convolution backward pass did vary, is checked by running
+    `make demo` twice: docs/results/demo.md.)"""
+    from safetensors.torch import load_file
+    from vlbridge.config import VisionConfig
+    resnet = VisionConfig(arch={"model_type": "resnet", "num_channels": 3, "embedding_size": 16,
+                                "hidden_sizes": [32, 64], "depths": [1, 1], "layer_type": "basic",
+                                "downsample_in_first_stage": False}, image_size=64)
+    threads, was = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(2)
+    try:
+        weights = [load_file(str(pretrain_vision(VisionPretrainConfig(
+            annotations=str(shapes_dir / "scenes.json"), out=str(tmp_path / f"v{run}"), steps=12, batch_size=16,
+            vision=resnet)) / "model.safetensors")) for run in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.backends.mkldnn.enabled == was
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

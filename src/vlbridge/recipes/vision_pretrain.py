@@ -48,6 +48,8 @@ class VisionPretrainConfig:
     box_bins: int = opt(16, "classes of a box-coordinate attribute (the unit interval in equal bins)")
     attribute_weights: dict = opt({}, "loss weight per attribute, e.g. '{\"glyph\": 4}' (default 1): a rare or hard "
                                       "attribute (a glyph on some large objects) is otherwise crowded out by the rest")
+    deterministic: bool = opt(True, "the same seed gives the same weights on the CPU (oneDNN convolutions off: "
+                                    "slower on a CPU with many cores)")
     split: str = opt("train", "annotation split to train on ('val' is used for the held-out accuracy)")
     steps: int = opt(400, "optimizer steps")
     batch_size: int = opt(32, "images per step")
@@ -114,6 +116,18 @@ def load_annotations(path: Path) -> list[dict]:
 
 
 def pretrain_vision(cfg: VisionPretrainConfig) -> Path:
+    """Train the encoder and its per-patch heads; write the encoder to ``cfg.out``. With ``deterministic`` the
+    same seed gives the same weights on the CPU (oneDNN's multi-threaded convolution backward pass sums in a
+    varying order, so it is switched off for the run)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled and not cfg.deterministic
+    try:
+        return _pretrain_vision(cfg)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+def _pretrain_vision(cfg: VisionPretrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     ann_path = Path(cfg.annotations)
