@@ -26,7 +26,9 @@ class ArenaConfig:
     connectors: list[str] = opt(list(ALL_CONNECTORS), "rows to compare, comma-separated: registry names, or "
                                                       "LABEL=NAME for a variant of a connector (its options: the "
                                                       "NAME options updated by connector_options[LABEL])")
-    connector_options: dict = opt({}, "options per row as JSON, e.g. '{\"resampler\": {\"num_latents\": 16}}'")
+    connector_options: dict = opt({}, "options per row as JSON, e.g. '{\"resampler\": {\"num_latents\": 16}}'; on the "
+                                      "command line each row given replaces that row's preset options, the others keep "
+                                      "theirs")
     out: str = opt("runs/arena", "run directory: data/, vision/, features/, one dir per row and seed, the tables "
                                  "and plots")
     name: str = opt("arena", "file stem of this comparison's tables, plots and config (OUT/<name>.md ...): several "

@@ -46,7 +46,12 @@ def start(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..arena.runner import run_arena
-    cfg = validate(apply_overrides(start(args), args, args._dests))
+    preset = start(args)
+    given = getattr(args, "connector_options", None)
+    cfg = apply_overrides(preset, args, args._dests)
+    if given is not None:                   # per row, over the preset's (a variant row keeps the others' options)
+        cfg.connector_options = {**start(args).connector_options, **given}
+    cfg = validate(cfg)
     if args.print_config:
         print_config(cfg)
         return 0
