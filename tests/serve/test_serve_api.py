@@ -199,28 +199,46 @@ def test_32_concurrent_clients_get_each_their_answer_alone(server, client, answe
     assert peak_before < 8 <= server.scheduler.peak_batch          # they were decoded together
 
 
+def paced(engine, seconds: float = 0.003):
+    """Each decoding step takes at least ``seconds`` (a model this small decodes a 480-token answer before the
+    event loop has noticed anything, which a real model does not)."""
+    def pace(logits, generated):
+        time.sleep(seconds)
+        return logits
+    engine.processors.append(pace)
+    return pace
+
+
 def test_a_client_that_disconnects_frees_its_row(server):
     engine = server.scheduler.engine
     body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Tell me everything."}],
                        "max_tokens": 480, "stream": True, "vlbridge": {"ignore_eos": True}}).encode()
-    for _ in range(2):                                          # the freed row serves the next one
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        assert resp.status == 200
-        while True:                                             # until the first generated text arrives
-            line = resp.readline()
-            if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                break
-        steps = engine.steps
-        assert server.scheduler.running == 1                    # still generating (its answer is 480 tokens)
-        conn.sock.close()
-        conn.close()
-        deadline = time.monotonic() + 10
-        while server.scheduler.running and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.scheduler.running == 0
-        assert engine.steps - steps < 470                        # it stopped before its 480 tokens
+    pace = paced(engine)
+    try:
+        for _ in range(2):                                      # the freed row serves the next one
+            _disconnect_while_streaming(server, engine, body)
+    finally:
+        engine.processors.remove(pace)
+
+
+def _disconnect_while_streaming(server, engine, body: bytes) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    while True:                                         # until the first generated text arrives
+        line = resp.readline()
+        if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+            break
+    steps = engine.steps
+    assert server.scheduler.running == 1                # still generating (its answer is 480 tokens)
+    conn.sock.close()
+    conn.close()
+    deadline = time.monotonic() + 10
+    while server.scheduler.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.scheduler.running == 0
+    assert engine.steps - steps < 470                   # it stopped before its 480 tokens
 
 
 def test_a_waiting_client_that_disconnects_frees_its_row(server):
@@ -228,15 +246,19 @@ def test_a_waiting_client_that_disconnects_frees_its_row(server):
     engine = server.scheduler.engine
     body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Tell me everything."}],
                        "max_tokens": 480, "vlbridge": {"ignore_eos": True}}).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    steps = engine.steps
-    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
-    deadline = time.monotonic() + 10
-    while server.scheduler.running == 0 and time.monotonic() < deadline:
-        time.sleep(0.002)
-    assert server.scheduler.running == 1
-    conn.sock.close()
-    while server.scheduler.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.scheduler.running == 0
-    assert engine.steps - steps < 470
+    pace = paced(engine)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        steps = engine.steps
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 10
+        while server.scheduler.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert server.scheduler.running == 1
+        conn.sock.close()
+        while server.scheduler.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.scheduler.running == 0
+        assert engine.steps - steps < 470
+    finally:
+        engine.processors.remove(pace)
