@@ -46,11 +46,11 @@ def start(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..arena.runner import run_arena
-    preset = start(args)
-    given = getattr(args, "connector_options", None)
-    cfg = apply_overrides(preset, args, args._dests)
-    if given is not None:                   # per row, over the preset's (a variant row keeps the others' options)
-        cfg.connector_options = {**start(args).connector_options, **given}
+    cfg = start(args)
+    preset_options = dict(cfg.connector_options)
+    cfg = apply_overrides(cfg, args, args._dests)
+    if hasattr(args, "connector_options"):  # per row, over the preset's (a variant row keeps the others' options)
+        cfg.connector_options = {**preset_options, **args.connector_options}
     cfg = validate(cfg)
     if args.print_config:
         print_config(cfg)

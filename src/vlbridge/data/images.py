@@ -179,3 +179,9 @@ def _decode(path: Path, image_modes: ImageModes, max_pixels: int | None) -> tupl
 def check_image_modes(image_modes: str) -> None:
     if image_modes not in ("convert", "reject"):
         raise ValueError(f"image_modes must be 'convert' or 'reject', not {image_modes!r}")
+
+
+def tensor_to_image(pixels) -> Image.Image:
+    """A painted image tensor [3, S, S] in [0, 1] (any device or dtype) -> an RGB PIL image."""
+    arr = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr, "RGB")

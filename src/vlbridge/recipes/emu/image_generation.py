@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import DynamicCache
 
+from ...data.images import tensor_to_image as to_image
 from ...data.records import Turn
 from ...errors import UserError
 from ...data.template import DOCUMENT, IMAGE_TOKEN
@@ -122,12 +122,6 @@ def paint(model, embeddings: torch.Tensor, seed: int = 0) -> list[Image.Image]:
     generator = torch.Generator(device=embeddings.device).manual_seed(seed)
     pixels = decoder(embeddings, generator=generator)                                  # [B, 3, S, S] in [0, 1]
     return [to_image(p) for p in pixels]
-
-
-def to_image(pixels: torch.Tensor) -> Image.Image:
-    """[3, S, S] in [0, 1] -> RGB PIL image."""
-    arr = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
 
 
 def generate_images(model, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]] | None = None,

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
+from ...data.images import tensor_to_image as to_image
 from ...data.records import Turn
 from ...generate import Decoding, GenerationConfig, decode_threads, intra_op_threads, next_token
 from ...lavit.vocabulary import ModalityMask, VisualVocab, generation_prompt
@@ -98,12 +98,6 @@ def render_codes(model, codes: list[list[int]]) -> list[Image.Image]:
     tok = model.connector.visual_tokenizer.eval()
     pixels = tok.render(tok.decode_ids(codes))                             # [B, 3, S, S] in [0, 1]
     return [to_image(p) for p in pixels]
-
-
-def to_image(pixels: torch.Tensor) -> Image.Image:
-    """[3, S, S] in [0, 1] -> RGB PIL image."""
-    arr = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
 
 
 def generate_images(model, captions: list[str], gen: ImageGenConfig = ImageGenConfig(),
