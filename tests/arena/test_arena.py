@@ -187,6 +187,19 @@ def test_help_and_print_config_show_the_preset(capsys):
     assert set(cfg["connector_options"]) <= set(cfg["connectors"]) | {"groma", "lavit", "lion", "emu"}
 
 
+def test_the_long_preset_is_arena_cpu_with_more_steps(capsys):
+    """Its runs compare with arena-cpu's: the same data, encoder, rows, options and evaluation; only the step
+    budget (and the checkpoint spacing) differs."""
+    configs = {}
+    for preset in ("arena-cpu", "arena-long"):
+        assert main(["arena", "--preset", preset, "--print-config"]) == 0
+        configs[preset] = json.loads(capsys.readouterr().out)
+    cpu, long = configs["arena-cpu"], configs["arena-long"]
+    assert long["steps"] == 4 * cpu["steps"]
+    differing = {k for k in cpu if cpu[k] != long[k]}
+    assert differing == {"steps", "save_every", "preset"}
+
+
 def test_region_token_connector_gets_its_det_stage_then_an_arena_row(base_json, shapes_dir, tmp_path):
     out = tmp_path / "run"
     schedules = json.dumps({"det": {"steps": 2, "warmup_steps": 1}})

@@ -1,4 +1,4 @@
-"""Typed options of the connector arena and its named presets (``arena-cpu``, ``arena-quick``).
+"""Typed options of the connector arena and its named presets (``arena-cpu``, ``arena-long``, ``arena-quick``).
 
 What every connector shares (base model preset, data, vision encoder, seeds, schedule, step budget, eval
 split) lives here; what differs is only the connector and its options. A row is a registry name
@@ -124,6 +124,16 @@ def arena_cpu() -> ArenaConfig:
                        shift_eval_limit=100, connector_options=tiny_connector_options(), preset="arena-cpu")
 
 
+def arena_long() -> ArenaConfig:
+    """arena-cpu at four times the step budget (3,200 steps per run, checkpoints every 400): the budget at which
+    the uncompressed ``mlp`` rises above the blind prior on the fine-detail tasks too (count, exist, spatial,
+    glyph), so compressors can be told apart on them. About four times arena-cpu's time."""
+    cfg = arena_cpu()
+    cfg.steps, cfg.save_every = 3200, 400
+    cfg.preset = "arena-long"
+    return cfg
+
+
 def arena_quick() -> ArenaConfig:
     """A smoke run of the whole pipeline in a few minutes: arena-cpu's stack and data on fewer scenes, one seed,
     a short schedule and a small evaluation (the numbers mean nothing; the files and the code paths are real)."""
@@ -162,7 +172,8 @@ def tiny_connector_options() -> dict:
     }
 
 
-ARENA_PRESETS: dict[str, Callable[[], ArenaConfig]] = {"arena-cpu": arena_cpu, "arena-quick": arena_quick}
+ARENA_PRESETS: dict[str, Callable[[], ArenaConfig]] = {"arena-cpu": arena_cpu, "arena-long": arena_long,
+                                                        "arena-quick": arena_quick}
 
 
 def get_arena_preset(name: str) -> ArenaConfig:
