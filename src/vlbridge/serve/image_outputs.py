@@ -26,7 +26,31 @@ class ImageJob:
     cfg_scale: float
 
 
-class LavitWriter:
+class ImageWriter:
+    """Runs the jobs that share sampling settings (``batch_key``) as one batch (``write_batch``)."""
+    cfg_scale = 1.0                                      # default guidance scale of the connector
+
+    def batch_key(self, job: ImageJob) -> tuple:
+        raise NotImplementedError
+
+    def write_batch(self, jobs: list[ImageJob], pixels: torch.Tensor | None) -> list[tuple[Image.Image, int]]:
+        """(image, positions generated) per job; the jobs share one batch key."""
+        raise NotImplementedError
+
+    def write(self, jobs: list[ImageJob]) -> list[tuple[Image.Image, int]]:
+        """(image, positions generated) per job, in the jobs' order."""
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(self.batch_key(job), []).append(i)
+        out: dict[int, tuple[Image.Image, int]] = {}
+        for idx in groups.values():
+            pixels = [jobs[i].pixel_values for i in idx if jobs[i].pixel_values is not None]
+            written = self.write_batch([jobs[i] for i in idx], torch.cat(pixels) if pixels else None)
+            out.update(zip(idx, written))
+        return [out[i] for i in range(len(jobs))]
+
+
+class LavitWriter(ImageWriter):
     cfg_scale = 3.0                                      # default guidance (LaVIT uses it on the LLM side)
 
     def __init__(self, model):
@@ -36,28 +60,21 @@ class LavitWriter:
         self.end_ids = [self.vocab.open_id]
         self.processors = [ModalityMask(self.vocab)]     # outside an image: no code ids, no [/IMG]
 
-    def write(self, jobs: list[ImageJob]) -> list[tuple[Image.Image, int]]:
-        """(image, code tokens generated) per job; jobs with the same sampling settings run as one batch."""
+    def batch_key(self, job: ImageJob) -> tuple:
+        return (job.temperature, job.top_p, job.seed, job.cfg_scale) if job.temperature > 0 else (0, job.cfg_scale)
+
+    def write_batch(self, jobs: list[ImageJob], pixels: torch.Tensor | None) -> list[tuple[Image.Image, int]]:
+        """(image, code tokens generated and [/IMG]) per job."""
         from ..recipes.lavit.image_generation import ImageGenConfig, generate_codes_after, render_codes
-        out: dict[int, tuple[Image.Image, int]] = {}
-        groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(jobs):
-            key = (job.temperature, job.top_p, job.seed, job.cfg_scale) if job.temperature > 0 else (0, job.cfg_scale)
-            groups.setdefault(key, []).append(i)
-        for key, idx in groups.items():
-            job = jobs[idx[0]]
-            gen = ImageGenConfig(cfg_scale=job.cfg_scale, do_sample=job.temperature > 0,
-                                 temperature=max(job.temperature, 1e-6), top_p=job.top_p,
-                                 seed=job.seed if job.seed is not None else 0)
-            pixels = [jobs[i].pixel_values for i in idx if jobs[i].pixel_values is not None]
-            codes = generate_codes_after(self.model, [jobs[i].prompt for i in idx],
-                                         torch.cat(pixels) if pixels else None, gen)
-            for i, c, im in zip(idx, codes, render_codes(self.model, codes)):
-                out[i] = (im, len(c) + 1)                  # the codes and [/IMG]
-        return [out[i] for i in range(len(jobs))]
+        job = jobs[0]
+        gen = ImageGenConfig(cfg_scale=job.cfg_scale, do_sample=job.temperature > 0,
+                             temperature=max(job.temperature, 1e-6), top_p=job.top_p,
+                             seed=job.seed if job.seed is not None else 0)
+        codes = generate_codes_after(self.model, [j.prompt for j in jobs], pixels, gen)
+        return [(im, len(c) + 1) for c, im in zip(codes, render_codes(self.model, codes))]
 
 
-class EmuWriter:
+class EmuWriter(ImageWriter):
     cfg_scale = 1.0                                      # default guidance: off
 
     def __init__(self, model):
@@ -65,21 +82,15 @@ class EmuWriter:
         self.end_ids = [model.tokenizer.convert_tokens_to_ids(model.connector.wrap_tokens[0])]   # [IMG]
         self.processors = []
 
-    def write(self, jobs: list[ImageJob]) -> list[tuple[Image.Image, int]]:
-        """(image, positions generated: M embeddings and [/IMG]) per job; the embeddings are regressed, so
-        temperature and top_p do not apply; jobs with the same guidance scale run as one batch."""
+    def batch_key(self, job: ImageJob) -> tuple:
+        return (job.cfg_scale, job.seed or 0)            # regressed embeddings: temperature and top_p do not apply
+
+    def write_batch(self, jobs: list[ImageJob], pixels: torch.Tensor | None) -> list[tuple[Image.Image, int]]:
+        """(image, positions generated: M embeddings and [/IMG]) per job."""
         from ..recipes.emu.image_generation import EmuGenConfig, generate_embeddings_after, paint
-        out: dict[int, tuple[Image.Image, int]] = {}
-        groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault((job.cfg_scale, job.seed or 0), []).append(i)
-        for (scale, seed), idx in groups.items():
-            pixels = [jobs[i].pixel_values for i in idx if jobs[i].pixel_values is not None]
-            emb = generate_embeddings_after(self.model, [jobs[i].prompt for i in idx],
-                                            torch.cat(pixels) if pixels else None, EmuGenConfig(cfg_scale=scale))
-            for i, im in zip(idx, paint(self.model, emb, seed)):
-                out[i] = (im, self.model.connector.num_tokens() + 1)
-        return [out[i] for i in range(len(jobs))]
+        scale, seed = self.batch_key(jobs[0])
+        emb = generate_embeddings_after(self.model, [j.prompt for j in jobs], pixels, EmuGenConfig(cfg_scale=scale))
+        return [(im, self.model.connector.num_tokens() + 1) for im in paint(self.model, emb, seed)]
 
 
 WRITERS = {"lavit": LavitWriter, "emu": EmuWriter}
