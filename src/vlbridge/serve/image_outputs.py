@@ -28,7 +28,7 @@ class ImageJob:
 
 class ImageWriter:
     """Runs the jobs that share sampling settings (``batch_key``) as one batch (``write_batch``)."""
-    cfg_scale = 1.0                                      # default guidance scale of the connector
+    cfg_scale: float                                     # the connector's default guidance scale
 
     def batch_key(self, job: ImageJob) -> tuple:
         raise NotImplementedError
@@ -88,9 +88,10 @@ class EmuWriter(ImageWriter):
     def write_batch(self, jobs: list[ImageJob], pixels: torch.Tensor | None) -> list[tuple[Image.Image, int]]:
         """(image, positions generated: M embeddings and [/IMG]) per job."""
         from ..recipes.emu.image_generation import EmuGenConfig, generate_embeddings_after, paint
-        scale, seed = self.batch_key(jobs[0])
-        emb = generate_embeddings_after(self.model, [j.prompt for j in jobs], pixels, EmuGenConfig(cfg_scale=scale))
-        return [(im, self.model.connector.num_tokens() + 1) for im in paint(self.model, emb, seed)]
+        job = jobs[0]
+        emb = generate_embeddings_after(self.model, [j.prompt for j in jobs], pixels,
+                                        EmuGenConfig(cfg_scale=job.cfg_scale))
+        return [(im, self.model.connector.num_tokens() + 1) for im in paint(self.model, emb, job.seed or 0)]
 
 
 WRITERS = {"lavit": LavitWriter, "emu": EmuWriter}
